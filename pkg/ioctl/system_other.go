@@ -13,6 +13,6 @@ var System Backend = system{}
 
 type system struct{}
 
-func (system) Open(string) (*os.File, error)         { return nil, unix.ENOENT }
-func (system) Ioctl(*os.File, uint, []byte) error     { return ErrNotSupported }
-func (system) Holders(string) []Holder                { return nil }
+func (system) Open(string) (*os.File, error)      { return nil, unix.ENOENT }
+func (system) Ioctl(*os.File, uint, []byte) error { return ErrNotSupported }
+func (system) Holders(string) []Holder            { return nil }
