@@ -1,0 +1,171 @@
+package kexec
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Limits luod puts on what it hands to kexec_file_load. The kernel itself
+// reads both files whole into memory; an image past these is almost
+// certainly the wrong file.
+const (
+	MaxKernelSize = 256 << 20
+	MaxInitrdSize = 2 << 30
+)
+
+// ErrNotKernel is returned by Inspect for a file that is no kernel image
+// kexec_file_load accepts on any architecture luod supports.
+var ErrNotKernel = errors.New("not a kernel image")
+
+// ErrWrongArch is returned by Image.CheckArch for an image built for
+// another architecture than the running one.
+var ErrWrongArch = errors.New("kernel image is for another architecture")
+
+// ErrNoLiveUpdate is returned by CheckConfig when the target kernel's
+// config shows it cannot take over preserved sessions.
+var ErrNoLiveUpdate = errors.New("target kernel lacks live update support")
+
+// Image describes a kernel image from its header.
+type Image struct {
+	// Arch is the Go architecture name the image runs on: amd64 or arm64.
+	Arch string `json:"arch"`
+	// Format is "bzImage" (x86 boot protocol), "Image" (arm64) or
+	// "zboot" (arm64 EFI zboot, a compressed Image).
+	Format string `json:"format"`
+	// Release is the kernel release the image names, when it does
+	// (x86 bzImage headers point at their version string).
+	Release string `json:"release,omitempty"`
+	// Size is the file size in bytes.
+	Size int64 `json:"size"`
+}
+
+// Inspect reads the header of a kernel image of size bytes.
+//
+//   - x86 bzImage: "HdrS" at 0x202 (Documentation/arch/x86/boot.rst); the
+//     u16 at 0x20e is the offset, minus 0x200, of its version string.
+//   - arm64 Image: magic "ARM\x64" at 0x38 (Documentation/arch/arm64/booting.rst).
+//   - arm64 EFI zboot: "MZ" then "zimg" at 4 (drivers/firmware/efi/libstub/zboot-header.S).
+func Inspect(r io.ReaderAt, size int64) (*Image, error) {
+	hdr := make([]byte, 0x240)
+	n, err := r.ReadAt(hdr, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	hdr = hdr[:n]
+	img := &Image{Size: size}
+	switch {
+	case len(hdr) >= 0x210 && string(hdr[0x202:0x206]) == "HdrS":
+		img.Arch, img.Format = "amd64", "bzImage"
+		if off := int64(binary.LittleEndian.Uint16(hdr[0x20e:])); off != 0 && off+0x200 < size {
+			v := make([]byte, 128)
+			m, _ := r.ReadAt(v, off+0x200)
+			s := string(v[:m])
+			if i := strings.IndexByte(s, 0); i >= 0 {
+				s = s[:i]
+			}
+			if f := strings.Fields(s); len(f) > 0 {
+				img.Release = f[0]
+			}
+		}
+	case len(hdr) >= 0x40 && string(hdr[0x38:0x3c]) == "ARM\x64":
+		img.Arch, img.Format = "arm64", "Image"
+	case len(hdr) >= 8 && string(hdr[0:2]) == "MZ" && string(hdr[4:8]) == "zimg":
+		img.Arch, img.Format = "arm64", "zboot"
+	default:
+		return nil, fmt.Errorf("%w: no x86 bzImage (HdrS at 0x202) or arm64 Image (ARM\\x64 at 0x38) header", ErrNotKernel)
+	}
+	if size > MaxKernelSize {
+		return nil, fmt.Errorf("%s of %d bytes is over luod's limit of %d bytes", img.Format, size, MaxKernelSize)
+	}
+	return img, nil
+}
+
+// InspectFile inspects an open kernel image file.
+func InspectFile(f *os.File) (*Image, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s is not a regular file", ErrNotKernel, f.Name())
+	}
+	img, err := Inspect(f, fi.Size())
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", f.Name(), err)
+	}
+	return img, nil
+}
+
+// CheckArch refuses an image for another architecture than goarch.
+func (img *Image) CheckArch(goarch string) error {
+	if img.Arch != goarch {
+		return fmt.Errorf("%w: a %s %s cannot be kexec'd on %s", ErrWrongArch, img.Arch, img.Format, goarch)
+	}
+	return nil
+}
+
+// FindConfig looks beside a kernel image for its build config: the Debian
+// layout config-RELEASE (with RELEASE from the image or from a
+// vmlinuz-RELEASE name), then a plain "config". It returns "" if none.
+func FindConfig(kernelPath, release string) string {
+	dir := filepath.Dir(kernelPath)
+	var names []string
+	if release != "" {
+		names = append(names, "config-"+release)
+	}
+	if base := filepath.Base(kernelPath); strings.HasPrefix(base, "vmlinuz-") {
+		names = append(names, "config-"+strings.TrimPrefix(base, "vmlinuz-"))
+	}
+	names = append(names, "config")
+	for _, n := range names {
+		p := filepath.Join(dir, n)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p
+		}
+	}
+	return ""
+}
+
+// CheckConfig reads a kernel .config and refuses one that cannot take
+// sessions over: CONFIG_LIVEUPDATE and CONFIG_KEXEC_HANDOVER must be y,
+// and CONFIG_LIVEUPDATE_MEMFD is needed for memfds.
+func CheckConfig(r io.Reader) error {
+	want := map[string]bool{"CONFIG_LIVEUPDATE": false, "CONFIG_KEXEC_HANDOVER": false, "CONFIG_LIVEUPDATE_MEMFD": false}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	lines := 0
+	for sc.Scan() {
+		lines++
+		line := bytes.TrimSpace(sc.Bytes())
+		k, v, ok := strings.Cut(string(line), "=")
+		if !ok {
+			continue
+		}
+		if _, ok := want[k]; ok && v == "y" {
+			want[k] = true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading kernel config: %w", err)
+	}
+	if lines == 0 {
+		return fmt.Errorf("kernel config is empty")
+	}
+	var missing []string
+	for _, k := range []string{"CONFIG_LIVEUPDATE", "CONFIG_KEXEC_HANDOVER", "CONFIG_LIVEUPDATE_MEMFD"} {
+		if !want[k] {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: config lacks %s=y", ErrNoLiveUpdate, strings.Join(missing, "=y, "))
+	}
+	return nil
+}

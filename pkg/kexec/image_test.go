@@ -1,0 +1,137 @@
+package kexec
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func bzImage(release string) []byte {
+	b := make([]byte, 0x1000)
+	copy(b[0:], "MZ")
+	copy(b[0x202:], "HdrS")
+	binary.LittleEndian.PutUint16(b[0x206:], 0x020f)
+	binary.LittleEndian.PutUint16(b[0x20e:], 0x600)
+	copy(b[0x800:], release+" (builder@host) #1 SMP\x00")
+	return b
+}
+
+func arm64Image() []byte {
+	b := make([]byte, 0x1000)
+	copy(b[0x38:], "ARM\x64")
+	return b
+}
+
+func TestInspect(t *testing.T) {
+	zboot := make([]byte, 0x100)
+	copy(zboot, "MZ\x00\x00zimg")
+	for _, tc := range []struct {
+		name    string
+		data    []byte
+		arch    string
+		format  string
+		release string
+		err     error
+	}{
+		{"bzImage", bzImage("7.3.4-luod"), "amd64", "bzImage", "7.3.4-luod", nil},
+		{"arm64 Image", arm64Image(), "arm64", "Image", "", nil},
+		{"arm64 zboot", zboot, "arm64", "zboot", "", nil},
+		{"text file", []byte("#!/bin/sh\necho not a kernel\n"), "", "", "", ErrNotKernel},
+		{"empty", nil, "", "", "", ErrNotKernel},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img, err := Inspect(bytes.NewReader(tc.data), int64(len(tc.data)))
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("Inspect = %v, %v; want %v", img, err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if img.Arch != tc.arch || img.Format != tc.format || img.Release != tc.release {
+				t.Errorf("Inspect = %+v, want %s %s %q", img, tc.arch, tc.format, tc.release)
+			}
+		})
+	}
+}
+
+func TestInspectTooLarge(t *testing.T) {
+	b := bzImage("7.2")
+	_, err := Inspect(bytes.NewReader(b), MaxKernelSize+1)
+	if err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("Inspect of an oversized image = %v, want a limit error", err)
+	}
+}
+
+func TestCheckArch(t *testing.T) {
+	img := &Image{Arch: "amd64", Format: "bzImage"}
+	if err := img.CheckArch("amd64"); err != nil {
+		t.Error(err)
+	}
+	err := img.CheckArch("arm64")
+	if !errors.Is(err, ErrWrongArch) || !strings.Contains(err.Error(), "bzImage") {
+		t.Errorf("CheckArch(arm64) = %v, want ErrWrongArch naming the bzImage", err)
+	}
+	arm := &Image{Arch: "arm64", Format: "Image"}
+	if err := arm.CheckArch("amd64"); !errors.Is(err, ErrWrongArch) {
+		t.Errorf("arm64 Image on amd64: %v, want ErrWrongArch", err)
+	}
+}
+
+func TestCheckConfig(t *testing.T) {
+	good := "CONFIG_KEXEC_HANDOVER=y\nCONFIG_LIVEUPDATE=y\nCONFIG_LIVEUPDATE_MEMFD=y\n"
+	if err := CheckConfig(strings.NewReader(good)); err != nil {
+		t.Errorf("good config: %v", err)
+	}
+	bad := "CONFIG_KEXEC_HANDOVER=y\n# CONFIG_LIVEUPDATE is not set\n"
+	err := CheckConfig(strings.NewReader(bad))
+	if !errors.Is(err, ErrNoLiveUpdate) || !strings.Contains(err.Error(), "CONFIG_LIVEUPDATE=y") {
+		t.Errorf("config without LIVEUPDATE: %v", err)
+	}
+	if err := CheckConfig(strings.NewReader("")); err == nil {
+		t.Error("empty config accepted")
+	}
+}
+
+func TestFindConfig(t *testing.T) {
+	dir := t.TempDir()
+	k := filepath.Join(dir, "vmlinuz-7.3.4")
+	os.WriteFile(k, bzImage("7.3.4"), 0o644)
+	if got := FindConfig(k, "7.3.4"); got != "" {
+		t.Errorf("FindConfig with no config = %q", got)
+	}
+	os.WriteFile(filepath.Join(dir, "config"), []byte("x"), 0o644)
+	if got := FindConfig(k, ""); got != filepath.Join(dir, "config") {
+		t.Errorf("FindConfig = %q, want the plain config", got)
+	}
+	os.WriteFile(filepath.Join(dir, "config-7.3.4"), []byte("x"), 0o644)
+	if got := FindConfig(k, "7.3.4"); got != filepath.Join(dir, "config-7.3.4") {
+		t.Errorf("FindConfig = %q, want config-7.3.4", got)
+	}
+}
+
+func TestErrorNamesFilesAndErrno(t *testing.T) {
+	err := LoadFiles(mustOpen(t, "/dev/null"), nil, "console=ttyS0")
+	if err == nil {
+		t.Skip("kexec_file_load of /dev/null succeeded?")
+	}
+	var ke *Error
+	if !errors.As(err, &ke) || ke.Kernel != "/dev/null" || !strings.Contains(err.Error(), "/dev/null") {
+		t.Errorf("LoadFiles error %v does not name the kernel", err)
+	}
+}
+
+func mustOpen(t *testing.T, p string) *os.File {
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
