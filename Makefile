@@ -1,0 +1,47 @@
+# luod — see README.md. Everything runs as root on a Debian host; the VM
+# targets install what they need (deploy/qemu/host-deps.sh) and cache the
+# kernels they build outside the repository (LUOD_CACHE, default
+# /var/cache/luod).
+
+GO       ?= go
+FUZZTIME ?= 10s
+
+.PHONY: all build test unit fuzz-short vm-test vet fmt-check clean
+
+all: build
+
+build:
+	$(GO) build ./...
+
+## test: every test — unit tests, short fuzzing, and the VM tests on real LUO kernels.
+test: unit vm-test
+
+## unit: vet, gofmt check and the Go unit tests (no root, no VM).
+unit: vet fmt-check
+	$(GO) test -count=1 ./...
+	GOARCH=arm64 $(GO) build ./...
+	$(MAKE) fuzz-short
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+
+## fuzz-short: each decoder fuzz target for FUZZTIME (seed corpora in testdata).
+fuzz-short:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+			$(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) -parallel 2 $$pkg >_fuzz.log 2>&1 \
+				|| { cat _fuzz.log; rm -f _fuzz.log; exit 1; }; \
+		done; \
+	done; rm -f _fuzz.log
+
+## vm-test: the kernel-contract VM run: 7.2 -> 7.3 -> 7.3 with byte-exact data.
+vm-test:
+	deploy/qemu/vm-test.sh
+
+clean:
+	rm -rf _out

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# run-vm.sh SHARE LOG — boot SHARE/boot1/bzImage with SHARE/initrd.img in
+# QEMU, SHARE exported to the guest over virtio-9p (tag "host"), and follow
+# the serial console until the guest's verdict.
+#
+# The console is echoed with a prefix and kept in LOG. Exit status: 0 when
+# the guest printed "LUOD-VM-RESULT: PASS" and no suite or Go test failed
+# or was skipped; 1 otherwise, including a timeout (LUOD_VM_TIMEOUT seconds,
+# default 900).
+#
+# Acceleration: KVM when /dev/kvm is usable and a probe boot shows the
+# kernel running under it, TCG otherwise; LUOD_VM_ACCEL=kvm|tcg forces one.
+set -euo pipefail
+share=${1:?usage: run-vm.sh SHARE LOG}
+log=${2:?usage: run-vm.sh SHARE LOG}
+timeout_s=${LUOD_VM_TIMEOUT:-900}
+mem=${LUOD_VM_MEM:-2G}
+kernel=$share/boot1/bzImage
+
+qemu=(qemu-system-x86_64 -machine q35 -m "$mem" -smp 2 -nographic -no-reboot
+	-monitor none -serial stdio)
+
+probe_kvm() {
+	[ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
+	local out
+	out=$(timeout 60 "${qemu[@]}" -accel kvm -cpu host -kernel "$kernel" \
+		-append "console=ttyS0 panic=-1" </dev/null 2>&1 || true)
+	grep -q -E 'Kernel panic|VFS:|Linux version' <<<"$out"
+}
+
+accel=${LUOD_VM_ACCEL:-auto}
+if [ "$accel" = auto ]; then
+	if probe_kvm; then accel=kvm; else accel=tcg; fi
+fi
+case "$accel" in
+kvm) qemu+=(-accel kvm -cpu host) ;;
+tcg) qemu+=(-accel tcg,thread=multi -cpu max) ;;
+*) echo "run-vm: LUOD_VM_ACCEL=$accel: want kvm, tcg or auto" >&2; exit 2 ;;
+esac
+echo "$accel" >"$share/accel"
+
+cmdline="console=ttyS0 quiet panic=-1 liveupdate=on kho=on luod.stage=1 ${LUOD_VM_APPEND:-}"
+echo "run-vm: $(basename "$(dirname "$kernel")")/bzImage ($(cat "$share/boot1/release")) accel=$accel mem=$mem timeout=${timeout_s}s log=$log"
+start=$(date +%s)
+set +e
+timeout --foreground "$timeout_s" "${qemu[@]}" \
+	-kernel "$kernel" -initrd "$share/initrd.img" -append "$cmdline" \
+	-virtfs "local,path=$share,mount_tag=host,security_model=none,id=host" \
+	</dev/null 2>&1 | tr -d '\r' | tee "$log" | sed -u 's/^/  vm| /'
+rc=${PIPESTATUS[0]}
+set -e
+elapsed=$(($(date +%s) - start))
+
+echo "run-vm: qemu exited with $rc after ${elapsed}s"
+if [ "$rc" = 124 ]; then
+	echo "run-vm: FAIL: timed out after ${timeout_s}s (console in $log)"
+	exit 1
+fi
+fails=$(grep -c -E -e '^\s*--- (FAIL|SKIP)' -e '^LUOD-VM-SUITE: FAIL' "$log" || true)
+passes=$(grep -c -E '^\s*--- PASS' "$log" || true)
+if grep -q '^LUOD-VM-RESULT: PASS' "$log" && [ "$fails" = 0 ]; then
+	echo "run-vm: PASS: $passes Go tests passed across $(grep -c '^LUOD-VM: boot stage=' "$log") boot(s) in ${elapsed}s"
+	exit 0
+fi
+echo "run-vm: FAIL: $(grep '^LUOD-VM-RESULT' "$log" || echo 'no verdict from the guest'); failing lines:"
+grep -E -e '^\s*--- (FAIL|SKIP)' -e '^LUOD-VM-SUITE: FAIL' -e 'panic' "$log" | sed 's/^/  /' || true
+echo "run-vm: console kept in $log"
+exit 1
