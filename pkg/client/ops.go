@@ -1,0 +1,381 @@
+//go:build linux
+
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+
+	"github.com/luod/luod/pkg/ioctl"
+	"github.com/luod/luod/pkg/proto"
+)
+
+// Session is a session fd of the caller's own, from CreateSession or
+// RetrieveSession. Its embedded *ioctl.Session issues the kernel's ioctls
+// directly on it: PreserveFD (then Declare the tokens to luod), RetrieveFD
+// and Finish. luod holds its own fd of the session, so closing this one
+// does not end the session; DeleteSession does.
+type Session struct {
+	*ioctl.Session
+	// Files, for a retrieved session, are the files luod's manifest lists
+	// in it: what RetrieveFD can get back.
+	Files []proto.FileInfo
+}
+
+// FileToPreserve is a file for Preserve.
+type FileToPreserve struct {
+	// File is the file to preserve (a memfd). The caller keeps it open
+	// and closes it; preservation holds the file itself, not this fd.
+	File *os.File
+	// Token is the file's key in the session, unique in the session.
+	Token uint64
+	// Label is kept in luod's manifest, e.g. "guest-ram-0".
+	Label string
+}
+
+// ReclaimedFile is a file Reclaim got back.
+type ReclaimedFile struct {
+	Token uint64
+	Label string
+	// Size is the file's size in bytes as luod recorded it.
+	Size int64
+	// File is the restored file; the caller closes it.
+	File *os.File
+}
+
+// Hello asks luod who it is and how this boot continues the last.
+func (c *Client) Hello(ctx context.Context) (*proto.HelloResult, error) {
+	var res proto.HelloResult
+	if _, err := c.do(ctx, proto.OpHello, nil, nil, &res, 0); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// CreateSession creates a session called name, owned by the caller's uid,
+// with free-form labels. The name is checked locally first
+// (proto.ValidateSessionName, the same *proto.Error luod would answer).
+// luod keeps the session alive on its own; the returned Session holds a
+// duplicate of its fd.
+func (c *Client) CreateSession(ctx context.Context, name string, labels map[string]string) (*Session, error) {
+	if err := proto.ValidateSessionName(name); err != nil {
+		return nil, err
+	}
+	var res proto.CreateSessionResult
+	files, err := c.do(ctx, proto.OpCreateSession, proto.CreateSessionArgs{Name: name, Labels: labels}, nil, &res, 1)
+	if err != nil {
+		return nil, err
+	}
+	if res.Name == "" {
+		res.Name = name
+	}
+	return &Session{Session: ioctl.NewSession(c.backend, files[0], res.Name, false)}, nil
+}
+
+// batches splits items into runs that each fit one request: at most
+// maxItems items (no limit if 0) and, with the envelope's base size, at
+// most proto.MaxMessageSize bytes of JSON.
+func batches[T any](base int, items []T, maxItems int) ([][]T, error) {
+	var runs [][]T
+	start, size := 0, base
+	for i, it := range items {
+		b, err := json.Marshal(it)
+		if err != nil {
+			return nil, err
+		}
+		n := len(b) + 1 // and a comma
+		if base+n > proto.MaxMessageSize {
+			return nil, fmt.Errorf("file %d alone is too large for one request (%d bytes of JSON)", i, n)
+		}
+		if size+n > proto.MaxMessageSize || maxItems > 0 && i-start == maxItems {
+			runs = append(runs, items[start:i])
+			start, size = i, base
+		}
+		size += n
+	}
+	if start < len(items) {
+		runs = append(runs, items[start:])
+	}
+	return runs, nil
+}
+
+// baseSize is the size of a request for op whose args are args with an
+// empty files list, with the largest id.
+func baseSize(op string, args any) int {
+	req, err := proto.NewRequest(math.MaxUint64, op, args)
+	if err != nil {
+		return proto.MaxMessageSize
+	}
+	b, _ := json.Marshal(req)
+	return len(b)
+}
+
+// Preserve has luod preserve files (memfds) into the caller's session,
+// each under its token, and returns their sizes in order. Files go in
+// requests of at most proto.MaxFDs files (and proto.MaxMessageSize bytes)
+// each. luod preserves a request's files in order and stops at the first
+// it cannot preserve, naming its token in the error; the kernel cannot
+// undo a preservation, so the files before it stay preserved. On error,
+// Preserve returns the files of the requests that fully succeeded;
+// ListSessions tells exactly what the session holds. An empty list sends
+// nothing.
+func (c *Client) Preserve(ctx context.Context, session string, files []FileToPreserve) ([]proto.PreservedFile, error) {
+	if len(files) == 0 {
+		return nil, nil
+	}
+	for i, f := range files {
+		if f.File == nil {
+			return nil, fmt.Errorf("luod preserve: file %d (token %#x) has no File", i, f.Token)
+		}
+	}
+	base := baseSize(proto.OpPreserve, proto.PreserveArgs{Session: session, Files: []proto.FileSpec{}})
+	runs, err := batches(base, files, proto.MaxFDs)
+	if err != nil {
+		return nil, fmt.Errorf("luod preserve: %w", err)
+	}
+	var done []proto.PreservedFile
+	for _, run := range runs {
+		args := proto.PreserveArgs{Session: session, Files: make([]proto.FileSpec, len(run))}
+		fds := make([]*os.File, len(run))
+		for i, f := range run {
+			args.Files[i] = proto.FileSpec{Token: f.Token, Label: f.Label}
+			fds[i] = f.File
+		}
+		var res proto.PreserveResult
+		if _, err := c.do(ctx, proto.OpPreserve, args, fds, &res, 0); err != nil {
+			if len(done) > 0 {
+				err = fmt.Errorf("luod preserve: request for files %d to %d of %d failed (the %d before are preserved): %w",
+					len(done), len(done)+len(run)-1, len(files), len(done), err)
+			}
+			return done, err
+		}
+		done = append(done, res.Files...)
+	}
+	return done, nil
+}
+
+// Declare tells luod about tokens the caller preserved itself with
+// Session.PreserveFD, so that its manifest lists them and Reclaim can get
+// them back. A list too long for one request is sent in several, each
+// accepted or refused as a whole; an empty list sends nothing.
+func (c *Client) Declare(ctx context.Context, session string, files []proto.FileSpec) error {
+	base := baseSize(proto.OpDeclare, proto.DeclareArgs{Session: session, Files: []proto.FileSpec{}})
+	runs, err := batches(base, files, 0)
+	if err != nil {
+		return fmt.Errorf("luod declare: %w", err)
+	}
+	for _, run := range runs {
+		if _, err := c.do(ctx, proto.OpDeclare, proto.DeclareArgs{Session: session, Files: run}, nil, nil, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ListSessions lists the caller's sessions.
+func (c *Client) ListSessions(ctx context.Context) ([]proto.SessionInfo, error) {
+	var res proto.SessionsResult
+	if _, err := c.do(ctx, proto.OpListSessions, nil, nil, &res, 0); err != nil {
+		return nil, err
+	}
+	return res.Sessions, nil
+}
+
+// DeleteSession has luod close its fd of the caller's session name; the
+// kernel drops the session and its files once the caller's fds of it are
+// closed too. After a live update, deleting an unclaimed session finishes
+// it.
+func (c *Client) DeleteSession(ctx context.Context, name string) error {
+	_, err := c.do(ctx, proto.OpDeleteSession, proto.DeleteSessionArgs{Name: name}, nil, nil, 0)
+	return err
+}
+
+// Subscribe asks for upgrade events on this connection; read them from
+// Events. Answer every proto.EventPrepare with Ready before its deadline,
+// or the upgrade is aborted.
+func (c *Client) Subscribe(ctx context.Context) error {
+	_, err := c.do(ctx, proto.OpSubscribe, nil, nil, nil, 0)
+	return err
+}
+
+// Ready answers proto.EventPrepare of the upgrade upgradeID: this workload
+// is ready for the live update.
+func (c *Client) Ready(ctx context.Context, upgradeID string) error {
+	_, err := c.do(ctx, proto.OpReady, proto.ReadyArgs{Upgrade: upgradeID}, nil, nil, 0)
+	return err
+}
+
+// RetrieveSession gets, after a live update, a fd of the caller's session
+// name as handed over by the previous kernel. Retrieve files with
+// Session.RetrieveFD and end with Session.Finish or FinishSession.
+func (c *Client) RetrieveSession(ctx context.Context, name string) (*Session, error) {
+	var res proto.RetrieveSessionResult
+	files, err := c.do(ctx, proto.OpRetrieveSession, proto.RetrieveSessionArgs{Name: name}, nil, &res, 1)
+	if err != nil {
+		return nil, err
+	}
+	if res.Name == "" {
+		res.Name = name
+	}
+	return &Session{Session: ioctl.NewSession(c.backend, files[0], res.Name, true), Files: res.Files}, nil
+}
+
+// Reclaim has luod retrieve every file of the caller's session name after
+// a live update and send them, in manifest order; with finish, luod
+// finishes the session too. If luod retrieved the files but the kernel
+// would not finish yet, Reclaim returns the files and an error matching
+// ErrNotFinished (the one case of both): retry with FinishSession.
+func (c *Client) Reclaim(ctx context.Context, name string, finish bool) ([]ReclaimedFile, error) {
+	var res proto.ReclaimResult
+	files, err := c.do(ctx, proto.OpReclaim, proto.ReclaimArgs{Name: name, Finish: finish}, nil, &res, -1)
+	if err != nil {
+		return nil, err
+	}
+	if len(files) != len(res.Files) {
+		closeFiles(files)
+		return nil, fmt.Errorf("luod reclaim: %w: response lists %d files but has %d fds", ErrProtocol, len(res.Files), len(files))
+	}
+	out := make([]ReclaimedFile, len(files))
+	for i, fi := range res.Files {
+		out[i] = ReclaimedFile{Token: fi.Token, Label: fi.Label, Size: fi.Size, File: files[i]}
+	}
+	if finish && !res.Finished {
+		return out, fmt.Errorf("luod reclaim of session %q: %w", name, ErrNotFinished)
+	}
+	return out, nil
+}
+
+// FinishSession has luod finish the caller's retrieved session name: the
+// kernel gets the preserved state back.
+func (c *Client) FinishSession(ctx context.Context, name string) error {
+	_, err := c.do(ctx, proto.OpFinishSession, proto.FinishSessionArgs{Name: name}, nil, nil, 0)
+	return err
+}
+
+// Status reports luod's state (admin).
+func (c *Client) Status(ctx context.Context) (*proto.Status, error) {
+	var res proto.Status
+	if _, err := c.do(ctx, proto.OpStatus, nil, nil, &res, 0); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Sessions lists every user's sessions (admin).
+func (c *Client) Sessions(ctx context.Context) ([]proto.SessionInfo, error) {
+	var res proto.SessionsResult
+	if _, err := c.do(ctx, proto.OpSessions, nil, nil, &res, 0); err != nil {
+		return nil, err
+	}
+	return res.Sessions, nil
+}
+
+// Inspect returns the decoded KHO handover of the running kernel, or of a
+// saved copy in dir if not empty (admin).
+func (c *Client) Inspect(ctx context.Context, dir string) (json.RawMessage, error) {
+	var res json.RawMessage
+	if _, err := c.do(ctx, proto.OpInspect, proto.InspectArgs{Dir: dir}, nil, &res, 0); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// Load has luod check and load kernel, with initrd and config if not nil,
+// for the next upgrade (admin). args.Initrd and args.Config are set from
+// the files given.
+func (c *Client) Load(ctx context.Context, kernel, initrd, config *os.File, args proto.LoadArgs) (*proto.LoadResult, error) {
+	if kernel == nil {
+		return nil, errors.New("luod load: no kernel image")
+	}
+	files := []*os.File{kernel}
+	args.Initrd, args.Config = initrd != nil, config != nil
+	if initrd != nil {
+		files = append(files, initrd)
+	}
+	if config != nil {
+		files = append(files, config)
+	}
+	var res proto.LoadResult
+	if _, err := c.do(ctx, proto.OpLoad, args, files, &res, 0); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Unload drops the loaded kernel (admin).
+func (c *Client) Unload(ctx context.Context) error {
+	_, err := c.do(ctx, proto.OpUnload, nil, nil, nil, 0)
+	return err
+}
+
+// Upgrade runs a live update into the loaded kernel (admin), calling
+// progress (if not nil), in this goroutine, as each phase starts.
+//
+// A dry run, or a run that stopped before the reboot, returns its result
+// or luod's *proto.Error (proto.ErrAborted when a workload did not get
+// ready, proto.ErrKexecFailed when the reboot failed with every session
+// intact). A real upgrade never answers: luod sends proto.EventCommitted
+// and the connection closes as the machine kexecs. Upgrade then returns
+// a result naming the upgrade and an error matching ErrRebooting: success,
+// as far as this kernel can tell.
+//
+// Cancelling ctx stops the wait, not the upgrade. One Upgrade at a time
+// may run on a Client.
+func (c *Client) Upgrade(ctx context.Context, args proto.UpgradeArgs, progress func(proto.ProgressEvent)) (*proto.UpgradeResult, error) {
+	cl := &call{op: proto.OpUpgrade, wake: make(chan struct{}, 1)}
+	if err := c.start(ctx, cl, args, nil); err != nil {
+		return nil, err
+	}
+	defer func() {
+		c.mu.Lock()
+		if c.upgrade == cl {
+			c.upgrade = nil
+		}
+		c.mu.Unlock()
+	}()
+	var committed *proto.CommittedEvent
+	drain := func() {
+		c.mu.Lock()
+		evs := cl.evs
+		cl.evs = nil
+		c.mu.Unlock()
+		for _, ev := range evs {
+			switch ev.Event {
+			case proto.EventProgress:
+				var p proto.ProgressEvent
+				if ev.Decode(&p) == nil && progress != nil {
+					progress(p)
+				}
+			case proto.EventCommitted:
+				committed = &proto.CommittedEvent{}
+				ev.Decode(committed)
+			}
+		}
+	}
+	for {
+		select {
+		case <-cl.wake:
+			drain()
+		case r := <-cl.done:
+			drain()
+			if r.err != nil {
+				if committed != nil && errors.Is(r.err, ErrRebooting) {
+					return &proto.UpgradeResult{Upgrade: committed.Upgrade}, opError(cl, r.err)
+				}
+				return nil, opError(cl, r.err)
+			}
+			var res proto.UpgradeResult
+			if _, err := result(cl, r, &res, 0); err != nil {
+				return nil, err
+			}
+			return &res, nil
+		case <-ctx.Done():
+			c.abandon(cl)
+			return nil, fmt.Errorf("luod upgrade (request %d): %w; the upgrade goes on", cl.id, ctx.Err())
+		}
+	}
+}
