@@ -1,0 +1,769 @@
+//go:build linux
+
+package session
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/luod/luod/pkg/ioctl"
+	"golang.org/x/sys/unix"
+)
+
+func TestValidateName(t *testing.T) {
+	long := string(make([]byte, 64))
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"vm-42", true},
+		{"A.b_c:d-e", true},
+		{"0abc", true},
+		{"x", true},
+		{"a23456789012345678901234567890123456789012345678901234567890123", true}, // 63 bytes
+		{"a234567890123456789012345678901234567890123456789012345678901234", false},
+		{"", false},
+		{"-vm", false},
+		{".vm", false},
+		{"vm 42", false},
+		{"vm/42", false},
+		{"vm\x00", false},
+		{"vé", false},
+		{"luod", false},
+		{"luod-x", false},
+		{"luodx", false},
+		{"Luod", true}, // the reserved prefix is case-sensitive
+		{"xluod", true},
+		{long, false},
+	} {
+		err := ValidateName(tc.name)
+		if (err == nil) != tc.ok {
+			t.Errorf("ValidateName(%q) = %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err != nil {
+			wantCode(t, err, CodeInvalidName)
+		}
+	}
+}
+
+// TestFullCycle runs two workloads through a whole live update: alice has
+// luod preserve her memfds, bob preserves into his own duplicate and
+// declares; luod freezes, writes the manifest, the kernel kexecs, the new
+// luod recovers, and both get their memory back byte for byte.
+func TestFullCycle(t *testing.T) {
+	h := newHost(t, Config{})
+	c := h.c
+	dir := t.TempDir()
+
+	// alice: luod preserves on her behalf.
+	s, dup, err := c.Create(alice, "vm-a", map[string]string{"vm": "a", "tier": "gold"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.State != StateOpen || s.UID != alice.UID || s.GID != alice.GID || !s.Created.Equal(t0) {
+		t.Fatalf("created %+v", s)
+	}
+	dup.Close() // the client goes away; luod's own fd keeps the session
+	ramA := pattern("alice-ram", 3*4096+17)
+	devA := pattern("alice-dev", 100)
+	files, err := c.Preserve(alice, "vm-a", []PreserveFile{
+		{File: memfd(t, ramA), Token: 1, Label: "ram"},
+		{File: memfd(t, devA), Token: 0xfeed, Label: "devstate"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []File{{1, "ram", int64(len(ramA))}, {0xfeed, "devstate", int64(len(devA))}}; !slices.Equal(files, want) {
+		t.Fatalf("preserved %+v, want %+v", files, want)
+	}
+
+	// bob: preserves into his duplicate himself, then declares.
+	dupB := mustCreate(t, c, bob, "vm-b")
+	ramB := pattern("bob-ram", 8192)
+	if err := ioctl.NewSession(h.fake, dupB, "vm-b", false).PreserveFD(int(memfd(t, ramB).Fd()), 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Declare(bob, "vm-b", []FileDecl{{Token: 7, Label: "ram"}}); err != nil {
+		t.Fatal(err)
+	}
+	dupB.Close()
+
+	if got := names(c.List(alice)); !slices.Equal(got, []string{"vm-a"}) {
+		t.Fatalf("alice lists %v", got)
+	}
+	if got := names(c.List(admin)); !slices.Equal(got, []string{"vm-a", "vm-b"}) {
+		t.Fatalf("admin lists %v", got)
+	}
+	if ks, ok := h.kernelSession("vm-a"); !ok || !slices.Equal(ks.Tokens, []uint64{1, 0xfeed}) {
+		t.Fatalf("kernel has vm-a %+v %v", ks, ok)
+	}
+
+	// The upgrade commits: freeze, manifest into the reserved session.
+	unfreeze := c.Freeze()
+	if _, _, err := c.Create(alice, "vm-c", nil); CodeOf(err) != CodeBusy {
+		t.Fatalf("Create while frozen: %v", err)
+	}
+	m, err := c.WriteManifest(h.fake.LiveUpdateNum() + 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Snapshot(); !st.Frozen || !st.ManifestWritten || st.Open != 2 {
+		t.Fatalf("snapshot %+v", st)
+	}
+	if ks, ok := h.kernelSession(ReservedName); !ok || !slices.Equal(ks.Tokens, []uint64{ManifestToken}) {
+		t.Fatalf("reserved session in the kernel: %+v %v", ks, ok)
+	}
+	if len(m.Sessions) != 2 || m.Sessions[0].Name != "vm-a" || m.Sessions[1].Files[0].Size != 0 {
+		t.Fatalf("manifest %+v", m)
+	}
+	if err := SaveFile(dir, m); err != nil {
+		t.Fatal(err)
+	}
+	_ = unfreeze
+
+	h2 := h.reboot(Config{Release: "7.3.0-test"})
+	c2 := h2.c
+	h2.now = t0.Add(time.Hour)
+	disk, err := LoadFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c2.Recover(h2.handover(disk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Continuity != ContinuityOK || r.Expected != 1 || r.Got != 1 || len(r.Lost) != 0 ||
+		!slices.Equal(r.Recovered, []string{"vm-a", "vm-b"}) || r.PreviousRelease != "7.2.0-test" || len(r.Warnings) != 0 {
+		t.Fatalf("report %+v", r)
+	}
+	if _, ok := h2.kernelSession(ReservedName); ok {
+		t.Fatal("reserved session still in the kernel after Recover")
+	}
+	if _, err := c2.Recover(h2.handover(disk)); CodeOf(err) != CodeInternal {
+		t.Fatalf("second Recover: %v", err)
+	}
+
+	la := c2.List(alice)
+	if len(la) != 1 || la[0].State != StateIncoming || !la[0].Incoming || la[0].Labels["tier"] != "gold" ||
+		!la[0].Created.Equal(t0) || !la[0].HandedOver.Equal(h2.now) || len(la[0].Files) != 2 {
+		t.Fatalf("alice after recovery: %+v", la)
+	}
+	if st := c2.Snapshot(); st.Incoming != 2 || st.Frozen {
+		t.Fatalf("snapshot %+v", st)
+	}
+
+	// alice has luod reclaim her files, without finishing first.
+	rc, err := c2.Reclaim(alice, "vm-a", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Finished || rc.Session.State != StateClaimed || len(rc.Files) != 2 {
+		t.Fatalf("reclaim %+v", rc)
+	}
+	equalBytes(t, "vm-a ram", readAll(t, rc.Files[0]), ramA)
+	equalBytes(t, "vm-a devstate", readAll(t, rc.Files[1]), devA)
+	closeAll(rc.Files)
+	// Again, with finish: the kernel hands out the same files.
+	rc, err = c2.Reclaim(alice, "vm-a", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equalBytes(t, "vm-a ram again", readAll(t, rc.Files[0]), ramA)
+	closeAll(rc.Files)
+	if !rc.Finished || rc.Session.State != StateFinished {
+		t.Fatalf("reclaim with finish %+v", rc)
+	}
+	if err := c2.Finish(alice, "vm-a"); err != nil {
+		t.Fatalf("Finish of a finished session: %v", err)
+	}
+	if _, ok := h2.kernelSession("vm-a"); ok {
+		t.Fatal("vm-a still in the kernel after reclaim with finish")
+	}
+
+	// bob takes his session fd and retrieves the file himself.
+	s, fdB, err := c2.RetrieveForClient(bob, "vm-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.State != StateClaimed {
+		t.Fatalf("after RetrieveForClient: %+v", s)
+	}
+	got, err := ioctl.NewSession(h2.fake, fdB, "vm-b", true).RetrieveFD(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equalBytes(t, "vm-b ram", readAll(t, got), ramB)
+	got.Close()
+	fdB.Close()
+	if err := c2.Finish(bob, "vm-b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h2.kernelSession("vm-b"); ok {
+		t.Fatal("vm-b still in the kernel after Finish")
+	}
+	for _, who := range []Caller{alice, bob} {
+		for _, s := range c2.List(who) {
+			if s.State != StateFinished {
+				t.Fatalf("%+v not finished", s)
+			}
+			if err := c2.Delete(who, s.Name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n := len(c2.List(admin)); n != 0 {
+		t.Fatalf("%d sessions left", n)
+	}
+	// The name is free for the next update.
+	mustCreate(t, c2, alice, "vm-a")
+}
+
+// TestClientOutlived: luod's own fd keeps a session after the client's
+// duplicate closes; Delete then drops it in the kernel.
+func TestClientOutlived(t *testing.T) {
+	h := newHost(t, Config{})
+	dup := mustCreate(t, h.c, alice, "vm")
+	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, []byte("x")), Token: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	dup.Close()
+	if _, ok := h.kernelSession("vm"); !ok {
+		t.Fatal("session dropped when the client closed its fd")
+	}
+	if err := h.c.Delete(alice, "vm"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.kernelSession("vm"); ok {
+		t.Fatal("session alive after Delete")
+	}
+	if _, err := h.c.Get(alice, "vm"); CodeOf(err) != CodeNotFound {
+		t.Fatalf("Get after Delete: %v", err)
+	}
+}
+
+// TestDeleteOpenWithClientFD: after Delete the kernel keeps the session
+// while the client's duplicate is open, so its name is still taken.
+func TestDeleteOpenWithClientFD(t *testing.T) {
+	h := newHost(t, Config{})
+	dup := mustCreate(t, h.c, alice, "vm")
+	if err := h.c.Delete(alice, "vm"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := h.c.Create(alice, "vm", nil)
+	wantCode(t, err, CodeExists)
+	if !errors.Is(err, unix.EEXIST) {
+		t.Fatalf("%v does not unwrap to EEXIST", err)
+	}
+	var ie *ioctl.Error
+	if !errors.As(err, &ie) || ie.Op != "CREATE_SESSION" {
+		t.Fatalf("%v does not unwrap to the *ioctl.Error", err)
+	}
+	dup.Close()
+	mustCreate(t, h.c, alice, "vm")
+}
+
+func TestAuthorization(t *testing.T) {
+	h := newHost(t, Config{})
+	c := h.c
+	mustCreate(t, c, alice, "vm-a")
+	mf := memfd(t, []byte("bob's attempt"))
+
+	// Every operation by bob on alice's session says not_found, exactly
+	// as for a name nobody has.
+	for _, name := range []string{"vm-a", "nobody"} {
+		ops := map[string]func() error{
+			"Get":      func() error { _, err := c.Get(bob, name); return err },
+			"Preserve": func() error { _, err := c.Preserve(bob, name, []PreserveFile{{File: mf, Token: 1}}); return err },
+			"Declare":  func() error { return c.Declare(bob, name, []FileDecl{{Token: 1}}) },
+			"Delete":   func() error { return c.Delete(bob, name) },
+			"Finish":   func() error { return c.Finish(bob, name) },
+			"Reclaim":  func() error { _, err := c.Reclaim(bob, name, true); return err },
+			"RetrieveForClient": func() error {
+				_, _, err := c.RetrieveForClient(bob, name)
+				return err
+			},
+		}
+		for op, fn := range ops {
+			err := fn()
+			if CodeOf(err) != CodeNotFound {
+				t.Errorf("%s(bob, %q) = %v, want not_found", op, name, err)
+			} else if err.Error() != `session "`+name+`": no such session` {
+				t.Errorf("%s(bob, %q) message %q", op, name, err)
+			}
+		}
+	}
+	// Create unavoidably tells that the name exists.
+	_, _, err := c.Create(bob, "vm-a", nil)
+	wantCode(t, err, CodeExists)
+	if got := c.List(bob); len(got) != 0 {
+		t.Fatalf("bob lists %v", names(got))
+	}
+	if ks, _ := h.kernelSession("vm-a"); len(ks.Tokens) != 0 {
+		t.Fatalf("bob preserved into alice's session: %v", ks.Tokens)
+	}
+
+	// An admin sees and touches every session.
+	if _, err := c.Get(admin, "vm-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Declare(admin, "vm-a", []FileDecl{{Token: 9, Label: "by admin"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(admin, "vm-a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.List(alice); len(got) != 0 {
+		t.Fatalf("alice still has %v", names(got))
+	}
+
+	// Reserved and malformed names.
+	for _, name := range []string{"luod", "luod-mine", "", "a b"} {
+		_, _, err := c.Create(alice, name, nil)
+		wantCode(t, err, CodeInvalidName)
+		wantCode(t, c.Delete(admin, name), CodeInvalidName)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	h := newHost(t, Config{MaxSessionsPerUID: 2, MaxFilesPerSession: 3})
+	c := h.c
+	if s, f := c.Limits(); s != 2 || f != 3 {
+		t.Fatalf("limits %d %d", s, f)
+	}
+	if s, f := New(nil, Config{}).Limits(); s != DefaultMaxSessionsPerUID || f != DefaultMaxFilesPerSession {
+		t.Fatalf("default limits %d %d", s, f)
+	}
+	mustCreate(t, c, alice, "a1")
+	mustCreate(t, c, alice, "a2")
+	_, _, err := c.Create(alice, "a3", nil)
+	wantCode(t, err, CodeLimit)
+	mentions(t, err, "uid 1000", "a3")
+	mustCreate(t, c, bob, "b1") // per uid
+	if err := c.Delete(alice, "a2"); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, c, alice, "a3")
+
+	// Files: refused as a whole, before any ioctl.
+	four := make([]PreserveFile, 4)
+	for i := range four {
+		four[i] = PreserveFile{File: memfd(t, []byte{byte(i)}), Token: uint64(i)}
+	}
+	_, err = c.Preserve(alice, "a1", four)
+	wantCode(t, err, CodeLimit)
+	if ks, _ := h.kernelSession("a1"); len(ks.Tokens) != 0 {
+		t.Fatalf("preserved %v past the limit", ks.Tokens)
+	}
+	if _, err := c.Preserve(alice, "a1", four[:2]); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, c.Declare(alice, "a1", []FileDecl{{Token: 10}, {Token: 11}}), CodeLimit)
+	if err := c.Declare(alice, "a1", []FileDecl{{Token: 10}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Labels.
+	many := map[string]string{}
+	for i := range MaxLabels + 1 {
+		many[string(rune('a'+i%26))+string(rune('a'+i/26))] = "v"
+	}
+	_, _, err = c.Create(bob, "b2", many)
+	wantCode(t, err, CodeLimit)
+	_, _, err = c.Create(bob, "b2", map[string]string{"k": string(make([]byte, MaxLabelValueLen+1))})
+	wantCode(t, err, CodeLimit)
+	_, _, err = c.Create(bob, "b2", map[string]string{"k": "\xff"})
+	wantCode(t, err, CodeBadRequest)
+	wantCode(t, c.Declare(alice, "a3", []FileDecl{{Token: 1, Label: string(make([]byte, MaxLabelValueLen+1))}}), CodeLimit)
+}
+
+func TestPreserveChecks(t *testing.T) {
+	h := newHost(t, Config{})
+	c := h.c
+	dup := mustCreate(t, c, alice, "vm")
+	mf := memfd(t, []byte("ram"))
+	closed := memfd(t, nil)
+	closed.Close()
+
+	// Refused whole, nothing preserved.
+	for _, tc := range []struct {
+		what  string
+		files []PreserveFile
+		code  string
+		token uint64
+	}{
+		{"nil file", []PreserveFile{{File: mf, Token: 1}, {Token: 2}}, CodeBadFD, 2},
+		{"closed file", []PreserveFile{{File: mf, Token: 1}, {File: closed, Token: 2}}, CodeBadFD, 2},
+		{"same file twice", []PreserveFile{{File: mf, Token: 1}, {File: mf, Token: 2}}, CodeBadFD, 2},
+		{"token twice", []PreserveFile{{File: mf, Token: 1}, {File: memfd(t, nil), Token: 1}}, CodeExists, 1},
+	} {
+		done, err := c.Preserve(alice, "vm", tc.files)
+		wantCode(t, err, tc.code)
+		var e *Error
+		if !errors.As(err, &e) || !e.HasToken || e.Token != tc.token || e.Session != "vm" || len(done) != 0 {
+			t.Errorf("%s: %v (%+v), done %v", tc.what, err, e, done)
+		}
+		if ks, _ := h.kernelSession("vm"); len(ks.Tokens) != 0 {
+			t.Fatalf("%s: kernel preserved %v", tc.what, ks.Tokens)
+		}
+	}
+
+	// The kernel's own refusals.
+	if _, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 1}})
+	wantCode(t, err, CodeExists) // recorded token
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 2}})
+	wantCode(t, err, CodeBadFD) // EBUSY: preserved already
+	if !errors.Is(err, unix.EBUSY) {
+		t.Fatalf("%v is not EBUSY", err)
+	}
+	// The client preserved token 5 itself and did not declare it.
+	if err := ioctl.NewSession(h.fake, dup, "vm", false).PreserveFD(int(memfd(t, nil).Fd()), 5); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 5}})
+	wantCode(t, err, CodeExists)
+	mentions(t, err, "PRESERVE_FD", `"vm"`, "0x5", "EEXIST")
+	// Declare refuses a recorded token.
+	wantCode(t, c.Declare(alice, "vm", []FileDecl{{Token: 1}}), CodeExists)
+	wantCode(t, c.Declare(alice, "vm", []FileDecl{{Token: 6}, {Token: 6}}), CodeExists)
+	// An empty request does nothing.
+	if done, err := c.Preserve(alice, "vm", nil); err != nil || len(done) != 0 {
+		t.Fatalf("empty Preserve: %v %v", done, err)
+	}
+}
+
+// TestPreservePartial: the kernel refuses the third of four files; the
+// first two stay preserved and recorded, the fourth is not attempted.
+func TestPreservePartial(t *testing.T) {
+	h := newHost(t, Config{})
+	c := h.c
+	mustCreate(t, c, alice, "vm")
+	onDisk, err := os.Create(filepath.Join(t.TempDir(), "ram.img")) // not a memfd: no handler
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer onDisk.Close()
+	files := []PreserveFile{
+		{File: memfd(t, []byte("one")), Token: 0x10, Label: "one"},
+		{File: memfd(t, []byte("two!")), Token: 0x20, Label: "two"},
+		{File: onDisk, Token: 0x30, Label: "disk"},
+		{File: memfd(t, []byte("four")), Token: 0x40, Label: "four"},
+	}
+	done, err := c.Preserve(alice, "vm", files)
+	wantCode(t, err, CodeBadFD)
+	var e *Error
+	if !errors.As(err, &e) || e.Token != 0x30 || !errors.Is(err, unix.ENOENT) {
+		t.Fatalf("error %+v", err)
+	}
+	mentions(t, err, `"vm"`, "0x30", "0x10, 0x20", "still preserved", "1 later file(s) not attempted")
+	if want := []File{{0x10, "one", 3}, {0x20, "two", 4}}; !slices.Equal(done, want) {
+		t.Fatalf("done %+v, want %+v", done, want)
+	}
+	s, _ := c.Get(alice, "vm")
+	if !slices.Equal(s.Files, done) {
+		t.Fatalf("recorded %+v", s.Files)
+	}
+	if ks, _ := h.kernelSession("vm"); !slices.Equal(ks.Tokens, []uint64{0x10, 0x20}) {
+		t.Fatalf("kernel has %v", ks.Tokens)
+	}
+	// The rest can be retried.
+	if _, err := c.Preserve(alice, "vm", files[3:]); err != nil {
+		t.Fatal(err)
+	}
+
+	// A kernel errno without a better code is kernel.
+	h.fake.FailNext(ioctl.ReqPreserveFD, unix.ENOMEM)
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 0x50}})
+	wantCode(t, err, CodeKernel)
+	h.fake.FailNext(ioctl.ReqPreserveFD, unix.ENOSPC)
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 0x50}})
+	wantCode(t, err, CodeLimit)
+}
+
+func TestFreeze(t *testing.T) {
+	h := newHost(t, Config{})
+	c := h.c
+	mustCreate(t, c, alice, "vm")
+	if _, err := c.WriteManifest(1); CodeOf(err) != CodeInternal {
+		t.Fatalf("WriteManifest outside Freeze: %v", err)
+	}
+	unfreeze := c.Freeze()
+	mf := memfd(t, nil)
+	ops := map[string]func() error{
+		"Create":   func() error { _, _, err := c.Create(alice, "vm2", nil); return err },
+		"Preserve": func() error { _, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}}); return err },
+		"Declare":  func() error { return c.Declare(alice, "vm", []FileDecl{{Token: 1}}) },
+		"Delete":   func() error { return c.Delete(alice, "vm") },
+		"Finish":   func() error { return c.Finish(alice, "vm") },
+		"Reclaim":  func() error { _, err := c.Reclaim(alice, "vm", false); return err },
+		"RetrieveForClient": func() error {
+			_, _, err := c.RetrieveForClient(alice, "vm")
+			return err
+		},
+	}
+	for op, fn := range ops {
+		err := fn()
+		if CodeOf(err) != CodeBusy {
+			t.Errorf("%s while frozen: %v", op, err)
+		} else {
+			mentions(t, err, "upgrade in progress")
+		}
+	}
+	if len(c.List(alice)) != 1 || !c.Frozen() {
+		t.Fatal("List or Frozen while frozen")
+	}
+	if _, err := c.WriteManifest(1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteManifest(1); err != nil { // replaces the first
+		t.Fatalf("second WriteManifest: %v", err)
+	}
+	if _, ok := h.kernelSession(ReservedName); !ok {
+		t.Fatal("no reserved session")
+	}
+	// Abort: the reserved session goes, everything works again.
+	unfreeze()
+	unfreeze()
+	if _, ok := h.kernelSession(ReservedName); ok {
+		t.Fatal("reserved session left after unfreeze")
+	}
+	if st := c.Snapshot(); st.Frozen || st.ManifestWritten {
+		t.Fatalf("snapshot %+v", st)
+	}
+	if _, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// blockingDevice holds PRESERVE_FD until released.
+type blockingDevice struct {
+	Device
+	entered, release chan struct{}
+}
+
+type blockingHandle struct {
+	Handle
+	d *blockingDevice
+}
+
+func (d *blockingDevice) CreateSession(name string) (Handle, error) {
+	h, err := d.Device.CreateSession(name)
+	if err != nil {
+		return nil, err
+	}
+	return blockingHandle{h, d}, nil
+}
+
+func (h blockingHandle) PreserveFD(fd int, token uint64) error {
+	h.d.entered <- struct{}{}
+	<-h.d.release
+	return h.Handle.PreserveFD(fd, token)
+}
+
+// TestFreezeWaitsInFlight: Freeze returns only after a running Preserve
+// has recorded its files, and the manifest then has them; meanwhile the
+// session is busy for others, but the table is not locked.
+func TestFreezeWaitsInFlight(t *testing.T) {
+	h := newHost(t, Config{})
+	bd := &blockingDevice{Device: FromIoctl(h.dev), entered: make(chan struct{}), release: make(chan struct{})}
+	c := New(bd, Config{})
+	defer c.Close()
+	_, dup, err := c.Create(alice, "vm", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup.Close()
+	mf := memfd(t, []byte("ram"))
+	preserved := make(chan error, 1)
+	go func() {
+		_, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}})
+		preserved <- err
+	}()
+	<-bd.entered
+	wantCode(t, c.Declare(alice, "vm", []FileDecl{{Token: 2}}), CodeBusy)
+	if got := names(c.List(alice)); len(got) != 1 {
+		t.Fatalf("List during an ioctl: %v", got)
+	}
+	frozen := make(chan func(), 1)
+	go func() { frozen <- c.Freeze() }()
+	select {
+	case <-frozen:
+		t.Fatal("Freeze returned while a Preserve was running")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(bd.release)
+	if err := <-preserved; err != nil {
+		t.Fatal(err)
+	}
+	unfreeze := <-frozen
+	defer unfreeze()
+	m := c.Manifest(1)
+	if len(m.Sessions) != 1 || len(m.Sessions[0].Files) != 1 {
+		t.Fatalf("manifest after freeze: %+v", m.Sessions)
+	}
+}
+
+func TestConcurrent(t *testing.T) {
+	h := newHost(t, Config{})
+	c := h.c
+	var wg sync.WaitGroup
+	for i := range 8 {
+		who := Caller{UID: uint32(100 + i%2)}
+		wg.Go(func() {
+			for j := range 20 {
+				name := "s-" + string(rune('a'+i)) + "-" + string(rune('a'+j))
+				_, dup, err := c.Create(who, name, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				dup.Close()
+				if _, err := c.Preserve(who, name, []PreserveFile{{File: memfd(t, []byte(name)), Token: 1}}); err != nil {
+					t.Error(err)
+				}
+				c.List(who)
+				c.Snapshot()
+				if j%2 == 0 {
+					if err := c.Delete(who, name); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if st := c.Snapshot(); st.Open != 80 {
+		t.Fatalf("snapshot %+v", st)
+	}
+}
+
+func TestStates(t *testing.T) {
+	h := newHost(t, Config{})
+	mustCreate(t, h.c, alice, "vm")
+	_, _, err := h.c.RetrieveForClient(alice, "vm")
+	wantCode(t, err, CodeBadRequest)
+	_, err = h.c.Reclaim(alice, "vm", false)
+	wantCode(t, err, CodeBadRequest)
+	wantCode(t, h.c.Finish(alice, "vm"), CodeBadRequest)
+
+	h2, _ := h.kexec("", 1, Config{})
+	if _, err := h2.c.Recover(h2.handover(nil)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h2.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 1}})
+	wantCode(t, err, CodeBadRequest)
+	wantCode(t, h2.c.Declare(alice, "vm", []FileDecl{{Token: 1}}), CodeBadRequest)
+	// The incoming name is taken until the session is finished; a
+	// finished session of one's own uid is replaced by Create.
+	_, _, err = h2.c.Create(alice, "vm", nil)
+	wantCode(t, err, CodeExists)
+	if err := h2.c.Finish(alice, "vm"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = h2.c.Create(bob, "vm", nil)
+	wantCode(t, err, CodeExists)
+	_, _, err = h2.c.RetrieveForClient(alice, "vm")
+	wantCode(t, err, CodeBadRequest)
+	s, dup, err := h2.c.Create(alice, "vm", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup.Close()
+	if s.State != StateOpen || s.Incoming {
+		t.Fatalf("replaced %+v", s)
+	}
+	if st := h2.c.Snapshot(); st.Open != 1 || st.Finished != 0 {
+		t.Fatalf("snapshot %+v", st)
+	}
+}
+
+// TestDeleteIncoming: deleting a handed-over session finishes it; a FINISH
+// the kernel refuses keeps the session for a retry.
+func TestDeleteIncoming(t *testing.T) {
+	h := newHost(t, Config{})
+	mustCreate(t, h.c, alice, "vm")
+	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, []byte("ram")), Token: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	h2, _ := h.kexec("", 1, Config{})
+	if _, err := h2.c.Recover(h2.handover(nil)); err != nil {
+		t.Fatal(err)
+	}
+	h2.fake.FailNext(ioctl.ReqFinish, unix.EBUSY)
+	err := h2.c.Delete(alice, "vm")
+	wantCode(t, err, CodeKernel)
+	mentions(t, err, "FINISH", `"vm"`, "EBUSY")
+	if s, err := h2.c.Get(alice, "vm"); err != nil || s.State != StateIncoming {
+		t.Fatalf("after failed delete: %+v %v", s, err)
+	}
+	if _, ok := h2.kernelSession("vm"); !ok {
+		t.Fatal("session gone after failed delete")
+	}
+	if err := h2.c.Delete(alice, "vm"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h2.kernelSession("vm"); ok {
+		t.Fatal("session alive after delete")
+	}
+}
+
+func TestReclaimFailures(t *testing.T) {
+	h := newHost(t, Config{})
+	mustCreate(t, h.c, alice, "vm")
+	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, []byte("ram")), Token: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	// Declared but never preserved.
+	if err := h.c.Declare(alice, "vm", []FileDecl{{Token: 2, Label: "ghost"}}); err != nil {
+		t.Fatal(err)
+	}
+	h2, _ := h.kexec("", 1, Config{})
+	if _, err := h2.c.Recover(h2.handover(nil)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := h2.c.Reclaim(alice, "vm", true)
+	wantCode(t, err, CodeNotFound)
+	mentions(t, err, "RETRIEVE_FD", "0x2")
+	if s, _ := h2.c.Get(alice, "vm"); s.State != StateIncoming {
+		t.Fatalf("state after failed reclaim %v", s.State)
+	}
+	// FINISH refused: nothing is handed out, the session stays.
+	h2.fake.FailNext(ioctl.ReqFinish, unix.EBUSY)
+	if err := h2.c.Finish(alice, "vm"); CodeOf(err) != CodeKernel {
+		t.Fatalf("Finish: %v", err)
+	}
+	if s, _ := h2.c.Get(alice, "vm"); s.State != StateIncoming {
+		t.Fatalf("state after failed finish %v", s.State)
+	}
+}
+
+func TestOverdue(t *testing.T) {
+	h := newHost(t, Config{})
+	mustCreate(t, h.c, alice, "b")
+	mustCreate(t, h.c, alice, "a")
+	mustCreate(t, h.c, bob, "c")
+	h2, _ := h.kexec("", 1, Config{})
+	if _, err := h2.c.Recover(h2.handover(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if got := h2.c.Overdue(t0.Add(time.Minute), time.Minute); len(got) != 0 {
+		t.Fatalf("overdue at the deadline: %v", got)
+	}
+	if _, _, err := h2.c.RetrieveForClient(bob, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if got := h2.c.Overdue(t0.Add(time.Minute+1), time.Minute); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("overdue %v", got)
+	}
+	// Reported, never finished.
+	if st := h2.c.Snapshot(); st.Incoming != 2 {
+		t.Fatalf("snapshot %+v", st)
+	}
+}

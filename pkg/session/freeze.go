@@ -1,0 +1,153 @@
+package session
+
+import (
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// Freeze stops the custody for an upgrade commit. From its return until
+// unfreeze is called, every mutating operation (Create, Preserve, Declare,
+// Delete, RetrieveForClient, Reclaim, Finish) fails with busy ("upgrade in
+// progress"); List, Get, Snapshot, Manifest and Overdue still work. Freeze
+// first waits for the operations already running their ioctls, so the
+// table then matches the kernel exactly and a manifest written now is
+// true when the machine kexecs.
+//
+// Freezes nest: the custody thaws when every unfreeze has been called.
+// unfreeze is idempotent. The last one also drops the reserved session
+// written by WriteManifest: an aborted upgrade (barrier failed, reboot(2)
+// refused, dry run) must not leave a manifest that the next mutation would
+// make false. After a successful kexec nobody calls it.
+func (c *Custody) Freeze() (unfreeze func()) {
+	c.mu.Lock()
+	c.frozen++
+	for c.inflight > 0 {
+		c.idle.Wait()
+	}
+	c.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(c.unfreeze) }
+}
+
+func (c *Custody) unfreeze() {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	c.mu.Lock()
+	c.frozen--
+	var h Handle
+	if c.frozen == 0 {
+		h, c.reserved = c.reserved, nil
+	}
+	c.mu.Unlock()
+	if h != nil {
+		h.Close()
+	}
+}
+
+// Frozen reports whether an upgrade holds the custody frozen.
+func (c *Custody) Frozen() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.frozen > 0
+}
+
+// Manifest describes the sessions that the next live update will carry:
+// every open session, sorted by name, with its files in order. Incoming,
+// claimed and finished sessions are left out, because the kernel cannot
+// preserve a retrieved session again; the next kexec discards them.
+// expected is the liveupdate number the next kernel should report: the
+// current one plus one. Release and BootID come from Config.
+//
+// A manifest taken outside Freeze may be stale by the time it is used;
+// WriteManifest takes its own under the freeze.
+func (c *Custody) Manifest(expected uint64) *Manifest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.manifestLocked(expected)
+}
+
+func (c *Custody) manifestLocked(expected uint64) *Manifest {
+	m := &Manifest{
+		Format:                   FormatV1,
+		WrittenAt:                c.cfg.Now().UTC(),
+		Release:                  c.cfg.Release,
+		BootID:                   c.cfg.BootID,
+		ExpectedLiveUpdateNumber: expected,
+		Sessions:                 []ManifestSession{},
+	}
+	for _, e := range c.byName {
+		if e.creating || e.s.State != StateOpen {
+			continue
+		}
+		ms := ManifestSession{
+			Name: e.s.Name, UID: e.s.UID, GID: e.s.GID,
+			Labels:  maps.Clone(e.s.Labels),
+			Files:   make([]ManifestFile, len(e.s.Files)),
+			Created: e.s.Created.UTC(),
+		}
+		for i, f := range e.s.Files {
+			ms.Files[i] = ManifestFile(f)
+		}
+		m.Sessions = append(m.Sessions, ms)
+	}
+	slices.SortFunc(m.Sessions, func(a, b ManifestSession) int { return strings.Compare(a.Name, b.Name) })
+	return m
+}
+
+// WriteManifest takes the manifest of the frozen custody (see Manifest),
+// writes it into a sealed memfd and preserves that in luod's reserved
+// session ReservedName under ManifestToken, which luod keeps open so the
+// kernel carries it over with the workloads' sessions. A reserved session
+// from an earlier call of this freeze is dropped first. It returns the
+// manifest, for the readable copy on disk (SaveFile).
+//
+// It must be called between Freeze and unfreeze (else internal). A
+// manifest larger than MaxManifestSize gives limit; the kernel refusing
+// gives kernel; in both cases no reserved session remains, and the upgrade
+// must abort.
+func (c *Custody) WriteManifest(expected uint64) (*Manifest, error) {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	c.mu.Lock()
+	if c.frozen == 0 || c.closed {
+		c.mu.Unlock()
+		return nil, errorf(CodeInternal, ReservedName, "WriteManifest outside Freeze")
+	}
+	m := c.manifestLocked(expected)
+	old := c.reserved
+	c.reserved = nil
+	c.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+
+	f, err := WriteMemfd(m)
+	if err != nil {
+		code := CodeInternal
+		if isTooLarge(err) {
+			code = CodeLimit
+		}
+		return nil, &Error{Code: code, Session: ReservedName, Err: err}
+	}
+	defer f.Close() // once preserved, the kernel holds its own reference
+	h, err := c.dev.CreateSession(ReservedName)
+	if err != nil {
+		return nil, kernelError("CREATE_SESSION", ReservedName, 0, false, err)
+	}
+	var perr error
+	if err := withFD(f, func(fd int) { perr = h.PreserveFD(fd, ManifestToken) }); err != nil {
+		perr = err
+	}
+	if perr != nil {
+		h.Close()
+		e := kernelError("PRESERVE_FD", ReservedName, ManifestToken, true, perr)
+		e.Code = CodeKernel
+		return nil, e
+	}
+	c.mu.Lock()
+	c.reserved = h
+	c.mu.Unlock()
+	return m, nil
+}

@@ -1,0 +1,313 @@
+package session
+
+import (
+	"github.com/luod/luod/pkg/proto"
+
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// FormatV1 is the format string of the manifest this package writes and
+// the only one DecodeManifest reads.
+const FormatV1 = "luod-manifest-v1"
+
+// MaxManifestSize bounds an encoded manifest. Encode refuses to produce a
+// larger one (so WriteManifest fails with limit and the upgrade aborts
+// before the reboot) and DecodeManifest refuses to read one.
+const MaxManifestSize = 64 << 20
+
+// ManifestFileName is the name of the readable copy SaveFile writes.
+const ManifestFileName = "manifest.json"
+
+// ErrManifestTooLarge is matched (errors.Is) by the errors for a manifest
+// beyond MaxManifestSize.
+var ErrManifestTooLarge = errors.New("manifest too large")
+
+func isTooLarge(err error) bool { return errors.Is(err, ErrManifestTooLarge) }
+
+// Manifest is luod's own record of the sessions it hands to the next
+// kernel. It crosses the kexec as JSON in a sealed memfd, preserved in
+// luod's reserved session ReservedName under ManifestToken; a readable
+// copy is kept on disk (SaveFile), which tells a cold boot what was lost.
+// The manifest, not the session's existence in the kernel, is what proves
+// who owns a handed-over session.
+type Manifest struct {
+	// Format is FormatV1.
+	Format string `json:"format"`
+	// WrittenAt is when the manifest was taken, in UTC.
+	WrittenAt time.Time `json:"written_at"`
+	// Release is the uname release of the kernel that wrote it and BootID
+	// that boot's /proc/sys/kernel/random/boot_id.
+	Release string `json:"release"`
+	BootID  string `json:"boot_id"`
+	// ExpectedLiveUpdateNumber is the liveupdate number the next kernel
+	// should report if it is the one this manifest was written for: the
+	// writer's own number plus one. Recover compares the two.
+	ExpectedLiveUpdateNumber uint64 `json:"expected_liveupdate_number"`
+	// Sessions are the open sessions handed over, sorted by name.
+	Sessions []ManifestSession `json:"sessions"`
+}
+
+// ManifestSession is one session in a manifest.
+type ManifestSession struct {
+	Name    string            `json:"name"`
+	UID     uint32            `json:"uid"`
+	GID     uint32            `json:"gid"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Files   []ManifestFile    `json:"files"`
+	Created time.Time         `json:"created"`
+}
+
+// ManifestFile is one preserved file in a manifest; see File.
+type ManifestFile struct {
+	Token uint64 `json:"token"`
+	Label string `json:"label"`
+	Size  int64  `json:"size"`
+}
+
+// UnknownFormatError is a manifest whose format string this luod does not
+// know: written by a newer (or foreign) luod.
+type UnknownFormatError struct {
+	Format string
+}
+
+func (e *UnknownFormatError) Error() string {
+	f := e.Format
+	if len(f) > 64 {
+		f = f[:64] + "…"
+	}
+	return fmt.Sprintf("manifest format %q is unknown; this luod reads %q", f, FormatV1)
+}
+
+// ManifestError is a manifest that is not valid JSON of FormatV1, breaks
+// one of its rules, or is too large.
+type ManifestError struct {
+	// Field is the path of the offending field, e.g.
+	// "sessions[2].files[0].token", or "" for the whole document.
+	Field string
+	Err   error
+}
+
+func (e *ManifestError) Error() string {
+	if e.Field == "" {
+		return "invalid manifest: " + e.Err.Error()
+	}
+	return "invalid manifest: " + e.Field + ": " + e.Err.Error()
+}
+
+func (e *ManifestError) Unwrap() error { return e.Err }
+
+func manifestErrorf(field, format string, args ...any) *ManifestError {
+	return &ManifestError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// validate checks the rules of FormatV1: known format; every session name
+// valid by ValidateName and unique; labels within MaxLabels,
+// MaxLabelKeyLen, MaxLabelValueLen and UTF-8; tokens unique in their
+// session; sizes not negative; times within years 0 to 9999.
+func (m *Manifest) validate() error {
+	if m.Format != FormatV1 {
+		return &UnknownFormatError{Format: m.Format}
+	}
+	if !timeOK(m.WrittenAt) {
+		return manifestErrorf("written_at", "year %d out of range", m.WrittenAt.UTC().Year())
+	}
+	names := make(map[string]struct{}, len(m.Sessions))
+	for i, s := range m.Sessions {
+		at := fmt.Sprintf("sessions[%d]", i)
+		if err := proto.ValidateSessionName(s.Name); err != nil {
+			return manifestErrorf(at+".name", "%q: %v", s.Name, err)
+		}
+		if _, dup := names[s.Name]; dup {
+			return manifestErrorf(at+".name", "session %q listed twice", s.Name)
+		}
+		names[s.Name] = struct{}{}
+		if _, why := labelsProblem(s.Labels); why != "" {
+			return manifestErrorf(at+".labels", "%s", why)
+		}
+		if !timeOK(s.Created) {
+			return manifestErrorf(at+".created", "year %d out of range", s.Created.UTC().Year())
+		}
+		toks := make(map[uint64]struct{}, len(s.Files))
+		for j, f := range s.Files {
+			fat := fmt.Sprintf("%s.files[%d]", at, j)
+			if _, dup := toks[f.Token]; dup {
+				return manifestErrorf(fat+".token", "token %#x listed twice in session %q", f.Token, s.Name)
+			}
+			toks[f.Token] = struct{}{}
+			if _, why := fileLabelProblem(f.Label); why != "" {
+				return manifestErrorf(fat+".label", "%s", why)
+			}
+			if f.Size < 0 {
+				return manifestErrorf(fat+".size", "negative: %d", f.Size)
+			}
+		}
+	}
+	return nil
+}
+
+// timeOK reports whether t can be encoded as RFC 3339 in UTC.
+func timeOK(t time.Time) bool {
+	y := t.UTC().Year()
+	return y >= 0 && y <= 9999
+}
+
+// normalized is a copy of m in the canonical form Encode writes: times in
+// UTC, nil slices empty, empty label maps left out.
+func (m *Manifest) normalized() *Manifest {
+	n := *m
+	n.WrittenAt = m.WrittenAt.UTC()
+	n.Sessions = make([]ManifestSession, len(m.Sessions))
+	for i, s := range m.Sessions {
+		s.Created = s.Created.UTC()
+		if len(s.Labels) == 0 {
+			s.Labels = nil
+		}
+		if s.Files == nil {
+			s.Files = []ManifestFile{}
+		}
+		n.Sessions[i] = s
+	}
+	return &n
+}
+
+// Encode is the manifest as compact JSON, deterministic: fields in struct
+// order, label keys sorted, sessions and files in the order given (Manifest
+// sorts sessions by name), times in UTC. It refuses a manifest that
+// DecodeManifest would refuse, so luod never hands over one it cannot
+// read back.
+func (m *Manifest) Encode() ([]byte, error) {
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(m.normalized()); err != nil {
+		return nil, &ManifestError{Err: err}
+	}
+	if buf.Len() > MaxManifestSize {
+		return nil, &ManifestError{Err: fmt.Errorf("%w: %d bytes encoded, at most %d", ErrManifestTooLarge, buf.Len(), MaxManifestSize)}
+	}
+	return buf.Bytes(), nil
+}
+
+// DecodeManifest reads a manifest strictly: at most MaxManifestSize bytes,
+// one JSON object and nothing after it, format FormatV1 (another gives
+// *UnknownFormatError naming it, before the rest is looked at), no
+// unknown fields, and the rules of FormatV1 (see Manifest.validate's
+// list). Any other failure is a *ManifestError.
+func DecodeManifest(b []byte) (*Manifest, error) {
+	if len(b) > MaxManifestSize {
+		return nil, &ManifestError{Err: fmt.Errorf("%w: %d bytes, at most %d", ErrManifestTooLarge, len(b), MaxManifestSize)}
+	}
+	var head struct {
+		Format *string `json:"format"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return nil, &ManifestError{Err: err}
+	}
+	if head.Format == nil {
+		return nil, manifestErrorf("format", "missing")
+	}
+	if *head.Format != FormatV1 {
+		return nil, &UnknownFormatError{Format: *head.Format}
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var m Manifest
+	if err := dec.Decode(&m); err != nil {
+		return nil, &ManifestError{Err: err}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, manifestErrorf("", "data after the manifest object")
+	}
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// ReadMemfd decodes the manifest in f, read from offset 0 whatever f's
+// position (a retrieved memfd keeps the position it had when preserved).
+func ReadMemfd(f *os.File) (*Manifest, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("manifest memfd: %w", err)
+	}
+	if fi.Size() > MaxManifestSize {
+		return nil, &ManifestError{Err: fmt.Errorf("%w: memfd of %d bytes, at most %d", ErrManifestTooLarge, fi.Size(), MaxManifestSize)}
+	}
+	b := make([]byte, fi.Size())
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("reading manifest memfd: %w", err)
+	}
+	return DecodeManifest(b)
+}
+
+// SaveFile writes m, indented, to dir/manifest.json atomically: a
+// temporary file in dir, fsync, rename over the old copy, fsync of dir.
+// The file is mode 0600: it names every user's sessions.
+func SaveFile(dir string, m *Manifest) (err error) {
+	b, err := m.Encode()
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, b, "", "  "); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+ManifestFileName+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err = tmp.Write(buf.Bytes()); err != nil {
+		return err
+	}
+	if err = tmp.Sync(); err != nil {
+		return err
+	}
+	if err = tmp.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp.Name(), filepath.Join(dir, ManifestFileName)); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// LoadFile reads dir/manifest.json as DecodeManifest does. A missing file
+// gives an error matching fs.ErrNotExist: no copy was ever saved.
+func LoadFile(dir string) (*Manifest, error) {
+	f, err := os.Open(filepath.Join(dir, ManifestFileName))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxManifestSize+1))
+	if err != nil {
+		return nil, err
+	}
+	m, err := DecodeManifest(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	return m, nil
+}

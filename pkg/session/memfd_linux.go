@@ -1,0 +1,43 @@
+//go:build linux
+
+package session
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// manifestSeals are the seals of the manifest memfd: its contents can
+// never change again, and neither can its seals. memfd_luo preserves them
+// (MEMFD_LUO_ALL_SEALS), so the retrieved memfd is sealed the same way.
+const manifestSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE | unix.F_SEAL_SEAL
+
+// WriteMemfd encodes m into a new memfd, close-on-exec, and seals it
+// against any change (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
+// F_SEAL_SEAL). The caller preserves it and closes it.
+func WriteMemfd(m *Manifest) (*os.File, error) {
+	b, err := m.Encode()
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.MemfdCreate("luod-manifest", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "memfd:luod-manifest")
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("writing manifest memfd: %w", err)
+	}
+	var serr error
+	if err := withFD(f, func(fd int) { _, serr = unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, manifestSeals) }); err != nil {
+		serr = err
+	}
+	if serr != nil {
+		f.Close()
+		return nil, fmt.Errorf("sealing manifest memfd: %w", serr)
+	}
+	return f, nil
+}

@@ -1,0 +1,17 @@
+//go:build !linux
+
+package session
+
+import (
+	"os"
+
+	"github.com/luod/luod/pkg/ioctl"
+)
+
+// WriteMemfd needs memfd_create, which only Linux has.
+func WriteMemfd(m *Manifest) (*os.File, error) {
+	if _, err := m.Encode(); err != nil {
+		return nil, err
+	}
+	return nil, ioctl.ErrNotSupported
+}
