@@ -1,0 +1,102 @@
+// Command luod is the live update daemon: it owns /dev/liveupdate, keeps
+// workloads' preserved fds, and runs kernel live updates on an admin's
+// command. See docs/operations.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"os/user"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/luod/luod/internal/daemon"
+	"github.com/luod/luod/pkg/proto"
+)
+
+func main() {
+	var (
+		cfg        daemon.Config
+		sockGroup  = flag.String("socket.group", "", "group owning the socket (workloads in it may connect); empty: root's")
+		sockMode   = flag.String("socket.mode", "0660", "permissions of the socket file")
+		adminGroup = flag.String("admin.group", "", "group whose members may run admin operations besides root")
+		logFormat  = flag.String("log.format", "text", "log format when not under systemd: text or json")
+		logLevel   = flag.String("log.level", "info", "log level: debug, info, warn, error")
+		faultBoot  = flag.Bool("test.fault-reboot", false, "TEST ONLY: make the reboot call fail, to exercise the recovery path")
+		version    = flag.Bool("version", false, "print the version and exit")
+	)
+	flag.StringVar(&cfg.SocketPath, "socket.path", proto.DefaultSocket, "unix socket to listen on (ignored under socket activation)")
+	flag.StringVar(&cfg.StateDir, "state.dir", "/var/lib/luod", "directory for the readable manifest copy")
+	flag.StringVar(&cfg.DevicePath, "device.path", "/dev/liveupdate", "the Live Update Orchestrator device")
+	flag.StringVar(&cfg.KHODir, "kho.dir", "/sys/kernel/debug/kho/in", "the incoming KHO handover directory")
+	flag.DurationVar(&cfg.ReclaimGrace, "reclaim.grace", 10*time.Minute, "report sessions still unclaimed this long after boot (they are never finished by luod)")
+	flag.DurationVar(&cfg.UpgradeTimeout, "upgrade.timeout", 30*time.Second, "default time subscribers have to answer ready")
+	flag.IntVar(&cfg.MaxConnections, "limits.connections", 4096, "concurrent client connections")
+	flag.IntVar(&cfg.MaxSessionsPerUID, "limits.sessions-per-uid", 1024, "sessions one uid may hold")
+	flag.IntVar(&cfg.MaxFilesPerSession, "limits.files-per-session", 4096, "files one session may hold")
+	flag.DurationVar(&cfg.DeviceRetry, "device.retry", 30*time.Second, "how long to retry opening a device another process holds")
+	flag.Parse()
+	if *version {
+		fmt.Println(daemon.Version)
+		return
+	}
+
+	lvl := new(slog.LevelVar)
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		fatal("--log.level: %v", err)
+	}
+	var h slog.Handler
+	switch *logFormat {
+	case "text":
+		h = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})
+	case "json":
+		h = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})
+	default:
+		fatal("--log.format %q: want text or json", *logFormat)
+	}
+	cfg.Log = slog.New(h)
+
+	m, err := strconv.ParseUint(*sockMode, 8, 32)
+	if err != nil {
+		fatal("--socket.mode %q: %v", *sockMode, err)
+	}
+	cfg.SocketMode = os.FileMode(m)
+	if cfg.SocketGID, err = lookupGroup(*sockGroup); err != nil {
+		fatal("--socket.group: %v", err)
+	}
+	if cfg.AdminGID, err = lookupGroup(*adminGroup); err != nil {
+		fatal("--admin.group: %v", err)
+	}
+	cfg.FaultRebootFails = *faultBoot
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := daemon.Run(ctx, cfg); err != nil {
+		cfg.Log.Error("luod failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func lookupGroup(name string) (int, error) {
+	if name == "" {
+		return -1, nil
+	}
+	if gid, err := strconv.Atoi(name); err == nil {
+		return gid, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return -1, err
+	}
+	return strconv.Atoi(g.Gid)
+}
+
+func fatal(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "luod: "+format+"\n", args...)
+	os.Exit(2)
+}

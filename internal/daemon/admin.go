@@ -1,0 +1,189 @@
+package daemon
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/luod/luod/pkg/kexec"
+	"github.com/luod/luod/pkg/proto"
+)
+
+func (d *Daemon) status() proto.Status {
+	st := d.custody.Snapshot()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := proto.Status{
+		Version:                  proto.Version,
+		Release:                  d.boot.release,
+		BootID:                   d.boot.bootID,
+		LiveUpdateNumber:         d.rec.got,
+		Continuity:               d.rec.continuity,
+		ExpectedLiveUpdateNumber: d.rec.expected,
+		PreviousRelease:          d.rec.previousRelease,
+		LostSessions:             []string{},
+		Sessions:                 proto.SessionCounts{Open: st.Open, Incoming: st.Incoming, Claimed: st.Claimed},
+		UpgradePhase:             d.phase,
+		UnclaimedOverdue:         []string{},
+	}
+	for _, l := range d.rec.lost {
+		s.LostSessions = append(s.LostSessions, l.Name)
+	}
+	for name := range d.overdue {
+		s.UnclaimedOverdue = append(s.UnclaimedOverdue, name)
+	}
+	sort.Strings(s.UnclaimedOverdue)
+	if d.loaded != nil {
+		l := *d.loaded
+		s.Loaded = &l
+	}
+	return s
+}
+
+// fdPath names a received fd by the path it was opened at.
+func fdPath(f *os.File) string {
+	if p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd()))); err == nil {
+		return p
+	}
+	return f.Name()
+}
+
+func fileSHA256(f *os.File) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// load checks the kernel image (and initrd, config) it was handed by fd
+// and loads it with kexec_file_load. Files are used as received: nothing
+// is opened again by path.
+func (d *Daemon) load(a proto.LoadArgs, files []*os.File) (*proto.LoadResult, error) {
+	want := 1
+	if a.Initrd {
+		want++
+	}
+	if a.Config {
+		want++
+	}
+	if len(files) != want {
+		return nil, proto.Errorf(proto.CodeBadRequest,
+			"load expects %d file descriptors (kernel%s%s), got %d", want,
+			map[bool]string{true: ", initrd"}[a.Initrd], map[bool]string{true: ", config"}[a.Config], len(files))
+	}
+	if d.currentPhase() != "" {
+		return nil, proto.Errorf(proto.CodeBusy, "upgrade in progress")
+	}
+	kernel := files[0]
+	var initrd, config *os.File
+	if a.Initrd {
+		initrd = files[1]
+	}
+	if a.Config {
+		config = files[len(files)-1]
+	}
+	kpath := fdPath(kernel)
+	img, err := kexec.InspectFile(kernel)
+	if err != nil {
+		return nil, proto.Errorf(proto.CodePreflightFailed, "kernel %s: %v", kpath, stripPrefix(err, kernel.Name()))
+	}
+	if err := img.CheckArch(runtime.GOARCH); err != nil {
+		return nil, proto.Errorf(proto.CodePreflightFailed, "kernel %s: %v", kpath, err)
+	}
+	res := &proto.LoadResult{Warnings: []string{}}
+	if initrd != nil {
+		fi, err := initrd.Stat()
+		switch {
+		case err != nil:
+			return nil, proto.Errorf(proto.CodePreflightFailed, "initrd %s: %v", fdPath(initrd), err)
+		case !fi.Mode().IsRegular():
+			return nil, proto.Errorf(proto.CodePreflightFailed, "initrd %s is not a regular file", fdPath(initrd))
+		case fi.Size() == 0:
+			return nil, proto.Errorf(proto.CodePreflightFailed, "initrd %s is empty", fdPath(initrd))
+		case fi.Size() > kexec.MaxInitrdSize:
+			return nil, proto.Errorf(proto.CodePreflightFailed, "initrd %s of %d bytes is over luod's limit of %d bytes",
+				fdPath(initrd), fi.Size(), int64(kexec.MaxInitrdSize))
+		}
+	}
+	if config != nil {
+		if err := kexec.CheckConfig(io.NewSectionReader(config, 0, 1<<30)); err != nil {
+			if !a.Force || !errors.Is(err, kexec.ErrNoLiveUpdate) {
+				return nil, proto.Errorf(proto.CodePreflightFailed, "kernel %s (config %s): %v; --force loads it anyway",
+					kpath, fdPath(config), err)
+			}
+			res.Warnings = append(res.Warnings, fmt.Sprintf("forced: %v", err))
+		}
+	} else {
+		res.Warnings = append(res.Warnings, "no kernel config found beside the image: CONFIG_LIVEUPDATE of the new kernel not verified")
+	}
+
+	cmdline := a.Cmdline
+	if a.ReuseCmdline {
+		b, err := os.ReadFile("/proc/cmdline")
+		if err != nil {
+			return nil, err
+		}
+		cmdline = strings.TrimSpace(string(b))
+	}
+	if a.Append != "" {
+		cmdline = strings.TrimSpace(cmdline + " " + a.Append)
+	}
+	if !strings.Contains(" "+cmdline+" ", " liveupdate=on ") && !strings.Contains(" "+cmdline+" ", " liveupdate=1 ") {
+		res.Warnings = append(res.Warnings, "the new command line lacks liveupdate=on: the new kernel will not take sessions over unless its config enables it by default")
+	}
+
+	if err := d.cfg.Kexec.Load(kernel, initrd, cmdline); err != nil {
+		d.log.Error("kexec load refused", "kernel", kpath, "err", err)
+		return nil, proto.Errorf(proto.CodeKexecFailed, "%s", renameFile(err.Error(), kernel, initrd))
+	}
+	sum, _ := fileSHA256(kernel)
+	res.LoadedKernel = proto.LoadedKernel{Release: img.Release, Kernel: kpath + " sha256:" + sum, Cmdline: cmdline}
+	if initrd != nil {
+		isum, _ := fileSHA256(initrd)
+		res.Initrd = fdPath(initrd) + " sha256:" + isum
+	}
+	d.mu.Lock()
+	l := res.LoadedKernel
+	d.loaded = &l
+	d.mu.Unlock()
+	d.log.Info("kernel loaded for the next live update", "kernel", kpath, "release", img.Release,
+		"initrd", res.Initrd, "cmdline", cmdline, "warnings", len(res.Warnings))
+	return res, nil
+}
+
+// stripPrefix drops a repeated "kernel NAME: " that pkg/kexec puts first.
+func stripPrefix(err error, name string) string {
+	return strings.TrimPrefix(err.Error(), "kernel "+name+": ")
+}
+
+// renameFile replaces the received fds' names in a message with their paths.
+func renameFile(msg string, files ...*os.File) string {
+	for _, f := range files {
+		if f != nil {
+			msg = strings.ReplaceAll(msg, f.Name(), fdPath(f))
+		}
+	}
+	return msg
+}
+
+func (d *Daemon) unload() error {
+	if d.currentPhase() != "" {
+		return proto.Errorf(proto.CodeBusy, "upgrade in progress")
+	}
+	if err := d.cfg.Kexec.Unload(); err != nil {
+		return proto.Errorf(proto.CodeKexecFailed, "%v", err)
+	}
+	d.mu.Lock()
+	d.loaded = nil
+	d.mu.Unlock()
+	d.log.Info("kernel unloaded")
+	return nil
+}

@@ -1,0 +1,272 @@
+// Package daemon is luod: it owns /dev/liveupdate, keeps workloads'
+// sessions in custody (pkg/session), serves the socket protocol
+// (pkg/proto, docs/protocol.md), loads the next kernel and runs the
+// upgrade: barrier, manifest, reboot(LINUX_REBOOT_CMD_KEXEC). After the new
+// kernel boots it decodes the handover (pkg/kho), recovers every session
+// named in its manifest and holds them until their owners claim them.
+//
+// cmd/luod only parses flags into a Config and calls Run.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/luod/luod/pkg/ioctl"
+	"github.com/luod/luod/pkg/kexec"
+	"github.com/luod/luod/pkg/proto"
+	"github.com/luod/luod/pkg/session"
+)
+
+// Version names this build in hello and logs.
+var Version = "luod 0.1.0"
+
+// Config is everything luod is told at start.
+type Config struct {
+	// SocketPath is where to listen (proto.DefaultSocket), unless Listener
+	// is set (systemd socket activation).
+	SocketPath string
+	SocketMode fs.FileMode
+	// SocketGID owns the socket file; -1 leaves it root's.
+	SocketGID int
+	Listener  *proto.Listener
+	// AdminGID may run admin operations besides uid 0; -1 for none.
+	AdminGID int
+
+	// StateDir holds the readable manifest copy (manifest.json).
+	StateDir string
+	// DevicePath is /dev/liveupdate; KHODir the incoming handover
+	// (kho.DefaultDir); KHOOutLUO the outgoing LUO blob, which holds the
+	// number the next kernel will report.
+	DevicePath string
+	KHODir     string
+	KHOOutLUO  string
+
+	// ReclaimGrace is how long incoming sessions may stay unclaimed before
+	// luod reports them (it never finishes them on its own).
+	ReclaimGrace time.Duration
+	// UpgradeTimeout is the default barrier timeout.
+	UpgradeTimeout time.Duration
+	// MaxConnections bounds concurrent client connections.
+	MaxConnections int
+	// WriteTimeout bounds every write to a client, so a client that does
+	// not read cannot stall luod.
+	WriteTimeout time.Duration
+	// DeviceRetry is how long to retry opening a device another process
+	// holds (EBUSY) before giving up.
+	DeviceRetry time.Duration
+	// Limits of the custody.
+	MaxSessionsPerUID, MaxFilesPerSession int
+
+	// Backend reaches the kernel (ioctl.System); tests use ioctltest.
+	Backend ioctl.Backend
+	// Kexec loads and reboots (System); tests use a fake.
+	Kexec Kexec
+	// Log receives one line per state change.
+	Log *slog.Logger
+	// Ready, if set, is called once recovery has finished and luod serves
+	// (systemd's READY=1), with a status line.
+	Ready func(status string)
+	// FaultRebootFails is a test-only switch: the reboot call fails with
+	// EIO instead of reaching the kernel, to prove the recovery path.
+	FaultRebootFails bool
+}
+
+// Kexec is the seam to kexec_file_load and reboot.
+type Kexec interface {
+	Load(kernel, initrd *os.File, cmdline string) error
+	Unload() error
+	Reboot() error
+}
+
+// System is the real kexec.
+var System Kexec = systemKexec{}
+
+type systemKexec struct{}
+
+func (systemKexec) Load(k, i *os.File, c string) error { return kexec.LoadFiles(k, i, c) }
+func (systemKexec) Unload() error                      { return kexec.Unload() }
+func (systemKexec) Reboot() error                      { return kexec.Reboot() }
+
+// Defaults fills zero fields of cfg.
+func (cfg *Config) defaults() {
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = proto.DefaultSocket
+	}
+	if cfg.SocketMode == 0 {
+		cfg.SocketMode = 0o660
+	}
+	if cfg.DevicePath == "" {
+		cfg.DevicePath = ioctl.DevicePath
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = "/var/lib/luod"
+	}
+	if cfg.KHODir == "" {
+		cfg.KHODir = "/sys/kernel/debug/kho/in"
+	}
+	if cfg.KHOOutLUO == "" {
+		cfg.KHOOutLUO = "/sys/kernel/debug/kho/out/sub_fdts/LUO"
+	}
+	if cfg.ReclaimGrace == 0 {
+		cfg.ReclaimGrace = 10 * time.Minute
+	}
+	if cfg.UpgradeTimeout == 0 {
+		cfg.UpgradeTimeout = 30 * time.Second
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = 4096
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = 5 * time.Second
+	}
+	if cfg.DeviceRetry == 0 {
+		cfg.DeviceRetry = 30 * time.Second
+	}
+	if cfg.Backend == nil {
+		cfg.Backend = ioctl.System
+	}
+	if cfg.Kexec == nil {
+		cfg.Kexec = System
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+}
+
+// Daemon is a running luod.
+type Daemon struct {
+	cfg     Config
+	log     *slog.Logger
+	dev     *ioctl.Device
+	custody *session.Custody
+	boot    bootInfo
+
+	mu       sync.Mutex
+	loaded   *proto.LoadedKernel
+	phase    string
+	subs     map[*conn]bool
+	conns    map[*conn]bool
+	barrier  *barrier
+	overdue  map[string]bool
+	upgrades int
+
+	rec recovery
+
+	upgradeMu sync.Mutex // one upgrade at a time (TryLock)
+	diskDirty chan struct{}
+}
+
+// New opens the device, recovers what the previous kernel handed over and
+// returns a daemon ready to Serve.
+func New(ctx context.Context, cfg Config) (*Daemon, error) {
+	cfg.defaults()
+	d := &Daemon{
+		cfg:       cfg,
+		log:       cfg.Log,
+		subs:      map[*conn]bool{},
+		conns:     map[*conn]bool{},
+		overdue:   map[string]bool{},
+		diskDirty: make(chan struct{}, 1),
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
+		d.log.Warn("state directory unusable; the manifest copy will not be written", "dir", cfg.StateDir, "err", err)
+	}
+	dev, err := d.openDevice(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d.dev = dev
+	d.boot = readBootInfo()
+	d.custody = session.New(session.FromIoctl(dev), session.Config{
+		MaxSessionsPerUID:  cfg.MaxSessionsPerUID,
+		MaxFilesPerSession: cfg.MaxFilesPerSession,
+		Release:            d.boot.release,
+		BootID:             d.boot.bootID,
+	})
+	if err := d.recover(); err != nil {
+		d.custody.Close()
+		dev.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// openDevice opens /dev/liveupdate, retrying with backoff while another
+// process holds it (systemd's shutdown or early-boot step, or an old luod
+// still exiting).
+func (d *Daemon) openDevice(ctx context.Context) (*ioctl.Device, error) {
+	deadline := time.Now().Add(d.cfg.DeviceRetry)
+	wait := 50 * time.Millisecond
+	for {
+		dev, err := ioctl.OpenWith(d.cfg.Backend, d.cfg.DevicePath)
+		if err == nil {
+			return dev, nil
+		}
+		var le *ioctl.Error
+		if !errors.As(err, &le) || le.Errno != 16 /* EBUSY */ || time.Now().After(deadline) {
+			return nil, err
+		}
+		d.log.Warn("device busy, retrying", "device", d.cfg.DevicePath, "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		if wait *= 2; wait > 2*time.Second {
+			wait = 2 * time.Second
+		}
+	}
+}
+
+// Close releases the device and every session luod holds. Sessions with no
+// other open fd are dropped by the kernel: only call it at shutdown.
+func (d *Daemon) Close() error {
+	d.custody.Close()
+	return d.dev.Close()
+}
+
+type bootInfo struct {
+	release, bootID string
+}
+
+func readBootInfo() bootInfo {
+	var b bootInfo
+	if r, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		b.release = strings.TrimSpace(string(r))
+	}
+	if r, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		b.bootID = strings.TrimSpace(string(r))
+	}
+	return b
+}
+
+// statusLine is the one-line summary for logs and systemd's STATUS=.
+func (d *Daemon) statusLine() string {
+	st := d.custody.Snapshot()
+	n := st.Open + st.Incoming + st.Claimed
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := fmt.Sprintf("%d sessions held, liveupdate #%d %s", n, d.rec.got, d.rec.continuity)
+	if d.phase != "" {
+		s += ", upgrade " + d.phase
+	}
+	return s
+}
+
+// Run starts luod with cfg and serves until ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	d, err := New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Serve(ctx)
+}

@@ -1,0 +1,463 @@
+//go:build linux
+
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/pkg/client"
+	"github.com/luod/luod/pkg/ioctl/ioctltest"
+	"github.com/luod/luod/pkg/proto"
+)
+
+// fakeKexec stands in for kexec_file_load and reboot. A successful
+// Reboot is the fake kernel's Reboot: the old daemon's fds all die, as
+// its process would; Reboot then blocks like a reboot that never returns,
+// until the test ends.
+type fakeKexec struct {
+	fake      *ioctltest.Fake
+	mu        sync.Mutex
+	loaded    bool
+	cmdline   string
+	loadErr   error
+	rebootErr error
+	rebooted  chan struct{}
+	end       chan struct{}
+	// kill drops every client connection, as the machine going away does.
+	kill func()
+}
+
+func (k *fakeKexec) Load(kernel, initrd *os.File, cmdline string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.loadErr != nil {
+		return k.loadErr
+	}
+	k.loaded, k.cmdline = true, cmdline
+	return nil
+}
+
+func (k *fakeKexec) Unload() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.loaded = false
+	return nil
+}
+
+func (k *fakeKexec) Reboot() error {
+	if k.rebootErr != nil {
+		return k.rebootErr
+	}
+	if err := k.fake.Reboot(); err != nil {
+		return err
+	}
+	k.kill()
+	close(k.rebooted)
+	<-k.end
+	return errors.New("test over")
+}
+
+// host is one boot of a machine: a daemon on the fake kernel, serving.
+type host struct {
+	t      *testing.T
+	dir    string
+	fake   *ioctltest.Fake
+	kx     *fakeKexec
+	d      *Daemon
+	cancel context.CancelFunc
+	done   chan error
+	sock   string
+	logs   *bytes.Buffer
+	once   sync.Once
+}
+
+// luoV5 encodes a raw luo-v5 struct luo_ser with number n.
+func luoV5(n uint64) []byte {
+	b := make([]byte, 32)
+	copy(b, "luo-v5")
+	binary.LittleEndian.PutUint64(b[8:], n)
+	return b
+}
+
+// boot starts a daemon. After a fake reboot, handover makes the KHO
+// directory hold a LUO blob of the fake's number, as the kernel would.
+func boot(t *testing.T, dir string, fake *ioctltest.Fake, handover bool, mod func(*Config)) *host {
+	t.Helper()
+	khoIn := filepath.Join(dir, "kho-in")
+	os.RemoveAll(khoIn)
+	if handover {
+		os.MkdirAll(filepath.Join(khoIn, "sub_fdts"), 0o755)
+		os.WriteFile(filepath.Join(khoIn, "sub_fdts", "LUO"), luoV5(fake.LiveUpdateNum()), 0o644)
+	}
+	outLUO := filepath.Join(dir, "kho-out-LUO")
+	os.WriteFile(outLUO, luoV5(fake.LiveUpdateNum()+1), 0o644)
+	h := &host{t: t, dir: dir, fake: fake, logs: &bytes.Buffer{}, done: make(chan error, 1)}
+	h.kx = &fakeKexec{fake: fake, rebooted: make(chan struct{}), end: make(chan struct{})}
+	h.sock = filepath.Join(dir, "luod.sock")
+	cfg := Config{
+		SocketPath: h.sock, SocketGID: -1, AdminGID: -1,
+		StateDir: filepath.Join(dir, "state"), DevicePath: fake.Path(),
+		KHODir: khoIn, KHOOutLUO: outLUO,
+		Backend: fake, Kexec: h.kx, UpgradeTimeout: 2 * time.Second,
+		Log:         slog.New(slog.NewTextHandler(&syncWriter{w: h.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		DeviceRetry: time.Second,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := New(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatalf("New: %v", err)
+	}
+	h.d, h.cancel = d, cancel
+	h.kx.kill = func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		for c := range d.conns {
+			c.c.Close()
+		}
+	}
+	ready := make(chan struct{})
+	d.cfg.Ready = func(string) { close(ready) }
+	go func() { h.done <- d.Serve(ctx) }()
+	<-ready
+	t.Cleanup(h.stop)
+	return h
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
+func (h *host) stop() { h.once.Do(h.doStop) }
+
+func (h *host) doStop() {
+	select {
+	case <-h.kx.end:
+	default:
+		close(h.kx.end)
+	}
+	h.cancel()
+	<-h.done
+	h.d.Close()
+}
+
+func (h *host) dial() *client.Client {
+	h.t.Helper()
+	c, err := client.Dial(h.sock)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func memfd(t *testing.T, data []byte) *os.File {
+	t.Helper()
+	fd, err := unix.MemfdCreate("test", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "memfd")
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func fakeBzImage(t *testing.T, dir string) string {
+	b := make([]byte, 0x1000)
+	copy(b[0x202:], "HdrS")
+	binary.LittleEndian.PutUint16(b[0x20e:], 0x600)
+	copy(b[0x800:], "7.3.4-test #1\x00")
+	p := filepath.Join(dir, "vmlinuz-7.3.4-test")
+	os.WriteFile(p, b, 0o644)
+	os.WriteFile(filepath.Join(dir, "config-7.3.4-test"),
+		[]byte("CONFIG_KEXEC_HANDOVER=y\nCONFIG_LIVEUPDATE=y\nCONFIG_LIVEUPDATE_MEMFD=y\n"), 0o644)
+	return p
+}
+
+func load(t *testing.T, c *client.Client, kernel string) (*proto.LoadResult, error) {
+	k, err := os.Open(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	var cfg *os.File
+	if p := strings.Replace(kernel, "vmlinuz-", "config-", 1); p != kernel {
+		if cfg, err = os.Open(p); err == nil {
+			defer cfg.Close()
+		}
+	}
+	return c.Load(ctx(t), k, nil, cfg, proto.LoadArgs{Cmdline: "console=ttyS0 liveupdate=on"})
+}
+
+func isCode(err error, code proto.Code) bool {
+	return errors.Is(err, &proto.Error{Code: code})
+}
+
+// TestLiveUpdateCycle is the whole product on the fake kernel: a workload
+// preserves memory through luod and exits, an admin loads and upgrades,
+// the barrier passes, the new daemon recovers and the workload reclaims
+// byte-exact.
+func TestLiveUpdateCycle(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	h := boot(t, dir, fake, false, nil)
+	c := h.dial()
+
+	st, err := c.Status(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Continuity != proto.ContinuityFresh || st.LiveUpdateNumber != 0 {
+		t.Fatalf("cold start status = %+v, want fresh, liveupdate 0", st)
+	}
+
+	// A VMM: creates its session, preserves guest RAM through luod, then
+	// exits (luod holds the session).
+	ram := bytes.Repeat([]byte("guest-ram!"), 100000)
+	vmm, err := client.Dial(h.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmm.UseBackend(fake) // its session fd is the fake kernel's, not the host's
+	s, err := vmm.CreateSession(ctx(t), "vm-1", map[string]string{"vm": "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vmm.Preserve(ctx(t), "vm-1", []client.FileToPreserve{{File: memfd(t, ram), Token: 7, Label: "ram"}}); err != nil {
+		t.Fatal(err)
+	}
+	// The client's own dup works too: preserve a second file into it
+	// itself and declare it.
+	if err := s.PreserveFD(int(memfd(t, []byte("vfio-state")).Fd()), 8); err != nil {
+		t.Fatal(err)
+	}
+	if err := vmm.Declare(ctx(t), "vm-1", []proto.FileSpec{{Token: 8, Label: "dev"}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	vmm.Close()
+
+	// A second workload subscribes and answers the barrier.
+	sub := h.dial()
+	if err := sub.Subscribe(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for ev := range sub.Events() {
+			if ev.Event == proto.EventPrepare {
+				var p proto.PrepareEvent
+				ev.Decode(&p)
+				sub.Ready(context.Background(), p.Upgrade)
+			}
+		}
+	}()
+
+	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil); !isCode(err, proto.CodeNoKernelLoaded) {
+		t.Fatalf("upgrade without a kernel = %v, want no_kernel_loaded", err)
+	}
+	kernel := fakeBzImage(t, dir)
+	if res, err := load(t, c, kernel); err != nil || res.Release != "7.3.4-test" {
+		t.Fatalf("load = %+v, %v", res, err)
+	}
+	dry, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil)
+	if err != nil || !dry.DryRun {
+		t.Fatalf("dry run = %+v, %v", dry, err)
+	}
+	if got := fake.LiveUpdateNum(); got != 0 {
+		t.Fatalf("dry run rebooted: liveupdate number %d", got)
+	}
+
+	var phases []string
+	_, err = c.Upgrade(ctx(t), proto.UpgradeArgs{}, func(p proto.ProgressEvent) { phases = append(phases, p.Phase) })
+	if !errors.Is(err, client.ErrRebooting) {
+		t.Fatalf("upgrade = %v, want ErrRebooting", err)
+	}
+	<-h.kx.rebooted
+	if want := []string{"barrier", "manifest", "reboot"}; strings.Join(phases, ",") != strings.Join(want, ",") {
+		t.Errorf("phases %v, want %v", phases, want)
+	}
+	h.stop()
+
+	// The new kernel: luod recovers, the VMM reclaims.
+	h2 := boot(t, dir, fake, true, nil)
+	c2 := h2.dial()
+	st, err = c2.Status(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Continuity != proto.ContinuityOK || st.LiveUpdateNumber != 1 || st.Sessions.Incoming != 1 {
+		t.Fatalf("status after the update = %+v, want ok, #1, 1 incoming", st)
+	}
+	files, err := c2.Reclaim(ctx(t), "vm-1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 2 {
+		t.Fatalf("reclaimed %d files, want 2", len(files))
+	}
+	for _, f := range files {
+		got, _ := io.ReadAll(io.NewSectionReader(f.File, 0, 1<<30))
+		f.File.Close()
+		want := ram
+		if f.Token == 8 {
+			want = []byte("vfio-state")
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("token %d: %d bytes back, not byte-exact with the %d preserved", f.Token, len(got), len(want))
+		}
+	}
+}
+
+// TestBarrierAbort: a subscriber that never answers aborts the upgrade,
+// nothing is lost, and a later upgrade goes through once it is gone.
+func TestBarrierAbort(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	h := boot(t, dir, fake, false, nil)
+	c := h.dial()
+	w := h.dial()
+	if _, err := w.CreateSession(ctx(t), "vm-2", nil); err != nil {
+		t.Fatal(err)
+	}
+	w.Preserve(ctx(t), "vm-2", []client.FileToPreserve{{File: memfd(t, []byte("x")), Token: 1}})
+	mute := h.dial()
+	if err := mute.Subscribe(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := load(t, c, fakeBzImage(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Upgrade(ctx(t), proto.UpgradeArgs{TimeoutMS: 200}, nil)
+	if !isCode(err, proto.CodeAborted) || !strings.Contains(err.Error(), "did not answer ready") {
+		t.Fatalf("upgrade with a mute subscriber = %v, want aborted naming it", err)
+	}
+	ss, err := c.Sessions(ctx(t))
+	if err != nil || len(ss) != 1 || ss[0].State != proto.StateOpen || len(ss[0].Files) != 1 {
+		t.Fatalf("sessions after abort = %+v, %v", ss, err)
+	}
+	// luod still serves: a new session works while the mute one is around.
+	if _, err := w.CreateSession(ctx(t), "vm-3", nil); err != nil {
+		t.Fatal(err)
+	}
+	mute.Close()
+	time.Sleep(50 * time.Millisecond)
+	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
+		t.Fatalf("upgrade after the mute client left: %v", err)
+	}
+}
+
+// TestRebootFailureKeepsSessions uses the test fault switch for the kernel
+// refusing reboot(2).
+func TestRebootFailureKeepsSessions_FaultSwitch(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	h := boot(t, dir, fake, false, func(c *Config) { c.FaultRebootFails = true })
+	c := h.dial()
+	if _, err := c.CreateSession(ctx(t), "vm-4", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := load(t, c, fakeBzImage(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil)
+	if !isCode(err, proto.CodeKexecFailed) || !strings.Contains(err.Error(), "intact") {
+		t.Fatalf("upgrade with a failing reboot = %v, want kexec_failed", err)
+	}
+	st, err := c.Status(ctx(t))
+	if err != nil || st.Sessions.Open != 1 || st.UpgradePhase != "" {
+		t.Fatalf("status after failed reboot = %+v, %v", st, err)
+	}
+	// Everything still works, including a second upgrade attempt.
+	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoadPreflight(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	h := boot(t, dir, fake, false, nil)
+	c := h.dial()
+	notKernel := filepath.Join(dir, "notes.txt")
+	os.WriteFile(notKernel, []byte("this is no kernel"), 0o644)
+	_, err := load(t, c, notKernel)
+	if !isCode(err, proto.CodePreflightFailed) || !strings.Contains(err.Error(), notKernel) {
+		t.Errorf("load of a text file = %v, want preflight_failed naming it", err)
+	}
+	k := fakeBzImage(t, dir)
+	os.WriteFile(strings.Replace(k, "vmlinuz-", "config-", 1), []byte("# CONFIG_LIVEUPDATE is not set\nCONFIG_KEXEC_HANDOVER=y\n"), 0o644)
+	if _, err := load(t, c, k); !isCode(err, proto.CodePreflightFailed) || !strings.Contains(err.Error(), "CONFIG_LIVEUPDATE") {
+		t.Errorf("load of a kernel without LIVEUPDATE = %v, want preflight_failed", err)
+	}
+	h.kx.loadErr = &os.PathError{Op: "kexec", Path: k, Err: unix.ENOEXEC}
+	os.WriteFile(strings.Replace(k, "vmlinuz-", "config-", 1), []byte("CONFIG_KEXEC_HANDOVER=y\nCONFIG_LIVEUPDATE=y\nCONFIG_LIVEUPDATE_MEMFD=y\n"), 0o644)
+	if _, err := load(t, c, k); !isCode(err, proto.CodeKexecFailed) {
+		t.Errorf("load refused by the kernel = %v, want kexec_failed", err)
+	}
+	st, _ := c.Status(ctx(t))
+	if st.Loaded != nil {
+		t.Errorf("a refused load left a kernel loaded: %+v", st.Loaded)
+	}
+}
+
+func TestColdBootReportsLostSessions(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	h := boot(t, dir, fake, false, nil)
+	c := h.dial()
+	if _, err := c.CreateSession(ctx(t), "vm-lost", nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Preserve(ctx(t), "vm-lost", []client.FileToPreserve{{File: memfd(t, []byte("x")), Token: 1}})
+	if _, err := load(t, c, fakeBzImage(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+	// A dry run writes the disk copy; then the machine is powered off.
+	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	h.stop()
+	h2 := boot(t, dir, ioctltest.New(), false, nil)
+	st, err := h2.dial().Status(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Continuity != proto.ContinuityColdBoot || len(st.LostSessions) != 1 || st.LostSessions[0] != "vm-lost" {
+		t.Fatalf("status after a cold boot = %+v, want cold_boot losing vm-lost", st)
+	}
+	if !strings.Contains(h2.logs.String(), "session LOST") {
+		t.Errorf("the loss was not logged loudly:\n%s", h2.logs)
+	}
+}

@@ -1,0 +1,238 @@
+package daemon
+
+import (
+	"encoding/json"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/pkg/kho"
+	"github.com/luod/luod/pkg/proto"
+	"github.com/luod/luod/pkg/session"
+)
+
+// dispatch runs one decoded request. It returns the result, the fds to
+// send with it (closed by the caller after sending) or an error.
+func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cred *unix.Ucred, files []*os.File) (any, []*os.File, error) {
+	nofds := func() error {
+		if len(files) > 0 {
+			return proto.Errorf(proto.CodeBadRequest, "%s takes no file descriptors, got %d", req.Op, len(files))
+		}
+		return nil
+	}
+	switch req.Op {
+	case proto.OpHello:
+		if err := nofds(); err != nil {
+			return nil, nil, err
+		}
+		return proto.HelloResult{Version: proto.Version, Daemon: Version, Release: d.boot.release}, nil, nil
+
+	case proto.OpCreateSession:
+		var a proto.CreateSessionArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		if err := nofds(); err != nil {
+			return nil, nil, err
+		}
+		s, dup, err := d.custody.Create(caller, a.Name, a.Labels)
+		if err != nil {
+			return nil, nil, err
+		}
+		d.log.Info("session created", "session", s.Name, "uid", s.UID, "pid", cred.Pid)
+		d.markDirty()
+		return proto.CreateSessionResult{Name: s.Name}, []*os.File{dup}, nil
+
+	case proto.OpPreserve:
+		var a proto.PreserveArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		if len(a.Files) != len(files) {
+			return nil, nil, proto.Errorf(proto.CodeBadRequest,
+				"preserve names %d files but %d file descriptors came with it", len(a.Files), len(files))
+		}
+		pf := make([]session.PreserveFile, len(files))
+		for i, f := range files {
+			pf[i] = session.PreserveFile{File: f, Token: a.Files[i].Token, Label: a.Files[i].Label}
+		}
+		done, err := d.custody.Preserve(caller, a.Session, pf)
+		if len(done) > 0 {
+			d.markDirty()
+		}
+		for _, f := range done {
+			d.log.Info("file preserved", "session", a.Session, "uid", caller.UID, "token", f.Token, "bytes", f.Size)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		res := proto.PreserveResult{Files: make([]proto.PreservedFile, len(done))}
+		for i, f := range done {
+			res.Files[i] = proto.PreservedFile{Token: f.Token, Size: f.Size}
+		}
+		return res, nil, nil
+
+	case proto.OpDeclare:
+		var a proto.DeclareArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		if err := nofds(); err != nil {
+			return nil, nil, err
+		}
+		decl := make([]session.FileDecl, len(a.Files))
+		for i, f := range a.Files {
+			decl[i] = session.FileDecl{Token: f.Token, Label: f.Label}
+		}
+		if err := d.custody.Declare(caller, a.Session, decl); err != nil {
+			return nil, nil, err
+		}
+		d.log.Info("files declared", "session", a.Session, "uid", caller.UID, "count", len(decl))
+		d.markDirty()
+		return struct{}{}, nil, nil
+
+	case proto.OpListSessions, proto.OpSessions:
+		if err := nofds(); err != nil {
+			return nil, nil, err
+		}
+		who := caller
+		if req.Op == proto.OpListSessions {
+			who.Admin = false // a workload's own view, even for root
+		}
+		return proto.SessionsResult{Sessions: infos(d.custody.List(who))}, nil, nil
+
+	case proto.OpDeleteSession:
+		var a proto.DeleteSessionArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		if err := d.custody.Delete(caller, a.Name); err != nil {
+			return nil, nil, err
+		}
+		d.log.Info("session deleted", "session", a.Name, "uid", caller.UID)
+		d.markDirty()
+		return struct{}{}, nil, nil
+
+	case proto.OpSubscribe:
+		d.mu.Lock()
+		d.subs[c] = true
+		d.mu.Unlock()
+		d.log.Info("client subscribed to upgrade events", "conn", c.id, "pid", cred.Pid, "uid", cred.Uid)
+		return struct{}{}, nil, nil
+
+	case proto.OpReady:
+		var a proto.ReadyArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		d.mu.Lock()
+		b := d.barrier
+		d.mu.Unlock()
+		if b == nil || b.id != a.Upgrade {
+			return nil, nil, proto.Errorf(proto.CodeNotFound, "no upgrade %q is waiting for clients", a.Upgrade)
+		}
+		b.ready(c)
+		return struct{}{}, nil, nil
+
+	case proto.OpRetrieveSession:
+		var a proto.RetrieveSessionArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		s, dup, err := d.custody.RetrieveForClient(caller, a.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		d.log.Info("session handed to its owner", "session", s.Name, "uid", caller.UID, "pid", cred.Pid)
+		return proto.RetrieveSessionResult{Name: s.Name, Files: fileInfos(s.Files)}, []*os.File{dup}, nil
+
+	case proto.OpReclaim:
+		var a proto.ReclaimArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		r, err := d.custody.Reclaim(caller, a.Name, a.Finish)
+		if err != nil {
+			return nil, nil, err
+		}
+		d.log.Info("session reclaimed", "session", a.Name, "uid", caller.UID, "files", len(r.Files), "finished", r.Finished)
+		return proto.ReclaimResult{Files: fileInfos(r.Session.Files), Finished: r.Finished}, r.Files, nil
+
+	case proto.OpFinishSession:
+		var a proto.FinishSessionArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		if err := d.custody.Finish(caller, a.Name); err != nil {
+			return nil, nil, err
+		}
+		d.log.Info("session finished", "session", a.Name, "uid", caller.UID)
+		return struct{}{}, nil, nil
+
+	case proto.OpStatus:
+		return d.status(), nil, nil
+	case proto.OpInspect:
+		var a proto.InspectArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		return d.inspect(a.Dir)
+	case proto.OpLoad:
+		var a proto.LoadArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		res, err := d.load(a, files)
+		return res, nil, err
+	case proto.OpUnload:
+		return struct{}{}, nil, d.unload()
+	case proto.OpUpgrade:
+		var a proto.UpgradeArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		res, err := d.upgrade(c, a)
+		return res, nil, err
+	}
+	return nil, nil, proto.Errorf(proto.CodeUnknownOp, "unknown operation %q", req.Op)
+}
+
+func decode(req *proto.Request, v any) error {
+	if err := req.DecodeArgs(v); err != nil {
+		return err
+	}
+	return nil
+}
+
+func infos(ss []session.Session) []proto.SessionInfo {
+	out := make([]proto.SessionInfo, len(ss))
+	for i, s := range ss {
+		out[i] = proto.SessionInfo{Name: s.Name, UID: s.UID, Labels: s.Labels, State: string(s.State),
+			Files: fileInfos(s.Files), Created: s.Created, Incoming: s.Incoming}
+	}
+	return out
+}
+
+func fileInfos(fs []session.File) []proto.FileInfo {
+	out := make([]proto.FileInfo, len(fs))
+	for i, f := range fs {
+		out[i] = proto.FileInfo{Token: f.Token, Label: f.Label, Size: f.Size}
+	}
+	return out
+}
+
+// inspect decodes a handover directory: this boot's, or a saved copy.
+func (d *Daemon) inspect(dir string) (any, []*os.File, error) {
+	if dir == "" {
+		dir = d.cfg.KHODir
+	}
+	h, err := kho.ReadDir(dir)
+	if err != nil {
+		return nil, nil, proto.Errorf(proto.CodeNotFound, "%v", err)
+	}
+	b, err := json.Marshal(h)
+	if err != nil {
+		return nil, nil, err
+	}
+	return json.RawMessage(b), nil, nil
+}

@@ -1,0 +1,145 @@
+package daemon
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+
+	"github.com/luod/luod/internal/klog"
+	"github.com/luod/luod/pkg/kho"
+	"github.com/luod/luod/pkg/session"
+)
+
+// recovery is what luod found at start about the previous boot.
+type recovery struct {
+	continuity      string
+	got, expected   uint64
+	previousRelease string
+	lost            []session.LostSession
+	warnings        []string
+	// handover is the decoded handover of this boot, nil on a cold boot.
+	handover *kho.Handover
+}
+
+// recover decodes this boot's handover, cross-checks it with the kernel's
+// log, and has the custody take over the sessions of luod's manifest.
+func (d *Daemon) recover() error {
+	in := session.RecoverInput{}
+	var r recovery
+
+	if err := kho.MountDebugFS(); err != nil {
+		d.log.Warn("cannot mount debugfs; the handover is read from the kernel log only", "err", err)
+	}
+	h, err := kho.ReadDir(d.cfg.KHODir)
+	switch {
+	case errors.Is(err, kho.ErrNoHandover):
+		d.log.Info("no handover: this kernel was not booted by a live update", "dir", d.cfg.KHODir)
+	case err != nil:
+		r.warnings = append(r.warnings, "reading the handover: "+err.Error())
+		d.log.Error("cannot read the handover", "dir", d.cfg.KHODir, "err", err)
+	default:
+		r.handover = h
+		if h.LUO != nil {
+			in.Handover, in.LiveUpdateNumber = true, h.LUO.LiveUpdateNumber
+		} else if h.LUOErr != nil {
+			r.warnings = append(r.warnings, "LUO blob: "+h.LUOErr.Error())
+			d.log.Error("the LUO blob did not decode", "err", h.LUOErr)
+		}
+		if h.KexecMetadata != nil {
+			r.previousRelease = h.KexecMetadata.PreviousRelease
+		}
+	}
+
+	// The kernel's own log is the witness: it printed the number it took
+	// over. Use it when the blob did not decode, and flag any disagreement.
+	if log, err := klog.Read(); err == nil {
+		kl := klog.Parse(log)
+		switch {
+		case kl.HasLiveUpdate && !in.Handover:
+			in.Handover, in.LiveUpdateNumber = true, kl.LiveUpdateNumber
+			d.log.Warn("liveupdate number taken from the kernel log", "liveupdate_number", kl.LiveUpdateNumber)
+		case kl.HasLiveUpdate && kl.LiveUpdateNumber != in.LiveUpdateNumber:
+			r.warnings = append(r.warnings, "decoded liveupdate number differs from the kernel log")
+			d.log.Error("decoded liveupdate number differs from the kernel log",
+				"decoded", in.LiveUpdateNumber, "kernel_log", kl.LiveUpdateNumber)
+		}
+		if r.previousRelease == "" && kl.HasExecFrom {
+			r.previousRelease = kl.PreviousRelease
+		}
+	}
+
+	disk, err := session.LoadFile(d.cfg.StateDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		r.warnings = append(r.warnings, "manifest copy on disk: "+err.Error())
+		d.log.Warn("cannot read the manifest copy on disk", "dir", d.cfg.StateDir, "err", err)
+		disk = nil
+	}
+	in.Disk = disk
+
+	rep, err := d.custody.Recover(in)
+	if err != nil {
+		return err
+	}
+	r.continuity = string(rep.Continuity)
+	r.got, r.expected = rep.Got, rep.Expected
+	r.lost = rep.Lost
+	r.warnings = append(r.warnings, rep.Warnings...)
+	if r.previousRelease == "" {
+		r.previousRelease = rep.PreviousRelease
+	}
+	d.rec = r
+
+	attrs := []any{"continuity", r.continuity, "liveupdate_number", r.got,
+		"expected", r.expected, "previous_release", r.previousRelease,
+		"recovered", len(rep.Recovered), "lost", len(rep.Lost)}
+	switch rep.Continuity {
+	case session.ContinuityOK, session.ContinuityFresh:
+		d.log.Info("recovery finished", attrs...)
+	default:
+		d.log.Error("recovery finished: continuity "+r.continuity, append(attrs, "manifest_error", rep.ManifestError)...)
+	}
+	for _, s := range rep.Recovered {
+		d.log.Info("session handed over, held until its owner claims it", "session", s)
+	}
+	for _, l := range rep.Lost {
+		d.log.Error("session LOST", "session", l.Name, "uid", l.UID, "reason", l.Reason)
+	}
+	for _, w := range r.warnings {
+		d.log.Warn("recovery warning", "warning", w)
+	}
+	// The disk copy now describes this boot: what the next update would
+	// carry (nothing yet). A cold boot must not report the same losses
+	// twice.
+	d.saveDisk()
+	return nil
+}
+
+// saveDisk writes the readable manifest copy of the open sessions. A
+// failure (full or read-only state directory) is a warning: the manifest
+// that matters crosses the kexec in memory.
+func (d *Daemon) saveDisk() {
+	m := d.custody.Manifest(d.expectedNext())
+	if err := session.SaveFile(d.cfg.StateDir, m); err != nil {
+		d.log.Warn("cannot write the manifest copy", "dir", d.cfg.StateDir, "err", err)
+	}
+}
+
+// markDirty asks the background writer to refresh the disk copy; writes
+// are coalesced so that preserving many files costs one write.
+func (d *Daemon) markDirty() {
+	select {
+	case d.diskDirty <- struct{}{}:
+	default:
+	}
+}
+
+// expectedNext is the liveupdate number the next kernel will report. The
+// outgoing LUO blob holds it from boot on; failing that, this boot's + 1.
+func (d *Daemon) expectedNext() uint64 {
+	if b, err := os.ReadFile(d.cfg.KHOOutLUO); err == nil {
+		if l, err := kho.DecodeLUO(b); err == nil {
+			return l.LiveUpdateNumber
+		}
+	}
+	return d.rec.got + 1
+}

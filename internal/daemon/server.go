@@ -1,0 +1,314 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/pkg/proto"
+	"github.com/luod/luod/pkg/session"
+)
+
+// conn is one client connection. Requests on it are handled in order;
+// events to it may be sent from other goroutines, so every write holds wmu.
+type conn struct {
+	d    *Daemon
+	c    *proto.Conn
+	id   uint64
+	peer unix.Ucred
+
+	wmu    sync.Mutex
+	closed atomic.Bool
+}
+
+var connIDs atomic.Uint64
+
+// Serve accepts clients until ctx is done. It returns after every
+// connection has been closed.
+func (d *Daemon) Serve(ctx context.Context) error {
+	l := d.cfg.Listener
+	if l == nil {
+		var err error
+		if err = os.MkdirAll(dirOf(d.cfg.SocketPath), 0o755); err != nil {
+			return err
+		}
+		if l, err = proto.Listen(d.cfg.SocketPath, d.cfg.SocketMode, d.cfg.SocketGID); err != nil {
+			return err
+		}
+	}
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	go d.diskWriter(ctx)
+	go d.watchOverdue(ctx)
+
+	d.log.Info("serving", "socket", l.Addr().String(), "status", d.statusLine())
+	if d.cfg.Ready != nil {
+		d.cfg.Ready(d.statusLine())
+	}
+
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, d.cfg.MaxConnections)
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				break
+			}
+			d.log.Warn("accept failed", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			cc := &conn{d: d, c: c}
+			cc.send(proto.ErrorResponse(0, proto.Errorf(proto.CodeLimit,
+				"luod serves at most %d connections at once", d.cfg.MaxConnections)))
+			c.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			d.serveConn(ctx, c)
+		}()
+	}
+	d.mu.Lock()
+	for c := range d.conns {
+		c.c.Close()
+	}
+	d.mu.Unlock()
+	wg.Wait()
+	return nil
+}
+
+func dirOf(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i > 0 {
+		return p[:i]
+	}
+	return "."
+}
+
+func (d *Daemon) serveConn(ctx context.Context, pc *proto.Conn) {
+	c := &conn{d: d, c: pc, id: connIDs.Add(1)}
+	if cred, err := pc.PeerCred(); err == nil {
+		c.peer = *cred
+	}
+	d.mu.Lock()
+	d.conns[c] = true
+	d.mu.Unlock()
+	d.log.Debug("client connected", "conn", c.id, "pid", c.peer.Pid, "uid", c.peer.Uid)
+	defer func() {
+		c.closed.Store(true)
+		d.mu.Lock()
+		delete(d.conns, c)
+		delete(d.subs, c)
+		b := d.barrier
+		d.mu.Unlock()
+		if b != nil {
+			b.gone(c)
+		}
+		pc.Close()
+		d.log.Debug("client disconnected", "conn", c.id)
+	}()
+	for ctx.Err() == nil {
+		raw, files, cred, err := pc.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || c.closed.Load() {
+				return
+			}
+			var perr *proto.Error
+			if errors.As(err, &perr) || errors.Is(err, proto.ErrMessageTooLarge) ||
+				errors.Is(err, proto.ErrTooManyFDs) || errors.Is(err, proto.ErrControlTruncated) {
+				// A bad packet: answer it and go on reading.
+				c.send(proto.ErrorResponse(0, err))
+				continue
+			}
+			d.log.Debug("read failed, closing", "conn", c.id, "err", err)
+			return
+		}
+		c.handle(raw, files, cred)
+	}
+}
+
+// handle answers one request. Every fd that came with it is closed when
+// it returns, whatever happened: luod keeps what it needs by dup.
+func (c *conn) handle(raw []byte, files []*os.File, cred *unix.Ucred) {
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	req, perr := proto.DecodeRequest(raw)
+	if perr != nil {
+		id := uint64(0)
+		if req != nil {
+			id = req.ID
+		}
+		c.send(proto.ErrorResponse(id, perr))
+		return
+	}
+	if cred == nil {
+		c.send(proto.ErrorResponse(req.ID, proto.Errorf(proto.CodePermissionDenied,
+			"the request carried no credentials")))
+		return
+	}
+	caller := session.Caller{UID: cred.Uid, GID: cred.Gid, Admin: c.d.isAdmin(cred)}
+	if proto.AdminOp(req.Op) && !caller.Admin {
+		c.d.log.Warn("admin operation refused", "op", req.Op, "uid", cred.Uid, "pid", cred.Pid)
+		c.send(proto.ErrorResponse(req.ID, proto.Errorf(proto.CodePermissionDenied,
+			"%s is an admin operation: uid %d is neither root nor in luod's admin group", req.Op, cred.Uid)))
+		return
+	}
+	result, out, err := c.d.dispatch(c, req, caller, cred, files)
+	if err != nil {
+		for _, f := range out {
+			f.Close()
+		}
+		c.send(proto.ErrorResponse(req.ID, toProto(err)))
+		return
+	}
+	resp, err := proto.NewResponse(req.ID, result)
+	if err != nil {
+		resp = proto.ErrorResponse(req.ID, err)
+	}
+	c.send(resp, out...)
+	for _, f := range out {
+		f.Close()
+	}
+}
+
+// toProto turns any error into the protocol's, keeping its code.
+func toProto(err error) error {
+	var pe *proto.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	var se *session.Error
+	if errors.As(err, &se) {
+		return &proto.Error{Code: proto.Code(se.Code), Message: se.Error()}
+	}
+	return &proto.Error{Code: proto.CodeInternal, Message: err.Error()}
+}
+
+// send writes one message with a write deadline, so that a client that
+// does not read cannot block luod.
+func (c *conn) send(msg any, files ...*os.File) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.c.SetWriteDeadline(time.Now().Add(c.d.cfg.WriteTimeout))
+	err := c.c.Send(msg, files...)
+	if err != nil {
+		c.d.log.Debug("send failed", "conn", c.id, "err", err)
+	}
+	return err
+}
+
+func (c *conn) event(name string, data any) error {
+	ev, err := proto.NewEvent(name, data)
+	if err != nil {
+		return err
+	}
+	return c.send(ev)
+}
+
+// isAdmin: uid 0, or the admin group as primary or supplementary group of
+// the sending process.
+func (d *Daemon) isAdmin(cred *unix.Ucred) bool {
+	if cred.Uid == 0 {
+		return true
+	}
+	if d.cfg.AdminGID < 0 {
+		return false
+	}
+	if cred.Gid == uint32(d.cfg.AdminGID) {
+		return true
+	}
+	for _, g := range supplementaryGroups(int(cred.Pid)) {
+		if g == d.cfg.AdminGID {
+			return true
+		}
+	}
+	return false
+}
+
+func supplementaryGroups(pid int) []int {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "Groups:"); ok {
+			var gs []int
+			for _, s := range strings.Fields(rest) {
+				if g, err := strconv.Atoi(s); err == nil {
+					gs = append(gs, g)
+				}
+			}
+			return gs
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) diskWriter(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.diskDirty:
+			d.saveDisk()
+			// Coalesce bursts: at most a few writes a second.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// watchOverdue reports incoming sessions unclaimed past the grace period,
+// once each. They are never finished on luod's own initiative.
+func (d *Daemon) watchOverdue(ctx context.Context) {
+	period := d.cfg.ReclaimGrace / 4
+	if period < time.Second {
+		period = time.Second
+	}
+	if period > time.Minute {
+		period = time.Minute
+	}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, name := range d.custody.Overdue(now, d.cfg.ReclaimGrace) {
+				d.mu.Lock()
+				seen := d.overdue[name]
+				d.overdue[name] = true
+				d.mu.Unlock()
+				if !seen {
+					d.log.Warn("session unclaimed past the grace period; luod keeps holding it",
+						"session", name, "grace", d.cfg.ReclaimGrace)
+				}
+			}
+		}
+	}
+}

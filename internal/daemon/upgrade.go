@@ -1,0 +1,211 @@
+package daemon
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/pkg/proto"
+	"github.com/luod/luod/pkg/session"
+)
+
+// barrier waits for every subscribed client to answer "ready".
+type barrier struct {
+	id      string
+	mu      sync.Mutex
+	waiting map[*conn]bool
+	failed  string
+	done    chan struct{}
+	once    sync.Once
+}
+
+func (b *barrier) finish() { b.once.Do(func() { close(b.done) }) }
+
+func (b *barrier) ready(c *conn) {
+	b.mu.Lock()
+	delete(b.waiting, c)
+	n := len(b.waiting)
+	b.mu.Unlock()
+	if n == 0 {
+		b.finish()
+	}
+}
+
+// gone is called when a connection closes during the barrier: a waiting
+// client that goes away fails the barrier.
+func (b *barrier) gone(c *conn) {
+	b.mu.Lock()
+	if b.waiting[c] && b.failed == "" {
+		b.failed = fmt.Sprintf("client pid %d (uid %d) disconnected before answering ready", c.peer.Pid, c.peer.Uid)
+	}
+	delete(b.waiting, c)
+	b.mu.Unlock()
+	b.finish()
+}
+
+func (d *Daemon) currentPhase() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.phase
+}
+
+func (d *Daemon) setPhase(p string) {
+	d.mu.Lock()
+	d.phase = p
+	d.mu.Unlock()
+	if p != "" {
+		d.log.Info("upgrade phase", "phase", p)
+	}
+}
+
+// upgrade runs the live update: barrier, manifest, reboot. It returns only
+// for a dry run or a failure; then every session is as it was.
+func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, error) {
+	if !d.upgradeMu.TryLock() {
+		return nil, proto.Errorf(proto.CodeBusy, "upgrade in progress")
+	}
+	defer d.upgradeMu.Unlock()
+	defer d.setPhase("")
+
+	d.mu.Lock()
+	loaded := d.loaded
+	d.upgrades++
+	id := fmt.Sprintf("u-%d", d.upgrades)
+	d.mu.Unlock()
+	if loaded == nil {
+		return nil, proto.Errorf(proto.CodeNoKernelLoaded, "no kernel is loaded: run luoctl load first")
+	}
+	timeout := time.Duration(a.TimeoutMS) * time.Millisecond
+	if timeout <= 0 {
+		timeout = d.cfg.UpgradeTimeout
+	}
+	res := &proto.UpgradeResult{Upgrade: id, DryRun: a.DryRun, Phases: map[string]int64{}}
+	progress := func(phase string) {
+		d.setPhase(phase)
+		req.event(proto.EventProgress, proto.ProgressEvent{Upgrade: id, Phase: phase})
+	}
+	d.log.Info("upgrade requested", "upgrade", id, "release", loaded.Release, "dry_run", a.DryRun, "timeout", timeout)
+
+	// Barrier: every subscriber must answer ready in time.
+	progress(proto.PhaseBarrier)
+	t0 := time.Now()
+	subs, why := d.runBarrier(id, req, timeout)
+	res.Phases[proto.PhaseBarrier] = time.Since(t0).Milliseconds()
+	abort := func(reason string) {
+		for _, c := range subs {
+			c.event(proto.EventAborted, proto.AbortedEvent{Upgrade: id, Reason: reason})
+		}
+		d.log.Warn("upgrade aborted; every session is intact", "upgrade", id, "reason", reason)
+	}
+	if why != "" {
+		abort(why)
+		return nil, proto.Errorf(proto.CodeAborted, "upgrade %s aborted: %s", id, why)
+	}
+
+	// Manifest: freeze the custody, write the manifest into luod's own
+	// session, keep a readable copy, sync.
+	progress(proto.PhaseManifest)
+	t0 = time.Now()
+	unfreeze := d.custody.Freeze()
+	m, err := d.custody.WriteManifest(d.expectedNext())
+	if err != nil {
+		unfreeze()
+		abort("writing the manifest failed: " + err.Error())
+		return nil, err
+	}
+	if err := session.SaveFile(d.cfg.StateDir, m); err != nil {
+		d.log.Warn("cannot write the manifest copy; the in-memory manifest still crosses the kexec",
+			"dir", d.cfg.StateDir, "err", err)
+	}
+	unix.Sync()
+	res.Phases[proto.PhaseManifest] = time.Since(t0).Milliseconds()
+	d.log.Info("manifest written", "upgrade", id, "sessions", len(m.Sessions),
+		"expected_liveupdate_number", m.ExpectedLiveUpdateNumber)
+
+	if a.DryRun {
+		unfreeze()
+		for _, c := range subs {
+			c.event(proto.EventAborted, proto.AbortedEvent{Upgrade: id, Reason: "dry run: no reboot"})
+		}
+		d.saveDisk()
+		d.log.Info("dry run finished: everything but the reboot", "upgrade", id)
+		return res, nil
+	}
+
+	// Reboot.
+	progress(proto.PhaseReboot)
+	for _, c := range append(subs, req) {
+		c.event(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
+	}
+	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", "upgrade", id, "release", loaded.Release)
+	t0 = time.Now()
+	if d.cfg.FaultRebootFails {
+		err = fmt.Errorf("kexec reboot: EIO: test fault switch --test.fault-reboot")
+	} else {
+		err = d.cfg.Kexec.Reboot()
+	}
+	res.Phases[proto.PhaseReboot] = time.Since(t0).Milliseconds()
+	// Only a failure gets here.
+	unfreeze()
+	d.saveDisk()
+	abort("reboot failed: " + err.Error())
+	d.log.Error("reboot failed; back to normal with every session intact", "upgrade", id, "err", err)
+	return nil, proto.Errorf(proto.CodeKexecFailed, "reboot into %s failed: %v; every session is intact", loaded.Release, err)
+}
+
+// runBarrier sends prepare to every subscriber and waits until all answer
+// ready, one fails, or the timeout passes. It returns the subscribers and,
+// on failure, why.
+func (d *Daemon) runBarrier(id string, req *conn, timeout time.Duration) ([]*conn, string) {
+	b := &barrier{id: id, waiting: map[*conn]bool{}, done: make(chan struct{})}
+	d.mu.Lock()
+	var subs []*conn
+	for c := range d.subs {
+		if c != req {
+			subs = append(subs, c)
+			b.waiting[c] = true
+		}
+	}
+	d.barrier = b
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.barrier = nil
+		d.mu.Unlock()
+	}()
+	if len(subs) == 0 {
+		return nil, ""
+	}
+	for _, c := range subs {
+		if err := c.event(proto.EventPrepare, proto.PrepareEvent{Upgrade: id, DeadlineMS: timeout.Milliseconds()}); err != nil {
+			b.mu.Lock()
+			if b.failed == "" {
+				b.failed = fmt.Sprintf("client pid %d (uid %d) could not be told to prepare: %v", c.peer.Pid, c.peer.Uid, err)
+			}
+			b.mu.Unlock()
+			b.finish()
+		}
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-b.done:
+	case <-t.C:
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.failed != "" {
+		return subs, b.failed
+	}
+	if len(b.waiting) > 0 {
+		var who []string
+		for c := range b.waiting {
+			who = append(who, fmt.Sprintf("pid %d (uid %d)", c.peer.Pid, c.peer.Uid))
+		}
+		return subs, fmt.Sprintf("%d client(s) did not answer ready within %v: %v", len(who), timeout, who)
+	}
+	d.log.Info("barrier passed: every subscriber is ready", "upgrade", id, "clients", len(subs))
+	return subs, ""
+}
