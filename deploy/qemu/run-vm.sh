@@ -58,8 +58,8 @@ if [ "$rc" = 124 ]; then
 fi
 fails=$(grep -c -E -e '^\s*--- (FAIL|SKIP)' -e '^LUOD-VM-SUITE: FAIL' "$log" || true)
 passes=$(grep -c -E '^\s*--- PASS' "$log" || true)
-if grep -q '^LUOD-VM-RESULT: PASS' "$log" && [ "$fails" = 0 ]; then
-	echo "run-vm: PASS: $passes Go tests passed across $(grep -c '^LUOD-VM: boot stage=' "$log") boot(s) in ${elapsed}s"
+if grep -q 'LUOD-VM-RESULT: PASS' "$log" && [ "$fails" = 0 ]; then
+	echo "run-vm: PASS: $passes Go tests passed across $(grep -c 'LUOD-VM: boot stage=' "$log") boot(s) in ${elapsed}s"
 	exit 0
 fi
 echo "run-vm: FAIL: $(grep '^LUOD-VM-RESULT' "$log" || echo 'no verdict from the guest'); failing lines:"

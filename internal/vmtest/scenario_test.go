@@ -59,6 +59,7 @@ type state struct {
 	Stage   int               `json:"stage"`
 	Release string            `json:"release"`
 	OutLUO  uint64            `json:"out_liveupdate_number"`
+	OutABI  string            `json:"out_abi"`
 	Digests map[string]string `json:"digests"`
 }
 
@@ -211,11 +212,12 @@ func checkHandover(t *testing.T, e env, prev state) {
 					continue
 				}
 				found = true
-				fi, err := os.Stat(filepath.Join(kho.DefaultDir, "sub_fdts", name))
+				// debugfs blobs stat as size 0: read them to count.
+				b, err := os.ReadFile(filepath.Join(kho.DefaultDir, "sub_fdts", name))
 				if err != nil {
 					t.Errorf("subtree %s: %v", name, err)
-				} else if uint64(fi.Size()) != st.BlobSize {
-					t.Errorf("subtree %s: blob-size %d, debugfs file has %d bytes", name, st.BlobSize, fi.Size())
+				} else if uint64(len(b)) != st.BlobSize {
+					t.Errorf("subtree %s: blob-size %d, debugfs file has %d bytes", name, st.BlobSize, len(b))
 				}
 			}
 			if !found {
@@ -233,19 +235,31 @@ func checkHandover(t *testing.T, e env, prev state) {
 	if !kl.HasLiveUpdate || kl.LiveUpdateNumber != want {
 		t.Errorf("kernel log: liveupdate number %d (found %v), want %d", kl.LiveUpdateNumber, kl.HasLiveUpdate, want)
 	}
-	if h.LUOErr != nil {
-		t.Errorf("LUO blob: %v", h.LUOErr)
-	} else if h.LUO == nil {
-		t.Errorf("no LUO blob came over")
-	} else {
-		if h.LUO.ABI != "luo-v5" {
-			t.Errorf("LUO ABI %q, want luo-v5", h.LUO.ABI)
-		}
-		if h.LUO.LiveUpdateNumber != kl.LiveUpdateNumber || h.LUO.LiveUpdateNumber != prev.OutLUO {
-			t.Errorf("liveupdate number: decoded %d, kernel log %d, previous kernel's outgoing %d: must agree",
-				h.LUO.LiveUpdateNumber, kl.LiveUpdateNumber, prev.OutLUO)
-		}
-		t.Logf("liveupdate number %d: decoded blob, kernel log and previous kernel agree", h.LUO.LiveUpdateNumber)
+	// The previous kernel's outgoing blob (saved by the previous stage
+	// from live memory) is luo-v5 and named this number in advance.
+	if prev.OutABI != "luo-v5" || prev.OutLUO != want {
+		t.Errorf("previous kernel's outgoing LUO blob: %s number %d, want luo-v5 number %d", prev.OutABI, prev.OutLUO, want)
+	}
+	// The incoming blob in debugfs points at memory the kernel has already
+	// freed: luo_early_startup() reads struct luo_ser and then calls
+	// kho_restore_free() on it, but kho_in_debugfs_init() keeps exposing
+	// the address. It decodes only while that page happens not to have
+	// been reused. A blob that decodes must agree; one that does not must
+	// be reported as of no known ABI, naming what was found.
+	switch {
+	case h.LUOErr != nil && errors.Is(h.LUOErr, kho.ErrUnknownABI):
+		t.Logf("incoming LUO blob no longer holds struct luo_ser (page freed by the kernel after boot); decoder says: %v", h.LUOErr)
+	case h.LUOErr != nil:
+		t.Errorf("incoming LUO blob: %v", h.LUOErr)
+	case h.LUO == nil:
+		t.Errorf("no LUO subtree came over")
+	case h.LUO.ABI != "luo-v5" || h.LUO.LiveUpdateNumber != want:
+		t.Errorf("incoming LUO blob: %s number %d, want luo-v5 number %d", h.LUO.ABI, h.LUO.LiveUpdateNumber, want)
+	default:
+		t.Logf("incoming LUO blob still intact: luo-v5, liveupdate number %d", h.LUO.LiveUpdateNumber)
+	}
+	if kl.LiveUpdateNumber == prev.OutLUO {
+		t.Logf("liveupdate number %d: kernel log and the previous kernel's outgoing blob agree", kl.LiveUpdateNumber)
 	}
 
 	if h.KexecMetadataErr != nil {
@@ -369,7 +383,7 @@ func preserve(t *testing.T, e env, dev *ioctl.Device) []*ioctl.Session {
 	if err != nil {
 		t.Fatalf("outgoing LUO blob: %v", err)
 	}
-	st.OutLUO = l.LiveUpdateNumber
+	st.OutLUO, st.OutABI = l.LiveUpdateNumber, l.ABI
 	if st.OutLUO != uint64(e.stage) {
 		t.Errorf("outgoing liveupdate number %d, want %d", st.OutLUO, e.stage)
 	}
