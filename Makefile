@@ -6,12 +6,17 @@
 GO       ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit fuzz-short vm-test vet fmt-check clean
+.PHONY: all build demo test unit fuzz-short vm-test vm-contract vm-daemon vet fmt-check clean
 
 all: build
 
 build:
 	$(GO) build ./...
+
+## demo: a real live update in a VM — luod, luoctl and a workload with 256 MiB of
+## guest RAM through two updates, 7.2 -> 7.3 -> 7.3 (installs what it needs).
+demo:
+	deploy/qemu/demo.sh
 
 ## test: every test — unit tests, short fuzzing, and the VM tests on real LUO kernels.
 test: unit vm-test
@@ -39,9 +44,16 @@ fuzz-short:
 		done; \
 	done; rm -f _fuzz.log
 
-## vm-test: the kernel-contract VM run: 7.2 -> 7.3 -> 7.3 with byte-exact data.
-vm-test:
+## vm-test: both VM runs on real LUO kernels (7.2 -> 7.3 -> 7.3 each).
+vm-test: vm-contract vm-daemon
+
+## vm-contract: the kernel contract: raw ioctls, handover decoding, byte-exact data.
+vm-contract:
 	deploy/qemu/vm-test.sh
+
+## vm-daemon: the demo flow with the daemon's VM test cases in its first boot.
+vm-daemon:
+	deploy/qemu/demo.sh --tests
 
 clean:
 	rm -rf _out

@@ -9,6 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 
+chmod 755 "$root" # mktemp made it 0700: that would be the guest's /
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,run,mnt,root,luod,etc}
 cp /bin/busybox "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"

@@ -42,8 +42,12 @@ func (d *Daemon) recover() error {
 		if h.LUO != nil {
 			in.Handover, in.LiveUpdateNumber = true, h.LUO.LiveUpdateNumber
 		} else if h.LUOErr != nil {
-			r.warnings = append(r.warnings, "LUO blob: "+h.LUOErr.Error())
-			d.log.Error("the LUO blob did not decode", "err", h.LUOErr)
+			// Linux 7.2/7.3 free struct luo_ser right after reading it at
+			// boot while debugfs keeps exposing its address, so the blob is
+			// often clobbered by then; the kernel log below still says
+			// what came over. See docs/kernel-contract.md.
+			r.warnings = append(r.warnings, "incoming LUO blob: "+h.LUOErr.Error())
+			d.log.Warn("the incoming LUO blob does not decode (the kernel frees it after boot); relying on the kernel log", "err", h.LUOErr)
 		}
 		if h.KexecMetadata != nil {
 			r.previousRelease = h.KexecMetadata.PreviousRelease

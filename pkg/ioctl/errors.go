@@ -161,6 +161,10 @@ func Explain(op string, errno unix.Errno) string {
 		return "a field is not correct"
 	case unix.ENOENT:
 		return "the token does not exist"
+	case unix.EBUSY:
+		return "the object is in use"
+	case unix.EEXIST:
+		return "the object already exists"
 	case unix.ENOMEM:
 		return "the kernel is out of memory"
 	case unix.EOVERFLOW:

@@ -63,6 +63,18 @@ func Inspect(r io.ReaderAt, size int64) (*Image, error) {
 	switch {
 	case len(hdr) >= 0x210 && string(hdr[0x202:0x206]) == "HdrS":
 		img.Arch, img.Format = "amd64", "bzImage"
+		// The kernel's bzImage loader does not check that the payload is
+		// all there (seen in the VM: 64 KiB of a bzImage loads, and the
+		// machine would die at reboot). The header says how long it is:
+		// (setup_sects+1) sectors of setup, then syssize 16-byte units.
+		setup := int64(hdr[0x1f1])
+		if setup == 0 {
+			setup = 4
+		}
+		want := (setup+1)*512 + int64(binary.LittleEndian.Uint32(hdr[0x1f4:]))*16
+		if size < want {
+			return nil, fmt.Errorf("%w: truncated bzImage: %d bytes, its header says %d", ErrNotKernel, size, want)
+		}
 		if off := int64(binary.LittleEndian.Uint16(hdr[0x20e:])); off != 0 && off+0x200 < size {
 			v := make([]byte, 128)
 			m, _ := r.ReadAt(v, off+0x200)

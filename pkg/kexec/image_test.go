@@ -17,6 +17,8 @@ func bzImage(release string) []byte {
 	binary.LittleEndian.PutUint16(b[0x206:], 0x020f)
 	binary.LittleEndian.PutUint16(b[0x20e:], 0x600)
 	copy(b[0x800:], release+" (builder@host) #1 SMP\x00")
+	b[0x1f1] = 3                                   // setup_sects: 4 sectors with the boot sector
+	binary.LittleEndian.PutUint32(b[0x1f4:], 0x80) // syssize: 2 KiB of payload
 	return b
 }
 
@@ -41,6 +43,7 @@ func TestInspect(t *testing.T) {
 		{"arm64 Image", arm64Image(), "arm64", "Image", "", nil},
 		{"arm64 zboot", zboot, "arm64", "zboot", "", nil},
 		{"text file", []byte("#!/bin/sh\necho not a kernel\n"), "", "", "", ErrNotKernel},
+		{"truncated bzImage", bzImage("7.3.4")[:0x900], "", "", "", ErrNotKernel},
 		{"empty", nil, "", "", "", ErrNotKernel},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# demo.sh — the luod demo in a VM (make demo): luod, luoctl and a demo
+# workload (examples/guestram) do two live updates, 7.2 -> 7.3 -> 7.3, with
+# 256 MiB of guest RAM verified byte-exact after each. With --tests (make
+# test) stage 1 also runs the daemon's VM test cases first.
+# Output goes to ${LUOD_OUT:-_out}/vm/demo/.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+tests=0
+[ "${1:-}" = --tests ] && tests=1
+name=demo
+[ $tests = 1 ] && name=daemon
+out=${LUOD_OUT:-$repo/_out}/vm/$name
+from=${LUOD_FROM_KERNEL:-7.2}
+to=${LUOD_TO_KERNEL:-7.3}
+
+echo "demo: installing what the VM needs and building (or reusing) the kernels"
+"$here/host-deps.sh"
+k_from=$("$here/build-kernel.sh" "$from")
+k_to=$("$here/build-kernel.sh" "$to")
+
+rm -rf "$out"
+mkdir -p "$out/bin" "$out/share"
+echo "demo: building luod, luoctl and the guestram workload (static)"
+(cd "$repo" &&
+	CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod ./cmd/luoctl ./examples/guestram &&
+	CGO_ENABLED=0 go test -c -o "$out/bin/vmtest.test" ./internal/vmtest)
+cp "$here/demo-stage.sh" "$out/bin/"
+"$here/mkinitramfs.sh" "$out/share/initrd.img" "$out/bin/"*
+
+boot() { # boot N KERNELDIR
+	mkdir -p "$out/share/boot$1"
+	cp "$2/bzImage" "$2/release" "$2/config" "$out/share/boot$1/"
+}
+boot 1 "$k_from"
+boot 2 "$k_to"
+boot 3 "$k_to"
+
+{
+	echo "# stage name command (run in /luod of the guest)"
+	for s in 1 2 3; do echo "$s demo env LUOD_DEMO_TESTS=$tests ./demo-stage.sh"; done
+} >"$out/share/plan"
+
+"$here/run-vm.sh" "$out/share" "$out/console.log" && rc=0 || rc=$?
+if [ $rc = 0 ] && grep -q 'demo: VERDICT: PASS' "$out/console.log"; then
+	grep 'demo: VERDICT' "$out/console.log"
+	exit 0
+fi
+echo "demo: VERDICT: FAIL (console in $out/console.log)"
+exit 1

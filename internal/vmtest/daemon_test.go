@@ -1,0 +1,314 @@
+//go:build linux
+
+package vmtest
+
+import (
+	"context"
+	"errors"
+
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/pkg/client"
+	"github.com/luod/luod/pkg/proto"
+)
+
+// The daemon's cases run inside the VM against the live luod of the demo's
+// first boot (deploy/qemu/demo-stage.sh), on the real LUO kernel, before the
+// demo's own upgrade. Each leaves luod as it found it.
+
+func daemonEnv(t *testing.T) (sock, share string) {
+	t.Helper()
+	if os.Getenv("LUOD_VM") != "1" {
+		t.Skip("the daemon's VM cases run only inside the VM harness (LUOD_VM=1)")
+	}
+	return proto.DefaultSocket, os.Getenv("LUOD_SHARE")
+}
+
+func tctx(t *testing.T, d time.Duration) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return c
+}
+
+func dial(t *testing.T, sock string) *client.Client {
+	t.Helper()
+	c, err := client.Dial(sock)
+	if err != nil {
+		t.Fatalf("dial luod: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func memfdOf(t *testing.T, data []byte) *os.File {
+	t.Helper()
+	fd, err := unix.MemfdCreate("vmtest", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "vmtest")
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func isCode(err error, c proto.Code) bool { return errors.Is(err, &proto.Error{Code: c}) }
+
+// loadNextKernel loads boot2's kernel through luod, with its config.
+func loadNextKernel(t *testing.T, c *client.Client, share string) {
+	t.Helper()
+	k, err := os.Open(filepath.Join(share, "boot2", "bzImage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	cfg, err := os.Open(filepath.Join(share, "boot2", "config"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cfg.Close()
+	res, err := c.Load(tctx(t, time.Minute), k, nil, cfg, proto.LoadArgs{ReuseCmdline: true})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	t.Logf("loaded %s: %s", res.Release, res.Kernel)
+}
+
+// TestDaemon runs the daemon's cases on the real kernel.
+func TestDaemon(t *testing.T) {
+	sock, share := daemonEnv(t)
+	admin := dial(t, sock)
+
+	// A session of root's that every case must leave intact.
+	keep := []byte(strings.Repeat("keep me across everything ", 40000))
+	if _, err := admin.CreateSession(tctx(t, 10*time.Second), "vmtest-keep", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Preserve(tctx(t, 10*time.Second), "vmtest-keep", []client.FileToPreserve{{File: memfdOf(t, keep), Token: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	intact := func(t *testing.T) {
+		t.Helper()
+		ss, err := admin.Sessions(tctx(t, 10*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range ss {
+			if s.Name == "vmtest-keep" {
+				if s.State != proto.StateOpen || len(s.Files) != 1 || s.Files[0].Size != int64(len(keep)) {
+					t.Errorf("vmtest-keep after the case: %+v", s)
+				}
+				return
+			}
+		}
+		t.Errorf("vmtest-keep is gone")
+	}
+
+	t.Run("upgrade_without_kernel_refused", func(t *testing.T) {
+		admin.Unload(tctx(t, 10*time.Second))
+		_, err := admin.Upgrade(tctx(t, 10*time.Second), proto.UpgradeArgs{}, nil)
+		if !isCode(err, proto.CodeNoKernelLoaded) {
+			t.Fatalf("upgrade without a loaded kernel = %v, want no_kernel_loaded", err)
+		}
+		intact(t)
+	})
+
+	t.Run("failed_kexec_load_not_a_kernel", func(t *testing.T) {
+		f, err := os.Open("/luod/demo-stage.sh")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		_, err = admin.Load(tctx(t, time.Minute), f, nil, nil, proto.LoadArgs{ReuseCmdline: true})
+		if !isCode(err, proto.CodePreflightFailed) || !strings.Contains(err.Error(), "/luod/demo-stage.sh") {
+			t.Fatalf("load of a shell script = %v, want preflight_failed naming the file", err)
+		}
+		t.Logf("refused: %v", err)
+		intact(t)
+	})
+
+	bzImage, err := os.ReadFile(filepath.Join(share, "boot2", "bzImage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	loadBytes := func(t *testing.T, name string, b []byte) error {
+		p := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		_, err = admin.Load(tctx(t, time.Minute), f, nil, nil, proto.LoadArgs{ReuseCmdline: true})
+		if err != nil && !strings.Contains(err.Error(), p) {
+			t.Errorf("the error does not name the file %s: %v", p, err)
+		}
+		return err
+	}
+
+	t.Run("failed_kexec_load_truncated_kernel", func(t *testing.T) {
+		// The kernel itself loads a truncated bzImage (and would die at
+		// reboot): luod's preflight must refuse it from the header.
+		err := loadBytes(t, "bzImage-truncated", bzImage[:64<<10])
+		if !isCode(err, proto.CodePreflightFailed) || !strings.Contains(err.Error(), "truncated") {
+			t.Fatalf("load of a truncated kernel = %v, want preflight_failed: truncated", err)
+		}
+		t.Logf("refused: %v", err)
+		intact(t)
+	})
+
+	t.Run("failed_kexec_load_kernel_refuses", func(t *testing.T) {
+		// A whole bzImage without XLF_KERNEL_64 passes the preflight; the
+		// kernel's bzImage64 loader refuses it with ENOEXEC.
+		b := append([]byte(nil), bzImage...)
+		b[0x236] &^= 1
+		err := loadBytes(t, "bzImage-not-64bit", b)
+		if !isCode(err, proto.CodeKexecFailed) || !strings.Contains(err.Error(), "ENOEXEC") {
+			t.Fatalf("load of a kernel the loader refuses = %v, want kexec_failed with ENOEXEC", err)
+		}
+		t.Logf("refused by the kernel: %v", err)
+		intact(t)
+	})
+
+	t.Run("dry_run", func(t *testing.T) {
+		loadNextKernel(t, admin, share)
+		var phases []string
+		res, err := admin.Upgrade(tctx(t, time.Minute), proto.UpgradeArgs{DryRun: true}, func(p proto.ProgressEvent) { phases = append(phases, p.Phase) })
+		if err != nil || !res.DryRun {
+			t.Fatalf("dry run = %+v, %v", res, err)
+		}
+		if strings.Join(phases, ",") != "barrier,manifest" {
+			t.Errorf("dry run phases %v, want barrier,manifest", phases)
+		}
+		st, err := admin.Status(tctx(t, 10*time.Second))
+		if err != nil || st.UpgradePhase != "" || st.Loaded == nil {
+			t.Fatalf("status after a dry run = %+v, %v", st, err)
+		}
+		intact(t)
+	})
+
+	t.Run("barrier_abort_then_upgrade_possible", func(t *testing.T) {
+		mute := dial(t, sock)
+		if err := mute.Subscribe(tctx(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		_, err := admin.Upgrade(tctx(t, time.Minute), proto.UpgradeArgs{TimeoutMS: 1000}, nil)
+		if !isCode(err, proto.CodeAborted) {
+			t.Fatalf("upgrade with a client that never answers = %v, want aborted", err)
+		}
+		t.Logf("aborted: %v", err)
+		select {
+		case ev := <-mute.Events():
+			if ev.Event != proto.EventPrepare {
+				t.Errorf("first event %q, want prepare", ev.Event)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("the mute client got no prepare event")
+		}
+		intact(t)
+		mute.Close()
+		time.Sleep(100 * time.Millisecond)
+		if _, err := admin.Upgrade(tctx(t, time.Minute), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
+			t.Fatalf("upgrade after the mute client left: %v", err)
+		}
+	})
+
+	t.Run("two_upgrades_at_once", func(t *testing.T) {
+		slow := dial(t, sock)
+		slow.Subscribe(tctx(t, 10*time.Second))
+		first := make(chan error, 1)
+		go func() {
+			_, err := admin.Upgrade(context.Background(), proto.UpgradeArgs{TimeoutMS: 1500, DryRun: true}, nil)
+			first <- err
+		}()
+		time.Sleep(300 * time.Millisecond)
+		other := dial(t, sock)
+		_, err := other.Upgrade(tctx(t, 10*time.Second), proto.UpgradeArgs{DryRun: true}, nil)
+		if !isCode(err, proto.CodeBusy) || !strings.Contains(err.Error(), "upgrade in progress") {
+			t.Errorf("second upgrade = %v, want busy: upgrade in progress", err)
+		}
+		<-first
+		intact(t)
+	})
+
+	t.Run("second_uid_denied", func(t *testing.T) {
+		exe, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(exe, "-test.run", "^TestAsOtherUID$", "-test.v")
+		cmd.Env = append(os.Environ(), "LUOD_VMTEST_CHILD=1")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 100}}
+		out, err := cmd.CombinedOutput()
+		t.Logf("uid 1000:\n%s", out)
+		if err != nil {
+			t.Fatalf("the uid 1000 client failed: %v", err)
+		}
+		intact(t)
+	})
+
+	if err := admin.DeleteSession(tctx(t, 10*time.Second), "vmtest-keep"); err != nil {
+		t.Errorf("delete: %v", err)
+	}
+}
+
+// TestAsOtherUID is the uid 1000 side of second_uid_denied.
+func TestAsOtherUID(t *testing.T) {
+	if os.Getenv("LUOD_VMTEST_CHILD") != "1" {
+		t.Skip("run by TestDaemon as another uid")
+	}
+	if os.Getuid() != 1000 {
+		t.Fatalf("running as uid %d, want 1000", os.Getuid())
+	}
+	c := dial(t, proto.DefaultSocket)
+	ss, err := c.ListSessions(tctx(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ss {
+		if s.Name == "vmtest-keep" {
+			t.Errorf("uid 1000 sees root's session: %+v", s)
+		}
+	}
+	if err := c.DeleteSession(tctx(t, 10*time.Second), "vmtest-keep"); !isCode(err, proto.CodeNotFound) {
+		t.Errorf("uid 1000 deleting root's session = %v, want not_found", err)
+	}
+	if _, err := c.Reclaim(tctx(t, 10*time.Second), "vmtest-keep", false); !isCode(err, proto.CodeNotFound) {
+		t.Errorf("uid 1000 reclaiming root's session = %v, want not_found", err)
+	}
+	for name, op := range map[string]func() error{
+		"status": func() error { _, err := c.Status(tctx(t, 10*time.Second)); return err },
+		"upgrade": func() error {
+			_, err := c.Upgrade(tctx(t, 10*time.Second), proto.UpgradeArgs{DryRun: true}, nil)
+			return err
+		},
+		"inspect": func() error { _, err := c.Inspect(tctx(t, 10*time.Second), ""); return err },
+	} {
+		if err := op(); !isCode(err, proto.CodePermissionDenied) {
+			t.Errorf("uid 1000 %s = %v, want permission_denied", name, err)
+		}
+	}
+	// Its own session works, and the connection went on after every refusal.
+	if _, err := c.CreateSession(tctx(t, 10*time.Second), "uid1000-own", nil); err != nil {
+		t.Fatalf("uid 1000 creating its own session: %v", err)
+	}
+	data := []byte("uid 1000's memory")
+	if _, err := c.Preserve(tctx(t, 10*time.Second), "uid1000-own", []client.FileToPreserve{{File: memfdOf(t, data), Token: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteSession(tctx(t, 10*time.Second), "uid1000-own"); err != nil {
+		t.Fatal(err)
+	}
+}
