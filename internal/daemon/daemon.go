@@ -65,6 +65,10 @@ type Config struct {
 	// Limits of the custody.
 	MaxSessionsPerUID, MaxFilesPerSession int
 
+	// BootID identifies this boot (/proc/sys/kernel/random/boot_id when
+	// empty); tests that simulate a kexec set a new one per boot.
+	BootID string
+
 	// Backend reaches the kernel (ioctl.System); tests use ioctltest.
 	Backend ioctl.Backend
 	// Kexec loads and reboots (System); tests use a fake.
@@ -185,6 +189,9 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	d.dev = dev
 	d.boot = readBootInfo()
+	if cfg.BootID != "" {
+		d.boot.bootID = cfg.BootID
+	}
 	d.custody = session.New(session.FromIoctl(dev), session.Config{
 		MaxSessionsPerUID:  cfg.MaxSessionsPerUID,
 		MaxFilesPerSession: cfg.MaxFilesPerSession,

@@ -7,12 +7,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,6 +86,8 @@ type host struct {
 	once   sync.Once
 }
 
+var bootSeq atomic.Int64
+
 // luoV5 encodes a raw luo-v5 struct luo_ser with number n.
 func luoV5(n uint64) []byte {
 	b := make([]byte, 32)
@@ -114,6 +118,7 @@ func boot(t *testing.T, dir string, fake *ioctltest.Fake, handover bool, mod fun
 		Backend: fake, Kexec: h.kx, UpgradeTimeout: 2 * time.Second,
 		Log:         slog.New(slog.NewTextHandler(&syncWriter{w: h.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		DeviceRetry: time.Second,
+		BootID:      fmt.Sprintf("boot-%d", bootSeq.Add(1)),
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -459,5 +464,32 @@ func TestColdBootReportsLostSessions(t *testing.T) {
 	}
 	if !strings.Contains(h2.logs.String(), "session LOST") {
 		t.Errorf("the loss was not logged loudly:\n%s", h2.logs)
+	}
+}
+
+// TestRestartWithinBootReportsLoss: luod stopped without an fd store loses
+// what it held; the next instance in the same boot says so by name and
+// does not take the handover over a second time.
+func TestRestartWithinBootReportsLoss(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	same := func(c *Config) { c.BootID = "one-boot" }
+	h := boot(t, dir, fake, false, same)
+	c := h.dial()
+	if _, err := c.CreateSession(ctx(t), "vm-crash", nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	h.stop()
+	h2 := boot(t, dir, fake, false, same)
+	st, err := h2.dial().Status(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.LostSessions) != 1 || st.LostSessions[0] != "vm-crash" {
+		t.Fatalf("status after a restart = %+v, want vm-crash lost", st)
+	}
+	if !strings.Contains(h2.logs.String(), "restarted within this boot") {
+		t.Errorf("the restart was not logged:\n%s", h2.logs)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/luod/luod/internal/klog"
 	"github.com/luod/luod/pkg/kho"
@@ -19,6 +21,8 @@ type recovery struct {
 	warnings        []string
 	// handover is the decoded handover of this boot, nil on a cold boot.
 	handover *kho.Handover
+	// restarted: luod already took this boot's handover over before.
+	restarted bool
 }
 
 // recover decodes this boot's handover, cross-checks it with the kernel's
@@ -27,11 +31,22 @@ func (d *Daemon) recover() error {
 	in := session.RecoverInput{}
 	var r recovery
 
+	// A handover is taken over once per boot. If luod already did it in
+	// this boot (it restarted), the kernel has nothing more to give: what
+	// the last instance held and did not leave in systemd's fd store died
+	// with it, and the disk copy names it.
+	marker := filepath.Join(d.cfg.StateDir, "recovered-boot-id")
+	if b, err := os.ReadFile(marker); err == nil && d.boot.bootID != "" && strings.TrimSpace(string(b)) == d.boot.bootID {
+		r.restarted = true
+		d.log.Warn("luod restarted within this boot: the handover was taken over already; sessions the last instance held are lost unless the fd store kept them")
+	}
+
 	if err := kho.MountDebugFS(); err != nil {
 		d.log.Warn("cannot mount debugfs; the handover is read from the kernel log only", "err", err)
 	}
 	h, err := kho.ReadDir(d.cfg.KHODir)
 	switch {
+	case r.restarted:
 	case errors.Is(err, kho.ErrNoHandover):
 		d.log.Info("no handover: this kernel was not booted by a live update", "dir", d.cfg.KHODir)
 	case err != nil:
@@ -59,6 +74,7 @@ func (d *Daemon) recover() error {
 	if log, err := klog.Read(); err == nil {
 		kl := klog.Parse(log)
 		switch {
+		case r.restarted:
 		case kl.HasLiveUpdate && !in.Handover:
 			in.Handover, in.LiveUpdateNumber = true, kl.LiveUpdateNumber
 			d.log.Warn("liveupdate number taken from the kernel log", "liveupdate_number", kl.LiveUpdateNumber)
@@ -92,6 +108,11 @@ func (d *Daemon) recover() error {
 		r.previousRelease = rep.PreviousRelease
 	}
 	d.rec = r
+	if d.boot.bootID != "" {
+		if err := os.WriteFile(marker, []byte(d.boot.bootID+"\n"), 0o644); err != nil {
+			d.log.Warn("cannot record that this boot's handover was taken over", "file", marker, "err", err)
+		}
+	}
 
 	attrs := []any{"continuity", r.continuity, "liveupdate_number", r.got,
 		"expected", r.expected, "previous_release", r.previousRelease,

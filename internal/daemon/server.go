@@ -91,6 +91,13 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	d.mu.Unlock()
 	wg.Wait()
+	// The disk copy must name what this instance held, so that the next
+	// one can report it if it dies with us.
+	d.saveDisk()
+	if st := d.custody.Snapshot(); st.Open+st.Incoming+st.Claimed > 0 {
+		d.log.Warn("luod stopping: sessions held only by luod end with it unless systemd's fd store keeps them",
+			"open", st.Open, "incoming", st.Incoming, "claimed", st.Claimed)
+	}
 	return nil
 }
 
