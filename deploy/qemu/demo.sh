@@ -12,30 +12,16 @@ tests=0
 name=demo
 [ $tests = 1 ] && name=daemon
 out=${LUOD_OUT:-$repo/_out}/vm/$name
-from=${LUOD_FROM_KERNEL:-7.2}
-to=${LUOD_TO_KERNEL:-7.3}
+. "$here/lib.sh"
 
 echo "demo: installing what the VM needs and building (or reusing) the kernels"
-"$here/host-deps.sh"
-k_from=$("$here/build-kernel.sh" "$from")
-k_to=$("$here/build-kernel.sh" "$to")
-
-rm -rf "$out"
-mkdir -p "$out/bin" "$out/share"
+vm_prepare "$out"
 echo "demo: building luod, luoctl and the guestram workload (static)"
 (cd "$repo" &&
 	CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod ./cmd/luoctl ./examples/guestram &&
 	CGO_ENABLED=0 go test -c -o "$out/bin/vmtest.test" ./internal/vmtest)
 cp "$here/demo-stage.sh" "$out/bin/"
-"$here/mkinitramfs.sh" "$out/share/initrd.img" "$out/bin/"*
-
-boot() { # boot N KERNELDIR
-	mkdir -p "$out/share/boot$1"
-	cp "$2/bzImage" "$2/release" "$2/config" "$out/share/boot$1/"
-}
-boot 1 "$k_from"
-boot 2 "$k_to"
-boot 3 "$k_to"
+vm_share "$out"
 
 {
 	echo "# stage name command (run in /luod of the guest)"

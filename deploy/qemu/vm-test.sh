@@ -14,28 +14,14 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out=${LUOD_OUT:-$repo/_out}/vm/contract
-from=${LUOD_FROM_KERNEL:-7.2}
-to=${LUOD_TO_KERNEL:-7.3}
+. "$here/lib.sh"
 
-"$here/host-deps.sh"
-k_from=$("$here/build-kernel.sh" "$from")
-k_to=$("$here/build-kernel.sh" "$to")
-
-rm -rf "$out"
-mkdir -p "$out/bin" "$out/share"
+vm_prepare "$out"
 echo "vm-test: building static test binaries"
 (cd "$repo" &&
 	CGO_ENABLED=0 go test -c -o "$out/bin/contract.test" ./pkg/ioctl/contract &&
 	CGO_ENABLED=0 go test -c -o "$out/bin/vmtest.test" ./internal/vmtest)
-"$here/mkinitramfs.sh" "$out/share/initrd.img" "$out/bin/"*
-
-boot() { # boot N KERNELDIR
-	mkdir -p "$out/share/boot$1"
-	cp "$2/bzImage" "$2/release" "$out/share/boot$1/"
-}
-boot 1 "$k_from"
-boot 2 "$k_to"
-boot 3 "$k_to"
+vm_share "$out"
 
 cat >"$out/share/plan" <<'EOT'
 # stage name command (run in /luod of the guest)
