@@ -15,7 +15,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/luod/luod/internal/daemon"
+	"github.com/luod/luod/pkg/metrics"
 	"github.com/luod/luod/pkg/proto"
 )
 
@@ -27,6 +31,8 @@ func main() {
 		adminGroup = flag.String("admin.group", "", "group whose members may run admin operations besides root")
 		logFormat  = flag.String("log.format", "text", "log format when not under systemd: text or json")
 		logLevel   = flag.String("log.level", "info", "log level: debug, info, warn, error")
+		webAddr    = flag.String("web.listen-address", "127.0.0.1:9478", "address of the Prometheus metrics endpoint; empty turns it off")
+		webPath    = flag.String("web.telemetry-path", "/metrics", "path of the metrics endpoint")
 		faultBoot  = flag.Bool("test.fault-reboot", false, "TEST ONLY: make the reboot call fail, to exercise the recovery path")
 		version    = flag.Bool("version", false, "print the version and exit")
 	)
@@ -76,6 +82,17 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.Registerer = reg
+	go func() {
+		// A metrics endpoint that cannot listen is reported, not fatal:
+		// luod exiting would drop every session it holds.
+		if err := metrics.Serve(ctx, *webAddr, *webPath, reg); err != nil {
+			cfg.Log.Warn("metrics endpoint failed", "address", *webAddr, "err", err)
+		}
+	}()
 	if err := daemon.Run(ctx, cfg); err != nil {
 		cfg.Log.Error("luod failed", "err", err)
 		os.Exit(1)

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/luod/luod/pkg/kexec"
 	"github.com/luod/luod/pkg/proto"
@@ -140,7 +141,10 @@ func (d *Daemon) load(a proto.LoadArgs, files []*os.File) (*proto.LoadResult, er
 		res.Warnings = append(res.Warnings, "the new command line lacks liveupdate=on: the new kernel will not take sessions over unless its config enables it by default")
 	}
 
-	if err := d.cfg.Kexec.Load(kernel, initrd, cmdline); err != nil {
+	t0 := time.Now()
+	err = d.cfg.Kexec.Load(kernel, initrd, cmdline)
+	d.metrics.ObserveKexecLoad(time.Since(t0), err)
+	if err != nil {
 		d.log.Error("kexec load refused", "kernel", kpath, "err", err)
 		return nil, proto.Errorf(proto.CodeKexecFailed, "%s", renameFile(err.Error(), kernel, initrd))
 	}

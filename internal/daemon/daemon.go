@@ -19,8 +19,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/luod/luod/pkg/ioctl"
 	"github.com/luod/luod/pkg/kexec"
+	"github.com/luod/luod/pkg/metrics"
 	"github.com/luod/luod/pkg/proto"
 	"github.com/luod/luod/pkg/session"
 )
@@ -78,6 +81,8 @@ type Config struct {
 	// Ready, if set, is called once recovery has finished and luod serves
 	// (systemd's READY=1), with a status line.
 	Ready func(status string)
+	// Registerer receives luod's metrics (pkg/metrics); nil for none.
+	Registerer prometheus.Registerer
 	// FaultRebootFails is a test-only switch: the reboot call fails with
 	// EIO instead of reaching the kernel, to prove the recovery path.
 	FaultRebootFails bool
@@ -164,6 +169,8 @@ type Daemon struct {
 
 	rec recovery
 
+	metrics *metrics.Metrics // nil-safe: nil when Config.Registerer is
+
 	upgradeMu sync.Mutex // one upgrade at a time (TryLock)
 	diskDirty chan struct{}
 }
@@ -198,10 +205,23 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		Release:            d.boot.release,
 		BootID:             d.boot.bootID,
 	})
+	t0 := time.Now()
 	if err := d.recover(); err != nil {
 		d.custody.Close()
 		dev.Close()
 		return nil, err
+	}
+	recovery := time.Since(t0)
+	if cfg.Registerer != nil {
+		m, err := metrics.New(cfg.Registerer, metrics.SourceFunc(d.metricsSnapshot),
+			metrics.BuildInfo{Version: strings.TrimPrefix(Version, "luod ")})
+		if err != nil {
+			d.custody.Close()
+			dev.Close()
+			return nil, err
+		}
+		d.metrics = m
+		m.ObserveRecovery(recovery)
 	}
 	return d, nil
 }
@@ -276,4 +296,30 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer d.Close()
 	return d.Serve(ctx)
+}
+
+// metricsSnapshot is the live state pkg/metrics reads at each scrape.
+func (d *Daemon) metricsSnapshot() metrics.Snapshot {
+	all := d.custody.List(session.Caller{Admin: true})
+	snap := metrics.Snapshot{SessionsByState: map[string]int{}, FilesByState: map[string]int{}}
+	for _, s := range all {
+		snap.SessionsByState[string(s.State)]++
+		snap.FilesByState[string(s.State)] += len(s.Files)
+		if s.State != session.StateFinished {
+			for _, f := range s.Files {
+				snap.PreservedBytes += f.Size
+			}
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	snap.LiveUpdateNumber = d.rec.got
+	snap.Continuity = d.rec.continuity
+	snap.ConnectedClients = len(d.conns)
+	snap.SubscribedClients = len(d.subs)
+	snap.LostSessions = len(d.rec.lost)
+	snap.UnclaimedOverdue = len(d.overdue)
+	snap.UpgradePhase = d.phase
+	snap.KernelLoaded = d.loaded != nil
+	return snap
 }

@@ -175,12 +175,14 @@ func (c *conn) handle(raw []byte, files []*os.File, cred *unix.Ucred) {
 	caller := session.Caller{UID: cred.Uid, GID: cred.Gid, Admin: c.d.isAdmin(cred)}
 	if proto.AdminOp(req.Op) && !caller.Admin {
 		c.d.log.Warn("admin operation refused", "op", req.Op, "uid", cred.Uid, "pid", cred.Pid)
+		c.d.metrics.Error(req.Op)
 		c.send(proto.ErrorResponse(req.ID, proto.Errorf(proto.CodePermissionDenied,
 			"%s is an admin operation: uid %d is neither root nor in luod's admin group", req.Op, cred.Uid)))
 		return
 	}
 	result, out, err := c.d.dispatch(c, req, caller, cred, files)
 	if err != nil {
+		c.d.metrics.Error(req.Op) // a known op: DecodeRequest refused unknown ones
 		for _, f := range out {
 			f.Close()
 		}

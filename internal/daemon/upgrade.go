@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/luod/luod/pkg/metrics"
 	"github.com/luod/luod/pkg/proto"
 	"github.com/luod/luod/pkg/session"
 )
@@ -93,6 +94,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	t0 := time.Now()
 	subs, why := d.runBarrier(id, req, timeout)
 	res.Phases[proto.PhaseBarrier] = time.Since(t0).Milliseconds()
+	d.metrics.ObservePhase(proto.PhaseBarrier, time.Since(t0))
 	abort := func(reason string) {
 		for _, c := range subs {
 			c.event(proto.EventAborted, proto.AbortedEvent{Upgrade: id, Reason: reason})
@@ -100,6 +102,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		d.log.Warn("upgrade aborted; every session is intact", "upgrade", id, "reason", reason)
 	}
 	if why != "" {
+		d.metrics.Upgrade(metrics.UpgradeAborted)
 		abort(why)
 		return nil, proto.Errorf(proto.CodeAborted, "upgrade %s aborted: %s", id, why)
 	}
@@ -111,6 +114,8 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	unfreeze := d.custody.Freeze()
 	m, err := d.custody.WriteManifest(d.expectedNext())
 	if err != nil {
+		d.metrics.ObservePhase(proto.PhaseManifest, time.Since(t0))
+		d.metrics.Upgrade(metrics.UpgradeFailed)
 		unfreeze()
 		abort("writing the manifest failed: " + err.Error())
 		return nil, err
@@ -121,10 +126,12 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	}
 	unix.Sync()
 	res.Phases[proto.PhaseManifest] = time.Since(t0).Milliseconds()
+	d.metrics.ObservePhase(proto.PhaseManifest, time.Since(t0))
 	d.log.Info("manifest written", "upgrade", id, "sessions", len(m.Sessions),
 		"expected_liveupdate_number", m.ExpectedLiveUpdateNumber)
 
 	if a.DryRun {
+		d.metrics.Upgrade(metrics.UpgradeDryRun)
 		unfreeze()
 		for _, c := range subs {
 			c.event(proto.EventAborted, proto.AbortedEvent{Upgrade: id, Reason: "dry run: no reboot"})
@@ -140,6 +147,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		c.event(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
 	}
 	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", "upgrade", id, "release", loaded.Release)
+	d.metrics.Upgrade(metrics.UpgradeCommitted)
 	t0 = time.Now()
 	if d.cfg.FaultRebootFails {
 		err = fmt.Errorf("kexec reboot: EIO: test fault switch --test.fault-reboot")
@@ -148,6 +156,8 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	}
 	res.Phases[proto.PhaseReboot] = time.Since(t0).Milliseconds()
 	// Only a failure gets here.
+	d.metrics.ObservePhase(proto.PhaseReboot, time.Since(t0))
+	d.metrics.Upgrade(metrics.UpgradeFailed)
 	unfreeze()
 	d.saveDisk()
 	abort("reboot failed: " + err.Error())
