@@ -230,11 +230,21 @@ func TestDaemon(t *testing.T) {
 		slow.Subscribe(tctx(t, 10*time.Second))
 		first := make(chan error, 1)
 		go func() {
-			_, err := admin.Upgrade(context.Background(), proto.UpgradeArgs{TimeoutMS: 1500, DryRun: true}, nil)
+			_, err := admin.Upgrade(context.Background(), proto.UpgradeArgs{TimeoutMS: 3000, DryRun: true}, nil)
 			first <- err
 		}()
-		time.Sleep(300 * time.Millisecond)
 		other := dial(t, sock)
+		// Wait until the first upgrade holds the barrier.
+		for i := 0; ; i++ {
+			st, err := other.Status(tctx(t, 10*time.Second))
+			if err == nil && st.UpgradePhase == proto.PhaseBarrier {
+				break
+			}
+			if i > 100 {
+				t.Fatalf("the first upgrade never reached the barrier: %+v, %v", st, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 		_, err := other.Upgrade(tctx(t, 10*time.Second), proto.UpgradeArgs{DryRun: true}, nil)
 		if !isCode(err, proto.CodeBusy) || !strings.Contains(err.Error(), "upgrade in progress") {
 			t.Errorf("second upgrade = %v, want busy: upgrade in progress", err)
