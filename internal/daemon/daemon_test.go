@@ -379,7 +379,18 @@ func TestBarrierAbort(t *testing.T) {
 		t.Fatal(err)
 	}
 	mute.Close()
-	time.Sleep(50 * time.Millisecond)
+	for i := 0; ; i++ { // until luod has seen it go
+		h.d.mu.Lock()
+		n := len(h.d.subs)
+		h.d.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if i > 500 {
+			t.Fatal("luod still counts the closed subscriber")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
 		t.Fatalf("upgrade after the mute client left: %v", err)
 	}
