@@ -5,8 +5,9 @@
 #
 # The cache lives outside the repository (LUOD_CACHE, default
 # /var/cache/luod) and is keyed by the Debian source package version, the
-# config fragment and this script, so a kernel is rebuilt only when one of
-# them changes.
+# config fragment and the build recipe (bump recipe below when the steps
+# change), so a kernel is rebuilt only when one of them changes. Builds of
+# the same key wait for each other (flock), so parallel callers build once.
 set -euo pipefail
 
 ver=${1:?usage: build-kernel.sh VERSION (e.g. 7.2)}
@@ -14,15 +15,23 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${LUOD_CACHE:-/var/cache/luod}
 jobs=${LUOD_KERNEL_JOBS:-$(($(nproc) + 1))}
 frag=$here/luo.config
+recipe=1
 
 pkg=linux-source-$ver
 srcver=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null) || {
 	echo "build-kernel: $pkg is not installed (run deploy/qemu/host-deps.sh)" >&2
 	exit 1
 }
-key=$( (echo "$pkg $srcver"; cat "$frag" "$0") | sha256sum | cut -c1-16)
+key=$( (echo "$pkg $srcver recipe=$recipe"; cat "$frag") | sha256sum | cut -c1-16)
 out=$cache/kernel/x86_64-$ver-$key
 
+if [ -f "$out/bzImage" ] && [ -f "$out/release" ]; then
+	echo "$out"
+	exit 0
+fi
+mkdir -p "$cache/kernel"
+exec 9>"$out.lock"
+flock 9
 if [ -f "$out/bzImage" ] && [ -f "$out/release" ]; then
 	echo "$out"
 	exit 0
@@ -30,7 +39,6 @@ fi
 
 log() { echo "build-kernel: $*" >&2; }
 log "building $pkg $srcver (key $key) with -j$jobs; log in $out.build.log"
-mkdir -p "$cache/kernel"
 work=$(mktemp -d "$cache/kernel/build-$ver.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
