@@ -1,0 +1,161 @@
+package systemd
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+)
+
+// Notifier sends sd_notify(3) messages to the service manager: state
+// changes through go-systemd's daemon.SdNotify, fds through StoreFD and
+// RemoveFD. The zero value is ready to use.
+//
+// Every call reads $NOTIFY_SOCKET afresh and leaves it set (go-systemd's
+// unsetEnv=false), because luod notifies for as long as it runs; luod
+// starts no long-lived children that could misuse it, and NotifyAccess=main
+// makes systemd ignore anyone but luod's main process anyway. Without
+// $NOTIFY_SOCKET (not started by systemd, or Type= other than notify) every
+// method does nothing and returns nil.
+type Notifier struct{}
+
+// Enabled reports whether $NOTIFY_SOCKET is set, that is whether the
+// notifications, and the fd store, reach anyone.
+func (Notifier) Enabled() bool { return os.Getenv("NOTIFY_SOCKET") != "" }
+
+func (Notifier) notify(op, state string) error {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		return &Error{Op: op, Err: err}
+	}
+	return nil
+}
+
+// oneLine makes s fit a single VAR=value line of the protocol.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\r' {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// Ready tells systemd that startup finished (READY=1) and sets the status
+// line in the same datagram. With Type=notify, systemd considers
+// luod.service started only now; luod sends it once recovery is done and
+// the socket serves.
+func (n Notifier) Ready(status string) error {
+	msg := daemon.SdNotifyReady
+	if status != "" {
+		msg += "\nSTATUS=" + oneLine(status)
+	}
+	return n.notify("READY", msg)
+}
+
+// Status sets the one-line status systemctl status shows (STATUS=).
+func (n Notifier) Status(s string) error { return n.notify("STATUS", "STATUS="+oneLine(s)) }
+
+// Stopping tells systemd that luod is shutting down (STOPPING=1), so a
+// stop is reported as such rather than as a crash when the socket closes.
+func (n Notifier) Stopping() error { return n.notify("STOPPING", daemon.SdNotifyStopping) }
+
+// Watchdog is one keep-alive ping (WATCHDOG=1). See WatchdogInterval.
+func (n Notifier) Watchdog() error { return n.notify("WATCHDOG", daemon.SdNotifyWatchdog) }
+
+// WatchdogInterval returns WatchdogSec= of the unit, from $WATCHDOG_USEC,
+// and whether the watchdog applies to this process: false without the
+// variable, when $WATCHDOG_PID names another process, or when the values
+// do not parse (go-systemd's SdWatchdogEnabled; the variables stay set).
+// systemd recommends pinging at half the interval.
+func (Notifier) WatchdogInterval() (time.Duration, bool) {
+	d, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || d <= 0 {
+		return 0, false
+	}
+	return d, true
+}
+
+// WatchdogLoop pings the watchdog every half interval until ctx is done,
+// skipping a ping whenever healthy (if not nil) returns false, so that a
+// luod that is alive but stuck gets killed and restarted. It returns nil at
+// once when the watchdog is off, ctx.Err() when ctx ends, or the first
+// error sending a ping.
+func (n Notifier) WatchdogLoop(ctx context.Context, healthy func() bool) error {
+	d, ok := n.WatchdogInterval()
+	if !ok {
+		return nil
+	}
+	t := time.NewTicker(d / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		if healthy != nil && !healthy() {
+			continue
+		}
+		if err := n.Watchdog(); err != nil {
+			return err
+		}
+	}
+}
+
+// FDStoreMax returns FileDescriptorStoreMax= of the unit, which systemd
+// 254 and later export as $FDSTORE when it is not 0. known is false
+// without the variable: either the store is off or systemd is older and
+// does not say (252 does not).
+func (Notifier) FDStoreMax() (n int, known bool) {
+	v := os.Getenv("FDSTORE")
+	if v == "" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
+}
+
+// StoreFD puts a duplicate of f into systemd's fd store under name
+// (FDSTORE=1, FDNAME=name, f as SCM_RIGHTS). luod's f stays open and is
+// not otherwise touched. name must pass ValidateFDName; build it with
+// FDName.
+//
+// systemd keeps the fd until RemoveFD(name), until the store is released
+// (see the package documentation) or — for pollable fds — until it sees
+// POLLHUP/POLLERR on it; it passes it back at luod's next start
+// (TakeInherited). memfds are not pollable, so systemd never drops them.
+// Storing the same open file twice stores it once; storing a different
+// file under a name already used adds a second fd of that name, so replace
+// with RemoveFD first. Success means the datagram was sent: whether systemd
+// kept the fd (FileDescriptorStoreMax= not reached) it only logs.
+//
+// A send that does not complete within 5 seconds (systemd not reading its
+// socket) fails rather than blocking luod.
+func (Notifier) StoreFD(name string, f *os.File) error {
+	if err := ValidateFDName(name); err != nil {
+		return &Error{Op: "FDSTORE", FDName: name, Err: err}
+	}
+	if f == nil {
+		return &Error{Op: "FDSTORE", FDName: name, Err: errors.New("nil file")}
+	}
+	return send("FDSTORE", name, "FDSTORE=1\nFDNAME="+name, f)
+}
+
+// RemoveFD closes every fd stored under name (FDSTOREREMOVE=1). Removing a
+// name that is not stored is not an error (systemd does nothing).
+func (Notifier) RemoveFD(name string) error {
+	if err := ValidateFDName(name); err != nil {
+		return &Error{Op: "FDSTOREREMOVE", FDName: name, Err: err}
+	}
+	return send("FDSTOREREMOVE", name, "FDSTOREREMOVE=1\nFDNAME="+name, nil)
+}
+
+// sendTimeout bounds one send to the notification socket.
+const sendTimeout = 5 * time.Second

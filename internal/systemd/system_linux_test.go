@@ -1,0 +1,41 @@
+//go:build linux
+
+package systemd
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestSystemdVersion(t *testing.T) {
+	if _, err := exec.LookPath("systemctl"); err != nil {
+		t.Skip("no systemctl on this host")
+	}
+	v, err := SystemdVersion()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v < 200 || v > 999 {
+		t.Errorf("SystemdVersion() = %d", v)
+	}
+}
+
+// Without a reachable system bus nothing is queued and the error says so,
+// quickly: luod then keeps running with every session.
+func TestStartKexecTargetNoBus(t *testing.T) {
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+filepath.Join(t.TempDir(), "no-bus"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := StartKexecTarget(ctx)
+	var e *Error
+	if !errors.As(err, &e) || e.Op != KexecTarget {
+		t.Errorf("StartKexecTarget without a bus = %v, want an *Error for %s", err, KexecTarget)
+	}
+	if _, err := ManagerVersion(ctx); err == nil {
+		t.Error("ManagerVersion without a bus succeeded")
+	}
+}
