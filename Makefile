@@ -24,6 +24,7 @@ test: unit vm-test
 ## unit: vet, gofmt check and the Go unit tests (no root, no VM).
 unit: vet fmt-check
 	$(GO) test -count=1 ./...
+	deploy/systemd/verify.sh
 	GOARCH=arm64 $(GO) build ./...
 	$(MAKE) fuzz-short
 

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/luod/luod/internal/daemon"
+	"github.com/luod/luod/internal/systemd"
 	"github.com/luod/luod/pkg/metrics"
 	"github.com/luod/luod/pkg/proto"
 )
@@ -52,20 +53,49 @@ func main() {
 		return
 	}
 
+	// What systemd hands over (the activated socket, stored fds) is taken
+	// first, before anything else opens files.
+	inherited, inheritErr := systemd.TakeInherited()
+
 	lvl := new(slog.LevelVar)
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
 		fatal("--log.level: %v", err)
 	}
-	var h slog.Handler
-	switch *logFormat {
-	case "text":
-		h = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})
-	case "json":
-		h = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})
-	default:
-		fatal("--log.format %q: want text or json", *logFormat)
+	if l, ok := systemd.NewLogger(lvl); ok {
+		cfg.Log = l // under systemd: journald, with SESSION=, UID=, TOKEN=, PHASE= fields
+	} else {
+		var h slog.Handler
+		switch *logFormat {
+		case "text":
+			h = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})
+		case "json":
+			h = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})
+		default:
+			fatal("--log.format %q: want text or json", *logFormat)
+		}
+		cfg.Log = slog.New(h)
 	}
-	cfg.Log = slog.New(h)
+	if inheritErr != nil {
+		cfg.Log.Warn("some fds systemd passed could not be taken", "err", inheritErr)
+	}
+	if len(inherited.Listeners) > 0 {
+		l, err := proto.FileListener(inherited.Listeners[0])
+		if err != nil {
+			fatal("the socket systemd passed: %v", err)
+		}
+		inherited.Listeners[0].Close()
+		cfg.Listener = l
+		cfg.Log.Info("using the socket passed by systemd socket activation")
+	}
+	for _, f := range inherited.Files()[len(inherited.Listeners):] { // all but the listeners
+		// Restart safety from the fd store is not wired in yet: keep what
+		// systemd holds, just do not leak our copies.
+		cfg.Log.Warn("fd passed by systemd not used by this version of luod", "fdname", f.Name())
+		f.Close()
+	}
+	var notifier systemd.Notifier
+	cfg.Ready = func(status string) { notifier.Ready(status) }
+	cfg.Status = func(status string) { notifier.Status(status) }
 
 	m, err := strconv.ParseUint(*sockMode, 8, 32)
 	if err != nil {
@@ -93,7 +123,16 @@ func main() {
 			cfg.Log.Warn("metrics endpoint failed", "address", *webAddr, "err", err)
 		}
 	}()
-	if err := daemon.Run(ctx, cfg); err != nil {
+	d, err := daemon.New(ctx, cfg)
+	if err != nil {
+		cfg.Log.Error("luod failed to start", "err", err)
+		os.Exit(1)
+	}
+	go notifier.WatchdogLoop(ctx, d.Healthy)
+	err = d.Serve(ctx)
+	notifier.Stopping()
+	d.Close()
+	if err != nil {
 		cfg.Log.Error("luod failed", "err", err)
 		os.Exit(1)
 	}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,6 +82,9 @@ type Config struct {
 	// Ready, if set, is called once recovery has finished and luod serves
 	// (systemd's READY=1), with a status line.
 	Ready func(status string)
+	// Status, if set, receives the status line whenever it may have
+	// changed (systemd's STATUS=).
+	Status func(status string)
 	// Registerer receives luod's metrics (pkg/metrics); nil for none.
 	Registerer prometheus.Registerer
 	// FaultRebootFails is a test-only switch: the reboot call fails with
@@ -170,6 +174,8 @@ type Daemon struct {
 	rec recovery
 
 	metrics *metrics.Metrics // nil-safe: nil when Config.Registerer is
+
+	beat atomic.Int64 // unix nanos of the last heartbeat, see Healthy
 
 	upgradeMu sync.Mutex // one upgrade at a time (TryLock)
 	diskDirty chan struct{}
@@ -322,4 +328,35 @@ func (d *Daemon) metricsSnapshot() metrics.Snapshot {
 	snap.UpgradePhase = d.phase
 	snap.KernelLoaded = d.loaded != nil
 	return snap
+}
+
+// heartbeat proves every few hundred milliseconds that luod's locks are
+// free and its custody answers; Healthy reads it for systemd's watchdog.
+func (d *Daemon) heartbeat(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		d.mu.Lock()
+		d.mu.Unlock()
+		d.custody.Snapshot()
+		d.beat.Store(time.Now().UnixNano())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Healthy reports whether luod's main loop beat recently. A luod whose
+// locks are stuck stops beating, the watchdog is not fed, and systemd
+// restarts it (its sessions wait in the fd store).
+func (d *Daemon) Healthy() bool {
+	return time.Since(time.Unix(0, d.beat.Load())) < 5*time.Second
+}
+
+func (d *Daemon) notifyStatus() {
+	if d.cfg.Status != nil {
+		d.cfg.Status(d.statusLine())
+	}
 }

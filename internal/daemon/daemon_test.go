@@ -565,3 +565,26 @@ func sample(t *testing.T, reg *prometheus.Registry, name string, labels map[stri
 	}
 	return 0, false
 }
+
+// TestSocketActivation: a listener handed over (as systemd's luod.socket
+// does) is served instead of a socket of luod's own.
+func TestSocketActivation(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "activated.sock")
+	l, err := proto.Listen(path, 0o660, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := boot(t, dir, ioctltest.New(), false, func(c *Config) { c.Listener = l })
+	if _, err := os.Stat(h.sock); !os.IsNotExist(err) {
+		t.Errorf("luod made its own socket %s beside the activated one: %v", h.sock, err)
+	}
+	c, err := client.Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Hello(ctx(t)); err != nil {
+		t.Fatalf("hello over the activated socket: %v", err)
+	}
+}

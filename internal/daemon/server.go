@@ -52,6 +52,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}()
 	go d.diskWriter(ctx)
 	go d.watchOverdue(ctx)
+	go d.heartbeat(ctx)
 
 	d.log.Info("serving", "socket", l.Addr().String(), "status", d.statusLine())
 	if d.cfg.Ready != nil {
@@ -281,6 +282,7 @@ func (d *Daemon) diskWriter(ctx context.Context) {
 			return
 		case <-d.diskDirty:
 			d.saveDisk()
+			d.notifyStatus()
 			// Coalesce bursts: at most a few writes a second.
 			select {
 			case <-ctx.Done():

@@ -59,6 +59,7 @@ func (d *Daemon) setPhase(p string) {
 	if p != "" {
 		d.log.Info("upgrade phase", "phase", p)
 	}
+	d.notifyStatus()
 }
 
 // upgrade runs the live update: barrier, manifest, reboot. It returns only
