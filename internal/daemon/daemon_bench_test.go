@@ -1,0 +1,295 @@
+//go:build linux
+
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/pkg/client"
+	"github.com/luod/luod/pkg/ioctl"
+	"github.com/luod/luod/pkg/ioctl/ioctltest"
+	"github.com/luod/luod/pkg/proto"
+	"github.com/luod/luod/pkg/session"
+)
+
+// The helpers of daemon_test.go take *testing.T; these are their
+// testing.TB equivalents for benchmarks.
+
+// benchChunk bounds the memfds alive at once (files of 1 MiB): b.N files
+// are preserved in sessions of at most benchChunk files each, two full
+// protocol batches of proto.MaxFDs, so memory and fds stay bounded
+// whatever b.N is.
+const benchChunk = 2 * proto.MaxFDs
+
+const benchFileSize = 1 << 20
+
+// bootBench starts a luod on fake, as boot does (no handover), logging
+// nowhere, and stops it when tb ends.
+func bootBench(tb testing.TB, fake *ioctltest.Fake) (*Daemon, string) {
+	tb.Helper()
+	dir := tb.TempDir()
+	outLUO := filepath.Join(dir, "kho-out-LUO")
+	if err := os.WriteFile(outLUO, luoV5(fake.LiveUpdateNum()+1), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	kx := &fakeKexec{fake: fake, rebooted: make(chan struct{}), end: make(chan struct{})}
+	kx.kill = func() {}
+	sock := filepath.Join(dir, "luod.sock")
+	ready := make(chan struct{})
+	cfg := Config{
+		SocketPath: sock, SocketGID: -1, AdminGID: -1,
+		StateDir: filepath.Join(dir, "state"), DevicePath: fake.Path(),
+		KHODir: filepath.Join(dir, "kho-in"), KHOOutLUO: outLUO,
+		Backend: fake, Kexec: kx, UpgradeTimeout: 2 * time.Second,
+		Log:         slog.New(slog.DiscardHandler),
+		DeviceRetry: time.Second,
+		BootID:      fmt.Sprintf("boot-%d", bootSeq.Add(1)),
+		Ready:       func(string) { close(ready) },
+	}
+	c, cancel := context.WithCancel(context.Background())
+	d, err := New(c, cfg)
+	if err != nil {
+		cancel()
+		tb.Fatalf("New: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(c) }()
+	<-ready
+	tb.Cleanup(func() {
+		close(kx.end)
+		cancel()
+		<-done
+		d.Close()
+	})
+	return d, sock
+}
+
+func dialBench(tb testing.TB, sock string) *client.Client {
+	tb.Helper()
+	c, err := client.Dial(sock)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+func benchCtx(tb testing.TB) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	tb.Cleanup(cancel)
+	return c
+}
+
+// memfds makes n memfds of benchFileSize bytes each, data written (so
+// pages exist, as guest RAM would).
+func memfds(tb testing.TB, n int) []*os.File {
+	tb.Helper()
+	page := make([]byte, benchFileSize)
+	for i := range page {
+		page[i] = byte(i * 7)
+	}
+	fs := make([]*os.File, n)
+	for i := range fs {
+		fd, err := unix.MemfdCreate("bench", unix.MFD_CLOEXEC)
+		if err != nil {
+			closeAllFiles(fs[:i])
+			tb.Fatal(err)
+		}
+		fs[i] = os.NewFile(uintptr(fd), "memfd")
+		if _, err := fs[i].Write(page); err != nil {
+			closeAllFiles(fs[:i+1])
+			tb.Fatal(err)
+		}
+	}
+	return fs
+}
+
+func closeAllFiles(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+// chunks splits n files into runs of at most benchChunk.
+func chunks(n int) []int {
+	var out []int
+	for n > 0 {
+		k := min(n, benchChunk)
+		out = append(out, k)
+		n -= k
+	}
+	return out
+}
+
+func tokens(n int) []uint64 {
+	t := make([]uint64, n)
+	for i := range t {
+		t[i] = uint64(i + 1)
+	}
+	return t
+}
+
+// checkFake fails unless the fake kernel's only session is name, holding
+// exactly want in order.
+func checkFake(tb testing.TB, fake *ioctltest.Fake, name string, want []uint64) {
+	tb.Helper()
+	ss := fake.Sessions()
+	var got *ioctltest.SessionState
+	for i := range ss {
+		if ss[i].Name == name {
+			got = &ss[i]
+		}
+	}
+	if got == nil {
+		tb.Fatalf("kernel has no session %q (has %d sessions)", name, len(ss))
+	}
+	if !slices.Equal(got.Tokens, want) {
+		tb.Fatalf("kernel session %q holds %d tokens, want %d (first %v, want %v)",
+			name, len(got.Tokens), len(want), got.Tokens[:min(3, len(got.Tokens))], want[:min(3, len(want))])
+	}
+}
+
+// BenchmarkHello is one protocol round trip: a Hello over the real
+// SOCK_SEQPACKET socket to a luod on the fake kernel, sequentially.
+func BenchmarkHello(b *testing.B) {
+	fake := ioctltest.New()
+	b.Cleanup(func() { fake.Close() })
+	_, sock := bootBench(b, fake)
+	c := dialBench(b, sock)
+	cx := benchCtx(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		res, err := c.Hello(cx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res.Version != proto.Version || res.Daemon != Version {
+			b.Fatalf("hello = %+v, want version %d, daemon %q", res, proto.Version, Version)
+		}
+	}
+}
+
+// BenchmarkPreserve1MiB preserves b.N memfds of 1 MiB through luod:
+// client.Preserve, in protocol batches of proto.MaxFDs files per message,
+// into sessions of benchChunk files. Creating the files and sessions is
+// not timed; checking that luod's custody and the kernel hold every token
+// is not either.
+func BenchmarkPreserve1MiB(b *testing.B) {
+	fake := ioctltest.New()
+	b.Cleanup(func() { fake.Close() })
+	d, sock := bootBench(b, fake)
+	c := dialBench(b, sock)
+	cx := benchCtx(b)
+	admin := session.Caller{Admin: true}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.StopTimer()
+	var timed time.Duration
+	for i, n := range chunks(b.N) {
+		name := fmt.Sprintf("bench-%d", i)
+		s, err := c.CreateSession(cx, name, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.Close() // luod holds the session
+		files := memfds(b, n)
+		want := tokens(n)
+		req := make([]client.FileToPreserve, n)
+		for j, f := range files {
+			req[j] = client.FileToPreserve{File: f, Token: want[j], Label: fmt.Sprintf("ram-%d", j)}
+		}
+
+		t0 := time.Now()
+		b.StartTimer()
+		got, err := c.Preserve(cx, name, req)
+		b.StopTimer()
+		timed += time.Since(t0)
+		if err != nil {
+			closeAllFiles(files)
+			b.Fatal(err)
+		}
+
+		if len(got) != n {
+			b.Fatalf("preserve answered %d files, want %d", len(got), n)
+		}
+		for j, p := range got {
+			if p.Token != want[j] || p.Size != benchFileSize {
+				b.Fatalf("preserved file %d = %+v, want token %d size %d", j, p, want[j], benchFileSize)
+			}
+		}
+		cs, err := d.custody.Get(admin, name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(cs.Files) != n {
+			b.Fatalf("custody of %q has %d files, want %d", name, len(cs.Files), n)
+		}
+		for j, f := range cs.Files {
+			if f.Token != want[j] || f.Size != benchFileSize {
+				b.Fatalf("custody file %d = %+v, want token %d size %d", j, f, want[j], benchFileSize)
+			}
+		}
+		checkFake(b, fake, name, want)
+
+		if err := c.DeleteSession(cx, name); err != nil {
+			b.Fatal(err)
+		}
+		closeAllFiles(files)
+	}
+	b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N), "ns/file")
+}
+
+// BenchmarkPreserveDirect1MiB does what BenchmarkPreserve1MiB does, the
+// PRESERVE_FD ioctls straight on the fake kernel through pkg/ioctl: the
+// floor luod's cost is measured against.
+func BenchmarkPreserveDirect1MiB(b *testing.B) {
+	fake := ioctltest.New()
+	b.Cleanup(func() { fake.Close() })
+	dev, err := ioctl.OpenWith(fake, fake.Path())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { dev.Close() })
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.StopTimer()
+	var timed time.Duration
+	for i, n := range chunks(b.N) {
+		name := fmt.Sprintf("bench-%d", i)
+		s, err := dev.CreateSession(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		files := memfds(b, n)
+		want := tokens(n)
+
+		t0 := time.Now()
+		b.StartTimer()
+		for j, f := range files {
+			if err := s.PreserveFD(int(f.Fd()), want[j]); err != nil {
+				b.StopTimer()
+				closeAllFiles(files)
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		timed += time.Since(t0)
+
+		checkFake(b, fake, name, want)
+		s.Close() // the last fd of the session: the kernel unpreserves all
+		closeAllFiles(files)
+		if ss := fake.Sessions(); len(ss) != 0 {
+			b.Fatalf("kernel still has %d sessions after closing %q", len(ss), name)
+		}
+	}
+	b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N), "ns/file")
+}
