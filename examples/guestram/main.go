@@ -11,6 +11,11 @@
 //	    after the update: reclaims the memfd from luod and checks it
 //	    byte for byte against the pattern and the recorded SHA-256.
 //
+// With --own-ioctls the workload does the kernel ioctls itself on its
+// duplicate of the session fd, as a VMM with VFIO or iommufd state must:
+// PRESERVE_FD then "declare" before the update; after it,
+// retrieve_session, RETRIEVE_FD and FINISH.
+//
 // Exit status 0 means the memory is exactly what was preserved.
 package main
 
@@ -48,6 +53,7 @@ func main() {
 	seed := fs.Uint64("seed", uint64(time.Now().UnixNano()), "pattern seed")
 	detach := fs.Bool("detach", false, "run: exit once preserved instead of waiting for the upgrade")
 	finish := fs.Bool("finish", false, "verify: finish the session afterwards")
+	own := fs.Bool("own-ioctls", false, "do PRESERVE_FD / RETRIEVE_FD / FINISH on the session fd ourselves")
 	fs.Parse(os.Args[2:])
 
 	var err error
@@ -55,10 +61,10 @@ func main() {
 	case "run":
 		var n int64
 		if n, err = parseSize(*size); err == nil {
-			err = run(*sock, *name, n, *seed, *detach)
+			err = run(*sock, *name, n, *seed, *detach, *own)
 		}
 	case "verify":
-		err = verify(*sock, *name, *finish)
+		err = verify(*sock, *name, *finish, *own)
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -100,7 +106,7 @@ func ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 2*time.Minute)
 }
 
-func run(sock, name string, size int64, seed uint64, detach bool) error {
+func run(sock, name string, size int64, seed uint64, detach, own bool) error {
 	ram := make([]byte, size)
 	fill(ram, seed)
 	sum := sha256.Sum256(ram)
@@ -127,11 +133,22 @@ func run(sock, name string, size int64, seed uint64, detach bool) error {
 	if err != nil {
 		return err
 	}
-	s.Close() // luod holds the session
-	if _, err := c.Preserve(cx, name, []client.FileToPreserve{{File: f, Token: token, Label: "guest-ram"}}); err != nil {
+	how := "through luod"
+	if own {
+		// Our own PRESERVE_FD on our duplicate of the session fd, then
+		// tell luod the token so it is in the manifest.
+		if err := s.PreserveFD(int(f.Fd()), token); err != nil {
+			return err
+		}
+		if err := c.Declare(cx, name, []proto.FileSpec{{Token: token, Label: "guest-ram"}}); err != nil {
+			return err
+		}
+		how = "by our own PRESERVE_FD"
+	} else if _, err := c.Preserve(cx, name, []client.FileToPreserve{{File: f, Token: token, Label: "guest-ram"}}); err != nil {
 		return err
 	}
-	fmt.Printf("guestram: %s: %d MiB of guest RAM preserved through luod (sha256 %s…)\n", name, size>>20, hex.EncodeToString(sum[:8]))
+	s.Close() // luod holds the session
+	fmt.Printf("guestram: %s: %d MiB of guest RAM preserved %s (sha256 %s…)\n", name, size>>20, how, hex.EncodeToString(sum[:8]))
 	if detach {
 		return nil
 	}
@@ -164,7 +181,7 @@ func run(sock, name string, size int64, seed uint64, detach bool) error {
 	return errors.New("connection to luod lost before the upgrade")
 }
 
-func verify(sock, name string, finish bool) error {
+func verify(sock, name string, finish, own bool) error {
 	c, err := client.Dial(sock)
 	if err != nil {
 		return err
@@ -189,21 +206,46 @@ func verify(sock, name string, finish bool) error {
 	if err != nil {
 		return fmt.Errorf("session %s: label seed %q: %v", name, info.Labels["seed"], err)
 	}
-	files, err := c.Reclaim(cx, name, finish)
-	if err != nil && !errors.Is(err, client.ErrNotFinished) {
-		return err
-	}
-	defer func() {
-		for _, f := range files {
-			f.File.Close()
+	var ramf *os.File
+	how := "reclaimed through luod"
+	if own {
+		// luod hands us the retrieved session fd; the ioctls are ours.
+		s, err := c.RetrieveSession(cx, name)
+		if err != nil {
+			return err
 		}
-	}()
-	if len(files) != 1 || files[0].Token != token {
-		return fmt.Errorf("session %s: reclaimed %d files, want the guest RAM", name, len(files))
+		defer s.Close()
+		if ramf, err = s.RetrieveFD(token); err != nil {
+			return err
+		}
+		defer ramf.Close()
+		if finish {
+			defer func() {
+				if err := s.Finish(); err != nil {
+					fmt.Fprintf(os.Stderr, "guestram: %s: FINISH: %v\n", name, err)
+					os.Exit(1)
+				}
+			}()
+		}
+		how = "retrieved by our own RETRIEVE_FD"
+	} else {
+		files, err := c.Reclaim(cx, name, finish)
+		if err != nil && !errors.Is(err, client.ErrNotFinished) {
+			return err
+		}
+		defer func() {
+			for _, f := range files {
+				f.File.Close()
+			}
+		}()
+		if len(files) != 1 || files[0].Token != token {
+			return fmt.Errorf("session %s: reclaimed %d files, want the guest RAM", name, len(files))
+		}
+		ramf = files[0].File
 	}
 	size, _ := strconv.ParseInt(info.Labels["size"], 10, 64)
 	got := make([]byte, size+1)
-	n, err := io.ReadFull(io.NewSectionReader(files[0].File, 0, size+1), got)
+	n, err := io.ReadFull(io.NewSectionReader(ramf, 0, size+1), got)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
 		return err
 	}
@@ -222,7 +264,7 @@ func verify(sock, name string, finish bool) error {
 	if hex.EncodeToString(sum[:]) != info.Labels["sha256"] {
 		return fmt.Errorf("session %s: sha256 %x, recorded %s", name, sum, info.Labels["sha256"])
 	}
-	fmt.Printf("guestram: %s: %d MiB of guest RAM reclaimed byte-exact (sha256 %s…)%s\n", name, size>>20,
+	fmt.Printf("guestram: %s: %d MiB of guest RAM %s, byte-exact (sha256 %s…)%s\n", name, size>>20, how,
 		hex.EncodeToString(sum[:8]), map[bool]string{true: ", session finished"}[finish])
 	return nil
 }
