@@ -56,6 +56,10 @@ type Manifest struct {
 
 // ManifestSession is one session in a manifest.
 type ManifestSession struct {
+	// State is set only in a custody record (Record): the session's state
+	// when luod last wrote it down. A manifest that crosses the kexec
+	// holds open sessions only and leaves it out.
+	State   State             `json:"state,omitempty"`
 	Name    string            `json:"name"`
 	UID     uint32            `json:"uid"`
 	GID     uint32            `json:"gid"`
@@ -128,6 +132,11 @@ func (m *Manifest) validate() error {
 			return manifestErrorf(at+".name", "session %q listed twice", s.Name)
 		}
 		names[s.Name] = struct{}{}
+		switch s.State {
+		case "", StateOpen, StateIncoming, StateClaimed:
+		default:
+			return manifestErrorf(at+".state", "%q is not open, incoming or claimed", s.State)
+		}
 		if _, why := labelsProblem(s.Labels); why != "" {
 			return manifestErrorf(at+".labels", "%s", why)
 		}

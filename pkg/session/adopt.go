@@ -1,0 +1,100 @@
+package session
+
+import (
+	"maps"
+	"os"
+	"slices"
+	"strings"
+)
+
+// Record describes every session luod holds, in any state but finished,
+// with its state: what a restarted luod needs, besides the session fds
+// themselves, to take its custody back within the same boot (the fds wait
+// in systemd's fd store). Unlike Manifest, which is what crosses a kexec,
+// it includes incoming and claimed sessions.
+func (c *Custody) Record(expected uint64) *Manifest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.manifestLocked(expected)
+	m.Sessions = m.Sessions[:0]
+	for _, e := range c.byName {
+		if e.creating || e.h == nil || e.s.State == StateFinished {
+			continue
+		}
+		ms := ManifestSession{
+			State: e.s.State, Name: e.s.Name, UID: e.s.UID, GID: e.s.GID,
+			Labels:  maps.Clone(e.s.Labels),
+			Files:   make([]ManifestFile, len(e.s.Files)),
+			Created: e.s.Created.UTC(),
+		}
+		for i, f := range e.s.Files {
+			ms.Files[i] = ManifestFile(f)
+		}
+		m.Sessions = append(m.Sessions, ms)
+	}
+	slices.SortFunc(m.Sessions, func(a, b ManifestSession) int { return strings.Compare(a.Name, b.Name) })
+	return m
+}
+
+// Adopt takes back, on a new custody, the sessions of a record whose fds a
+// previous luod of this boot left in systemd's fd store. wrap turns a
+// stored fd into a Handle (ioctl.NewSession). A recorded session without
+// a stored fd is lost (the kernel dropped it with the last fd); a stored
+// fd the record does not name is returned in unknown for the caller to
+// remove from the store and close. Adopt takes ownership of every file in
+// fds. It must run before the custody serves anyone, instead of Recover.
+func (c *Custody) Adopt(rec *Manifest, fds map[string]*os.File, wrap func(f *os.File, name string, retrieved bool) Handle) (adopted []string, lost []LostSession, unknown []*os.File) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.recovered = true
+	left := maps.Clone(fds)
+	if rec != nil {
+		for _, ms := range rec.Sessions {
+			f, ok := left[ms.Name]
+			if !ok {
+				lost = append(lost, LostSession{Name: ms.Name, UID: ms.UID,
+					Reason: "luod restarted and the session fd was not in systemd's fd store"})
+				continue
+			}
+			delete(left, ms.Name)
+			state := ms.State
+			if state == "" {
+				state = StateOpen
+			}
+			incoming := state != StateOpen
+			e := &entry{
+				s: Session{Name: ms.Name, UID: ms.UID, GID: ms.GID, Labels: maps.Clone(ms.Labels),
+					State: state, Files: make([]File, len(ms.Files)), Created: ms.Created, Incoming: incoming},
+				h:      wrap(f, ms.Name, incoming),
+				tokens: make(map[uint64]struct{}, len(ms.Files)),
+			}
+			for i, mf := range ms.Files {
+				e.s.Files[i] = File(mf)
+				e.tokens[mf.Token] = struct{}{}
+			}
+			c.insert(e)
+			adopted = append(adopted, ms.Name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(left)) {
+		unknown = append(unknown, left[name])
+	}
+	return adopted, lost, unknown
+}
+
+// DupFile returns a new close-on-exec duplicate of luod's own fd of the
+// named session, for systemd's fd store. Not for clients: no ownership
+// check and no state change.
+func (c *Custody) DupFile(name string) (*os.File, error) {
+	c.mu.Lock()
+	e := c.byName[name]
+	var h Handle
+	if e != nil {
+		h = e.h
+	}
+	c.mu.Unlock()
+	if h == nil {
+		return nil, notFound(name)
+	}
+	return dupFile(h.File())
+}

@@ -1,0 +1,81 @@
+//go:build linux
+
+package session
+
+import (
+	"os"
+	"testing"
+
+	"github.com/luod/luod/pkg/ioctl"
+)
+
+// TestAdoptAfterRestart: luod dies within a boot; the session fds it had
+// put in systemd's fd store keep the sessions alive, and a new luod takes
+// them back from its record, open and incoming alike.
+func TestAdoptAfterRestart(t *testing.T) {
+	h := newHost(t, Config{})
+	mustCreate(t, h.c, alice, "vm-a").Close()
+	data := pattern("vm-a", 8192)
+	if _, err := h.c.Preserve(alice, "vm-a", []PreserveFile{{File: memfd(t, data), Token: 3, Label: "ram"}}); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, h.c, bob, "vm-b").Close()
+	mustCreate(t, h.c, bob, "vm-gone").Close()
+
+	rec := h.c.Record(1)
+	if len(rec.Sessions) != 3 || rec.Sessions[0].State != StateOpen {
+		t.Fatalf("record = %+v", rec.Sessions)
+	}
+	b, err := rec.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodeManifest(b); err != nil {
+		t.Fatalf("a record must decode as a manifest: %v", err)
+	}
+	// The "fd store": dups of luod's fds, except vm-gone's.
+	store := map[string]*os.File{}
+	for _, n := range []string{"vm-a", "vm-b"} {
+		f, err := h.c.DupFile(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		store[n] = f
+	}
+	stray, _ := h.c.DupFile("vm-b")
+	store["not-ours"] = stray
+
+	// luod dies: every fd of its own closes.
+	h.c.Close()
+	h.dev.Close()
+	if _, ok := h.kernelSession("vm-gone"); ok {
+		t.Fatal("vm-gone survived without a stored fd")
+	}
+
+	h2 := boot(t, h.fake, Config{})
+	adopted, lost, unknown := h2.c.Adopt(rec, store, func(f *os.File, name string, retrieved bool) Handle {
+		return ioctl.NewSession(h.fake, f, name, retrieved)
+	})
+	if len(adopted) != 2 || len(lost) != 1 || lost[0].Name != "vm-gone" || len(unknown) != 1 {
+		t.Fatalf("adopted %v, lost %v, unknown %d", adopted, lost, len(unknown))
+	}
+	unknown[0].Close()
+	s, err := h2.c.Get(alice, "vm-a")
+	if err != nil || s.State != StateOpen || len(s.Files) != 1 || s.Files[0].Token != 3 {
+		t.Fatalf("vm-a after adoption = %+v, %v", s, err)
+	}
+	if _, err := h2.c.Get(alice, "vm-b"); err == nil {
+		t.Error("alice sees bob's adopted session")
+	}
+	// The adopted custody works on: the session goes over the next kexec.
+	h3, _ := h2.kexec("", 1, Config{})
+	if rep, err := h3.c.Recover(h3.handover(nil)); err != nil || len(rep.Recovered) != 2 {
+		t.Fatalf("recover after adoption = %+v, %v", rep, err)
+	}
+	r, err := h3.c.Reclaim(alice, "vm-a", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equalBytes(t, "vm-a", readAll(t, r.Files[0]), data)
+	r.Files[0].Close()
+}
