@@ -85,6 +85,7 @@ type host struct {
 	done   chan error
 	sock   string
 	logs   *bytes.Buffer
+	logw   *syncWriter
 	once   sync.Once
 }
 
@@ -111,6 +112,7 @@ func boot(t *testing.T, dir string, fake *ioctltest.Fake, handover bool, mod fun
 	outLUO := filepath.Join(dir, "kho-out-LUO")
 	os.WriteFile(outLUO, luoV5(fake.LiveUpdateNum()+1), 0o644)
 	h := &host{t: t, dir: dir, fake: fake, logs: &bytes.Buffer{}, done: make(chan error, 1)}
+	h.logw = &syncWriter{w: h.logs}
 	h.kx = &fakeKexec{fake: fake, rebooted: make(chan struct{}), end: make(chan struct{})}
 	h.sock = filepath.Join(dir, "luod.sock")
 	cfg := Config{
@@ -118,7 +120,7 @@ func boot(t *testing.T, dir string, fake *ioctltest.Fake, handover bool, mod fun
 		StateDir: filepath.Join(dir, "state"), DevicePath: fake.Path(),
 		KHODir: khoIn, KHOOutLUO: outLUO,
 		Backend: fake, Kexec: h.kx, UpgradeTimeout: 2 * time.Second,
-		Log:         slog.New(slog.NewTextHandler(&syncWriter{w: h.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Log:         slog.New(slog.NewTextHandler(h.logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		DeviceRetry: time.Second,
 		BootID:      fmt.Sprintf("boot-%d", bootSeq.Add(1)),
 	}
@@ -156,6 +158,13 @@ func (s *syncWriter) Write(b []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(b)
+}
+
+// logText is what luod logged so far.
+func (h *host) logText() string {
+	h.logw.mu.Lock()
+	defer h.logw.mu.Unlock()
+	return h.logs.String()
 }
 
 func (h *host) stop() { h.once.Do(h.doStop) }
@@ -475,8 +484,8 @@ func TestColdBootReportsLostSessions(t *testing.T) {
 	if st.Continuity != proto.ContinuityColdBoot || len(st.LostSessions) != 1 || st.LostSessions[0] != "vm-lost" {
 		t.Fatalf("status after a cold boot = %+v, want cold_boot losing vm-lost", st)
 	}
-	if !strings.Contains(h2.logs.String(), "session LOST") {
-		t.Errorf("the loss was not logged loudly:\n%s", h2.logs)
+	if !strings.Contains(h2.logText(), "session LOST") {
+		t.Errorf("the loss was not logged loudly:\n%s", h2.logText())
 	}
 }
 
@@ -502,8 +511,8 @@ func TestRestartWithinBootReportsLoss(t *testing.T) {
 	if len(st.LostSessions) != 1 || st.LostSessions[0] != "vm-crash" {
 		t.Fatalf("status after a restart = %+v, want vm-crash lost", st)
 	}
-	if !strings.Contains(h2.logs.String(), "restarted within this boot") {
-		t.Errorf("the restart was not logged:\n%s", h2.logs)
+	if !strings.Contains(h2.logText(), "restarted within this boot") {
+		t.Errorf("the restart was not logged:\n%s", h2.logText())
 	}
 }
 

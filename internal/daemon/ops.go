@@ -20,6 +20,19 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		}
 		return nil
 	}
+	// docs/protocol.md: only preserve and load take fds, and an op without
+	// args refuses any field; the cases below check only their own.
+	if req.Op != proto.OpPreserve && req.Op != proto.OpLoad {
+		if err := nofds(); err != nil {
+			return nil, nil, err
+		}
+	}
+	switch req.Op {
+	case proto.OpHello, proto.OpListSessions, proto.OpSessions, proto.OpSubscribe, proto.OpStatus, proto.OpUnload:
+		if err := decode(req, &struct{}{}); err != nil {
+			return nil, nil, err
+		}
+	}
 	switch req.Op {
 	case proto.OpHello:
 		if err := nofds(); err != nil {
