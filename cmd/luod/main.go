@@ -87,13 +87,19 @@ func main() {
 		cfg.Listener = l
 		cfg.Log.Info("using the socket passed by systemd socket activation")
 	}
-	for _, f := range inherited.Files()[len(inherited.Listeners):] { // all but the listeners
-		// Restart safety from the fd store is not wired in yet: keep what
-		// systemd holds, just do not leak our copies.
-		cfg.Log.Warn("fd passed by systemd not used by this version of luod", "fdname", f.Name())
+	var notifier systemd.Notifier
+	if notifier.Enabled() {
+		// Every session fd and luod's custody record go into systemd's fd
+		// store, so that a luod that dies loses nothing; what it stored
+		// comes back here.
+		cfg.FDStore = notifier
+		cfg.Inherited = daemon.Inherited{Sessions: inherited.Sessions, Record: inherited.Manifest}
+	}
+	for _, f := range inherited.Other {
+		cfg.Log.Warn("fd passed by systemd that luod does not know; removing it from the store", "fdname", f.Name())
+		notifier.RemoveFD(f.Name())
 		f.Close()
 	}
-	var notifier systemd.Notifier
 	cfg.Ready = func(status string) { notifier.Ready(status) }
 	cfg.Status = func(status string) { notifier.Status(status) }
 

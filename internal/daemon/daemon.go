@@ -85,6 +85,11 @@ type Config struct {
 	// Status, if set, receives the status line whenever it may have
 	// changed (systemd's STATUS=).
 	Status func(status string)
+	// FDStore keeps session fds across luod's own restarts (systemd's fd
+	// store); nil for none. Inherited is what it passed back at start.
+	FDStore   FDStore
+	Inherited Inherited
+
 	// Registerer receives luod's metrics (pkg/metrics); nil for none.
 	Registerer prometheus.Registerer
 	// FaultRebootFails is a test-only switch: the reboot call fails with

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
+	"github.com/luod/luod/internal/systemd"
 	"github.com/luod/luod/pkg/client"
 	"github.com/luod/luod/pkg/ioctl/ioctltest"
 	"github.com/luod/luod/pkg/proto"
@@ -596,4 +597,131 @@ func TestSocketActivation(t *testing.T) {
 	if _, err := c.Hello(ctx(t)); err != nil {
 		t.Fatalf("hello over the activated socket: %v", err)
 	}
+}
+
+// fakeStore is systemd's fd store: it keeps its own duplicates, by name.
+type fakeStore struct {
+	mu  sync.Mutex
+	fds map[string]*os.File
+}
+
+func (s *fakeStore) StoreFD(name string, f *os.File) error {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.fds[name]; old != nil {
+		old.Close() // systemd replaces an fd stored again under its name
+	}
+	s.fds[name] = os.NewFile(uintptr(fd), name)
+	return nil
+}
+
+func (s *fakeStore) RemoveFD(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.fds[name]; f != nil {
+		f.Close()
+		delete(s.fds, name)
+	}
+	return nil
+}
+
+// passBack is what systemd hands a restarted service: duplicates of the
+// stored fds, sorted into sessions and the record.
+func (s *fakeStore) passBack(t *testing.T) Inherited {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	in := Inherited{Sessions: map[string]*os.File{}}
+	for name, f := range s.fds {
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := os.NewFile(uintptr(fd), name)
+		if name == recordFDName {
+			in.Record = g
+		} else {
+			_, sname, err := systemd.ParseFDName(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in.Sessions[sname] = g
+		}
+	}
+	return in
+}
+
+// TestKilledLuodLosesNothingWithFDStore: luod dies (its fds close) right
+// after a workload preserved; the fd store kept the session, the restarted
+// luod takes it back with owner and tokens, and the data crosses the next
+// kexec byte-exact.
+func TestKilledLuodLosesNothingWithFDStore(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	store := &fakeStore{fds: map[string]*os.File{}}
+	sameBoot := func(c *Config) { c.BootID = "kill-boot"; c.FDStore = store }
+	h := boot(t, dir, fake, false, sameBoot)
+	c := h.dial()
+	data := bytes.Repeat([]byte("survive the crash "), 5000)
+	if _, err := c.CreateSession(ctx(t), "vm-k", map[string]string{"vm": "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Preserve(ctx(t), "vm-k", []client.FileToPreserve{{File: memfd(t, data), Token: 9, Label: "ram"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateSession(ctx(t), "vm-gone", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteSession(ctx(t), "vm-gone"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	h.stop() // luod's own fds all close, as at a SIGKILL
+
+	if _, ok := findSession(fake, "vm-k"); !ok {
+		t.Fatal("the kernel dropped vm-k although the fd store held it")
+	}
+	h2 := boot(t, dir, fake, false, func(c *Config) { sameBoot(c); c.Inherited = store.passBack(t) })
+	c2 := h2.dial()
+	st, err := c2.Status(ctx(t))
+	if err != nil || st.Sessions.Open != 1 || len(st.LostSessions) != 0 {
+		t.Fatalf("status after the restart = %+v, %v: want vm-k open, nothing lost", st, err)
+	}
+	ss, _ := c2.Sessions(ctx(t))
+	if len(ss) != 1 || ss[0].Name != "vm-k" || ss[0].Labels["vm"] != "k" || len(ss[0].Files) != 1 || ss[0].Files[0].Token != 9 {
+		t.Fatalf("sessions after the restart = %+v", ss)
+	}
+	if _, err := load(t, c2, fakeBzImage(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.Upgrade(ctx(t), proto.UpgradeArgs{}, nil); !errors.Is(err, client.ErrRebooting) {
+		t.Fatalf("upgrade = %v", err)
+	}
+	<-h2.kx.rebooted
+	h2.stop()
+	for _, f := range store.fds { // the machine kexecs: systemd is gone too
+		f.Close()
+	}
+	h3 := boot(t, dir, fake, true, nil)
+	files, err := h3.dial().Reclaim(ctx(t), "vm-k", true)
+	if err != nil || len(files) != 1 {
+		t.Fatalf("reclaim = %v, %v", files, err)
+	}
+	got, _ := io.ReadAll(io.NewSectionReader(files[0].File, 0, 1<<30))
+	files[0].File.Close()
+	if !bytes.Equal(got, data) {
+		t.Fatalf("%d bytes back, not byte-exact with the %d preserved", len(got), len(data))
+	}
+}
+
+func findSession(f *ioctltest.Fake, name string) (ioctltest.SessionState, bool) {
+	for _, s := range f.Sessions() {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return ioctltest.SessionState{}, false
 }

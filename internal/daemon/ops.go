@@ -53,7 +53,8 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			return nil, nil, err
 		}
 		d.log.Info("session created", "session", s.Name, "uid", s.UID, "pid", cred.Pid)
-		d.markDirty()
+		d.storeSession(s.Name, dup)
+		d.changed()
 		return proto.CreateSessionResult{Name: s.Name}, []*os.File{dup}, nil
 
 	case proto.OpPreserve:
@@ -71,7 +72,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		}
 		done, err := d.custody.Preserve(caller, a.Session, pf)
 		if len(done) > 0 {
-			d.markDirty()
+			d.changed()
 		}
 		for _, f := range done {
 			d.log.Info("file preserved", "session", a.Session, "uid", caller.UID, "token", f.Token, "bytes", f.Size)
@@ -101,7 +102,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			return nil, nil, err
 		}
 		d.log.Info("files declared", "session", a.Session, "uid", caller.UID, "count", len(decl))
-		d.markDirty()
+		d.changed()
 		return struct{}{}, nil, nil
 
 	case proto.OpListSessions, proto.OpSessions:
@@ -123,7 +124,8 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			return nil, nil, err
 		}
 		d.log.Info("session deleted", "session", a.Name, "uid", caller.UID)
-		d.markDirty()
+		d.unstoreSession(a.Name)
+		d.changed()
 		return struct{}{}, nil, nil
 
 	case proto.OpSubscribe:
@@ -157,6 +159,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			return nil, nil, err
 		}
 		d.log.Info("session handed to its owner", "session", s.Name, "uid", caller.UID, "pid", cred.Pid)
+		d.changed()
 		return proto.RetrieveSessionResult{Name: s.Name, Files: fileInfos(s.Files)}, []*os.File{dup}, nil
 
 	case proto.OpReclaim:
@@ -169,6 +172,10 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			return nil, nil, err
 		}
 		d.log.Info("session reclaimed", "session", a.Name, "uid", caller.UID, "files", len(r.Files), "finished", r.Finished)
+		if r.Finished {
+			d.unstoreSession(a.Name)
+		}
+		d.changed()
 		return proto.ReclaimResult{Files: fileInfos(r.Session.Files), Finished: r.Finished}, r.Files, nil
 
 	case proto.OpFinishSession:
@@ -180,6 +187,8 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			return nil, nil, err
 		}
 		d.log.Info("session finished", "session", a.Name, "uid", caller.UID)
+		d.unstoreSession(a.Name)
+		d.changed()
 		return struct{}{}, nil, nil
 
 	case proto.OpStatus:

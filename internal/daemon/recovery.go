@@ -4,8 +4,6 @@ import (
 	"errors"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/luod/luod/internal/klog"
 	"github.com/luod/luod/pkg/kho"
@@ -32,13 +30,28 @@ func (d *Daemon) recover() error {
 	var r recovery
 
 	// A handover is taken over once per boot. If luod already did it in
-	// this boot (it restarted), the kernel has nothing more to give: what
-	// the last instance held and did not leave in systemd's fd store died
-	// with it, and the disk copy names it.
-	marker := filepath.Join(d.cfg.StateDir, "recovered-boot-id")
-	if b, err := os.ReadFile(marker); err == nil && d.boot.bootID != "" && strings.TrimSpace(string(b)) == d.boot.bootID {
-		r.restarted = true
-		d.log.Warn("luod restarted within this boot: the handover was taken over already; sessions the last instance held are lost unless the fd store kept them")
+	// this boot (it restarted), the kernel has nothing more to give: luod
+	// takes back what the last instance left in systemd's fd store, and
+	// what it did not leave there died with it (the record or the disk
+	// copy names it).
+	if prev, ok := d.loadBootState(); ok {
+		d.log.Warn("luod restarted within this boot: taking back the sessions systemd's fd store kept",
+			"stored_sessions", len(d.cfg.Inherited.Sessions), "record", d.cfg.Inherited.Record != nil)
+		d.rec = recovery{continuity: prev.Continuity, got: prev.Got, expected: prev.Expected,
+			previousRelease: prev.PreviousRelease, lost: prev.Lost, restarted: true}
+		d.adopt(d.cfg.Inherited)
+		d.storeRecord()
+		d.saveDisk()
+		return nil
+	}
+	for name, f := range d.cfg.Inherited.Sessions {
+		// Not a restart within this boot: nothing stored is ours to take.
+		d.log.Warn("fd store holds a session fd from another boot; removing it", "session", name)
+		d.unstoreSession(name)
+		f.Close()
+	}
+	if f := d.cfg.Inherited.Record; f != nil {
+		f.Close()
 	}
 
 	if err := kho.MountDebugFS(); err != nil {
@@ -46,7 +59,6 @@ func (d *Daemon) recover() error {
 	}
 	h, err := kho.ReadDir(d.cfg.KHODir)
 	switch {
-	case r.restarted:
 	case errors.Is(err, kho.ErrNoHandover):
 		d.log.Info("no handover: this kernel was not booted by a live update", "dir", d.cfg.KHODir)
 	case err != nil:
@@ -74,7 +86,6 @@ func (d *Daemon) recover() error {
 	if log, err := klog.Read(); err == nil {
 		kl := klog.Parse(log)
 		switch {
-		case r.restarted:
 		case kl.HasLiveUpdate && !in.Handover:
 			in.Handover, in.LiveUpdateNumber = true, kl.LiveUpdateNumber
 			d.log.Warn("liveupdate number taken from the kernel log", "liveupdate_number", kl.LiveUpdateNumber)
@@ -108,11 +119,14 @@ func (d *Daemon) recover() error {
 		r.previousRelease = rep.PreviousRelease
 	}
 	d.rec = r
-	if d.boot.bootID != "" {
-		if err := os.WriteFile(marker, []byte(d.boot.bootID+"\n"), 0o644); err != nil {
-			d.log.Warn("cannot record that this boot's handover was taken over", "file", marker, "err", err)
+	d.saveBootState()
+	for _, name := range rep.Recovered {
+		if f, err := d.custody.DupFile(name); err == nil {
+			d.storeSession(name, f)
+			f.Close()
 		}
 	}
+	d.storeRecord()
 
 	attrs := []any{"continuity", r.continuity, "liveupdate_number", r.got,
 		"expected", r.expected, "previous_release", r.previousRelease,
@@ -147,6 +161,15 @@ func (d *Daemon) saveDisk() {
 	if err := session.SaveFile(d.cfg.StateDir, m); err != nil {
 		d.log.Warn("cannot write the manifest copy", "dir", d.cfg.StateDir, "err", err)
 	}
+}
+
+// changed follows a change of the custody: the record in systemd's fd
+// store is replaced at once, so that a luod killed right after still
+// leaves the truth behind, and the disk copy is refreshed in the
+// background.
+func (d *Daemon) changed() {
+	d.storeRecord()
+	d.markDirty()
 }
 
 // markDirty asks the background writer to refresh the disk copy; writes

@@ -1,0 +1,163 @@
+package daemon
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+
+	"github.com/luod/luod/internal/systemd"
+	"github.com/luod/luod/pkg/ioctl"
+	"github.com/luod/luod/pkg/session"
+)
+
+// FDStore keeps fds for luod across its own restarts: systemd's fd store
+// (FDSTORE=1 / FDSTOREREMOVE=1). A session lives while any fd of it is
+// open, so a session fd in the store survives a luod that dies.
+type FDStore interface {
+	StoreFD(name string, f *os.File) error
+	RemoveFD(name string) error
+}
+
+// Inherited is what a previous luod of this boot left in the fd store and
+// systemd passed back at start (LISTEN_FDNAMES).
+type Inherited struct {
+	// Sessions are session fds by session name.
+	Sessions map[string]*os.File
+	// Record is the memfd with luod's custody record (session.Record).
+	Record *os.File
+}
+
+// recordFDName names the custody record in the fd store.
+var recordFDName = systemd.FDName(systemd.KindManifest, "")
+
+func sessionFDName(name string) string { return systemd.FDName(systemd.KindSession, name) }
+
+// storeSession puts a duplicate of a session fd into the fd store.
+func (d *Daemon) storeSession(name string, f *os.File) {
+	if d.cfg.FDStore == nil {
+		return
+	}
+	if err := d.cfg.FDStore.StoreFD(sessionFDName(name), f); err != nil {
+		d.log.Error("cannot put the session fd into systemd's fd store: a crash of luod would lose the session",
+			"session", name, "err", err)
+	}
+}
+
+func (d *Daemon) unstoreSession(name string) {
+	if d.cfg.FDStore == nil {
+		return
+	}
+	if err := d.cfg.FDStore.RemoveFD(sessionFDName(name)); err != nil {
+		d.log.Warn("cannot remove the session fd from systemd's fd store", "session", name, "err", err)
+	}
+}
+
+// storeRecord replaces the custody record in the fd store.
+func (d *Daemon) storeRecord() {
+	if d.cfg.FDStore == nil {
+		return
+	}
+	f, err := session.WriteMemfd(d.custody.Record(d.expectedNext()))
+	if err != nil {
+		d.log.Error("cannot write the custody record", "err", err)
+		return
+	}
+	defer f.Close()
+	d.cfg.FDStore.RemoveFD(recordFDName)
+	if err := d.cfg.FDStore.StoreFD(recordFDName, f); err != nil {
+		d.log.Error("cannot put the custody record into systemd's fd store", "err", err)
+	}
+}
+
+// bootState is what the first luod of a boot found, kept in the state
+// directory so that a restarted luod reports the same continuity.
+type bootState struct {
+	BootID          string                `json:"boot_id"`
+	Continuity      string                `json:"continuity"`
+	Got             uint64                `json:"liveupdate_number"`
+	Expected        uint64                `json:"expected_liveupdate_number"`
+	PreviousRelease string                `json:"previous_release"`
+	Lost            []session.LostSession `json:"lost_sessions"`
+}
+
+func (d *Daemon) bootStatePath() string { return filepath.Join(d.cfg.StateDir, "boot.json") }
+
+func (d *Daemon) loadBootState() (*bootState, bool) {
+	b, err := os.ReadFile(d.bootStatePath())
+	if err != nil {
+		return nil, false
+	}
+	var s bootState
+	if json.Unmarshal(b, &s) != nil || s.BootID == "" || s.BootID != d.boot.bootID {
+		return nil, false
+	}
+	return &s, true
+}
+
+func (d *Daemon) saveBootState() {
+	if d.boot.bootID == "" {
+		return
+	}
+	b, _ := json.MarshalIndent(bootState{BootID: d.boot.bootID, Continuity: d.rec.continuity, Got: d.rec.got,
+		Expected: d.rec.expected, PreviousRelease: d.rec.previousRelease, Lost: d.rec.lost}, "", "  ")
+	if err := os.WriteFile(d.bootStatePath(), b, 0o644); err != nil {
+		d.log.Warn("cannot record that this boot's handover was taken over", "file", d.bootStatePath(), "err", err)
+	}
+}
+
+// adopt takes back, after a restart within the boot, the sessions the fd
+// store kept, following the record the last instance stored with them.
+func (d *Daemon) adopt(in Inherited) {
+	var rec *session.Manifest
+	if in.Record != nil {
+		m, err := session.ReadMemfd(in.Record)
+		if err != nil {
+			d.log.Error("the custody record from the fd store does not decode; stored sessions cannot be attributed", "err", err)
+		}
+		rec = m
+		in.Record.Close()
+	}
+	if rec == nil {
+		// Without a record nobody's ownership is known; fall back to the
+		// disk copy, which lists the open sessions.
+		if disk, err := session.LoadFile(d.cfg.StateDir); err == nil {
+			rec = disk
+		}
+	}
+	// A stored session the record does not name (luod died between storing
+	// its fd and its record) is kept, owned by root, for an admin to look
+	// at: better than dropping memory whose owner is unknown.
+	named := map[string]bool{}
+	if rec != nil {
+		for _, ms := range rec.Sessions {
+			named[ms.Name] = true
+		}
+	} else {
+		rec = &session.Manifest{Format: session.FormatV1}
+	}
+	for name := range in.Sessions {
+		if !named[name] {
+			d.log.Error("stored session fd with no record: kept, owned by root, owner unknown", "session", name)
+			rec.Sessions = append(rec.Sessions, session.ManifestSession{Name: name, State: session.StateOpen,
+				Labels: map[string]string{"luod.orphan": "owner unknown after a restart"}, Files: []session.ManifestFile{}})
+		}
+	}
+	adopted, lost, unknown := d.custody.Adopt(rec, in.Sessions, func(f *os.File, name string, retrieved bool) session.Handle {
+		return ioctl.NewSession(d.cfg.Backend, f, name, retrieved)
+	})
+	for _, n := range adopted {
+		d.log.Info("session taken back from systemd's fd store", "session", n)
+	}
+	for _, l := range lost {
+		d.log.Error("session LOST", "session", l.Name, "uid", l.UID, "reason", l.Reason)
+		d.unstoreSession(l.Name)
+	}
+	d.rec.lost = append(d.rec.lost, lost...)
+	for _, f := range unknown {
+		d.log.Warn("fd in systemd's fd store that no record names; removing it", "fdname", f.Name())
+		if d.cfg.FDStore != nil {
+			d.cfg.FDStore.RemoveFD(f.Name()) // an inherited fd's name is its FDNAME
+		}
+		f.Close()
+	}
+}
