@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/luod/luod/pkg/ioctl"
 	"github.com/luod/luod/pkg/kexec"
@@ -113,7 +114,7 @@ func (systemKexec) Load(k, i *os.File, c string) error { return kexec.LoadFiles(
 func (systemKexec) Unload() error                      { return kexec.Unload() }
 func (systemKexec) Reboot() error                      { return kexec.Reboot() }
 
-// Defaults fills zero fields of cfg.
+// defaults fills zero fields of cfg.
 func (cfg *Config) defaults() {
 	if cfg.SocketPath == "" {
 		cfg.SocketPath = proto.DefaultSocket
@@ -249,7 +250,7 @@ func (d *Daemon) openDevice(ctx context.Context) (*ioctl.Device, error) {
 			return dev, nil
 		}
 		var le *ioctl.Error
-		if !errors.As(err, &le) || le.Errno != 16 /* EBUSY */ || time.Now().After(deadline) {
+		if !errors.As(err, &le) || le.Errno != unix.EBUSY || time.Now().After(deadline) {
 			return nil, err
 		}
 		d.log.Warn("device busy, retrying", "device", d.cfg.DevicePath, "err", err, "retry_in", wait)

@@ -219,6 +219,8 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 	return nil, nil, proto.Errorf(proto.CodeUnknownOp, "unknown operation %q", req.Op)
 }
 
+// decode decodes a request's args; it exists so that a nil *proto.Error
+// becomes a nil error, not a non-nil interface holding nil.
 func decode(req *proto.Request, v any) error {
 	if err := req.DecodeArgs(v); err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,7 +40,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	l := d.cfg.Listener
 	if l == nil {
 		var err error
-		if err = os.MkdirAll(dirOf(d.cfg.SocketPath), 0o755); err != nil {
+		if err = os.MkdirAll(filepath.Dir(d.cfg.SocketPath), 0o755); err != nil {
 			return err
 		}
 		if l, err = proto.Listen(d.cfg.SocketPath, d.cfg.SocketMode, d.cfg.SocketGID); err != nil {
@@ -100,13 +101,6 @@ func (d *Daemon) Serve(ctx context.Context) error {
 			"open", st.Open, "incoming", st.Incoming, "claimed", st.Claimed)
 	}
 	return nil
-}
-
-func dirOf(p string) string {
-	if i := strings.LastIndexByte(p, '/'); i > 0 {
-		return p[:i]
-	}
-	return "."
 }
 
 func (d *Daemon) serveConn(ctx context.Context, pc *proto.Conn) {
