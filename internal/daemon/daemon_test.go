@@ -117,7 +117,9 @@ func boot(t *testing.T, dir string, fake *ioctltest.Fake, handover bool, mod fun
 	h.kx = &fakeKexec{fake: fake, rebooted: make(chan struct{}), end: make(chan struct{})}
 	h.sock = filepath.Join(dir, "luod.sock")
 	cfg := Config{
-		SocketPath: h.sock, SocketGID: -1, AdminGID: -1,
+		// The test's own group is luod's admin group, so that the admin
+		// operations work without root.
+		SocketPath: h.sock, SocketGID: -1, AdminGID: os.Getgid(),
 		StateDir: filepath.Join(dir, "state"), DevicePath: fake.Path(),
 		KHODir: khoIn, KHOOutLUO: outLUO,
 		Backend: fake, Kexec: h.kx, UpgradeTimeout: 2 * time.Second,
@@ -454,7 +456,10 @@ func TestLoadPreflight(t *testing.T) {
 	if _, err := load(t, c, k); !isCode(err, proto.CodeKexecFailed) {
 		t.Errorf("load refused by the kernel = %v, want kexec_failed", err)
 	}
-	st, _ := c.Status(ctx(t))
+	st, err := c.Status(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if st.Loaded != nil {
 		t.Errorf("a refused load left a kernel loaded: %+v", st.Loaded)
 	}
