@@ -225,6 +225,48 @@ func TestDaemon(t *testing.T) {
 		}
 	})
 
+	t.Run("client_killed_during_barrier", func(t *testing.T) {
+		// A workload process that subscribes, gets "prepare" and is
+		// SIGKILLed before answering: the upgrade aborts, nothing is lost.
+		exe, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(exe, "-test.run", "^TestSubscriberThatDies$")
+		cmd.Env = append(os.Environ(), "LUOD_VMTEST_CHILD=1")
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		if n, _ := out.Read(buf); !strings.Contains(string(buf[:n]), "subscribed") {
+			t.Fatalf("subscriber said %q", buf[:n])
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := admin.Upgrade(context.Background(), proto.UpgradeArgs{TimeoutMS: 20000}, nil)
+			done <- err
+		}()
+		if n, _ := out.Read(buf); !strings.Contains(string(buf[:n]), "prepare") {
+			t.Fatalf("subscriber said %q, want prepare", buf[:n])
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		select {
+		case err := <-done:
+			if !isCode(err, proto.CodeAborted) || !strings.Contains(err.Error(), "disconnected") {
+				t.Fatalf("upgrade with a killed subscriber = %v, want aborted: disconnected", err)
+			}
+			t.Logf("aborted: %v", err)
+		case <-time.After(15 * time.Second):
+			t.Fatal("the upgrade did not abort when the subscriber died")
+		}
+		intact(t)
+	})
+
 	t.Run("two_upgrades_at_once", func(t *testing.T) {
 		slow := dial(t, sock)
 		slow.Subscribe(tctx(t, 10*time.Second))
@@ -320,5 +362,24 @@ func TestAsOtherUID(t *testing.T) {
 	}
 	if err := c.DeleteSession(tctx(t, 10*time.Second), "uid1000-own"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSubscriberThatDies is the workload of client_killed_during_barrier:
+// it subscribes, reports "prepare" and waits to be killed.
+func TestSubscriberThatDies(t *testing.T) {
+	if os.Getenv("LUOD_VMTEST_CHILD") != "1" {
+		t.Skip("run by TestDaemon")
+	}
+	c := dial(t, proto.DefaultSocket)
+	if err := c.Subscribe(tctx(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	os.Stdout.WriteString("subscribed\n")
+	for ev := range c.Events() {
+		if ev.Event == proto.EventPrepare {
+			os.Stdout.WriteString("prepare\n")
+			time.Sleep(time.Hour) // never answers; the parent kills us
+		}
 	}
 }
