@@ -264,16 +264,67 @@ func (l *cli) inspect(args []string) error {
 	if err != nil {
 		return err
 	}
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return err
-	}
 	if l.json {
+		var v any
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return err
+		}
 		return l.print(v, nil)
 	}
-	b, _ := json.MarshalIndent(v, "", "  ")
-	fmt.Fprintln(l.out, string(b))
-	return nil
+	// The shape pkg/kho's Handover marshals to.
+	var h struct {
+		Root *struct {
+			Compatible         string `json:"compatible"`
+			PreservedMemoryMap string `json:"preserved_memory_map"`
+			Subtrees           []struct {
+				Name          string `json:"name"`
+				PreservedData string `json:"preserved_data"`
+				BlobSize      uint64 `json:"blob_size"`
+			} `json:"subtrees"`
+		} `json:"root"`
+		RootError string `json:"root_error"`
+		LUO       *struct {
+			ABI              string `json:"abi"`
+			LiveUpdateNumber uint64 `json:"liveupdate_number"`
+		} `json:"luo"`
+		LUOError      string `json:"luo_error"`
+		KexecMetadata *struct {
+			PreviousRelease string `json:"previous_release"`
+			KexecCount      uint32 `json:"kexec_count"`
+		} `json:"kexec_metadata"`
+		KexecMetadataError string `json:"kexec_metadata_error"`
+	}
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(l.out, 0, 4, 2, ' ', 0)
+	switch {
+	case h.Root != nil:
+		fmt.Fprintf(w, "KHO root:\t%s, preserved memory map at %s\n", h.Root.Compatible, h.Root.PreservedMemoryMap)
+		for _, st := range h.Root.Subtrees {
+			fmt.Fprintf(w, "  subtree %s:\t%d bytes at %s\n", st.Name, st.BlobSize, st.PreservedData)
+		}
+	default:
+		fmt.Fprintf(w, "KHO root:\tnot decoded: %s\n", h.RootError)
+	}
+	switch {
+	case h.LUO != nil:
+		fmt.Fprintf(w, "LUO:\t%s, liveupdate number %d\n", h.LUO.ABI, h.LUO.LiveUpdateNumber)
+	case h.LUOError != "":
+		fmt.Fprintf(w, "LUO:\tnot decoded: %s\n", h.LUOError)
+		fmt.Fprintf(w, "\t(on 7.2/7.3 the kernel frees this blob after boot; luoctl status has the number from the kernel log)\n")
+	default:
+		fmt.Fprintf(w, "LUO:\tnot handed over\n")
+	}
+	switch {
+	case h.KexecMetadata != nil:
+		fmt.Fprintf(w, "kexec metadata:\tfrom %s, kexec #%d since the cold boot\n", h.KexecMetadata.PreviousRelease, h.KexecMetadata.KexecCount)
+	case h.KexecMetadataError != "":
+		fmt.Fprintf(w, "kexec metadata:\tnot decoded: %s\n", h.KexecMetadataError)
+	default:
+		fmt.Fprintf(w, "kexec metadata:\tnot handed over\n")
+	}
+	return w.Flush()
 }
 
 func (l *cli) load(args []string) error {
