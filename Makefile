@@ -6,7 +6,7 @@
 GO       ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test unit fuzz-short vm-test vm-contract vm-daemon vet fmt-check clean
+.PHONY: all build demo test unit fuzz-short vm-test vm-contract vm-daemon vm-systemd vet fmt-check clean
 
 all: build
 
@@ -45,8 +45,8 @@ fuzz-short:
 		done; \
 	done; rm -f _fuzz.log
 
-## vm-test: both VM runs on real LUO kernels (7.2 -> 7.3 -> 7.3 each).
-vm-test: vm-contract vm-daemon
+## vm-test: the VM runs on real LUO kernels.
+vm-test: vm-contract vm-daemon vm-systemd
 
 ## vm-contract: the kernel contract: raw ioctls, handover decoding, byte-exact data.
 vm-contract:
@@ -55,6 +55,12 @@ vm-contract:
 ## vm-daemon: the demo flow with the daemon's VM test cases in its first boot.
 vm-daemon:
 	deploy/qemu/demo.sh --tests
+
+## vm-systemd: luod under real systemd (Debian bookworm, systemd 252 as PID 1, rootfs
+## by debootstrap, cached): socket activation, a SIGKILL restart that keeps the session
+## through the fd store, metrics, and one live update 7.2 -> 7.3 from inside the unit.
+vm-systemd:
+	deploy/qemu/systemd/vm-systemd.sh
 
 clean:
 	rm -rf _out
