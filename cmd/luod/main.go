@@ -34,6 +34,7 @@ func main() {
 		logLevel   = flag.String("log.level", "info", "log level: debug, info, warn, error")
 		webAddr    = flag.String("web.listen-address", "127.0.0.1:9478", "address of the Prometheus metrics endpoint; empty turns it off")
 		webPath    = flag.String("web.telemetry-path", "/metrics", "path of the metrics endpoint")
+		faultHang  = flag.Bool("test.fault-hang-on-sigusr2", false, "TEST ONLY: hang the main loop on SIGUSR2, to exercise systemd's watchdog")
 		faultBoot  = flag.Bool("test.fault-reboot", false, "TEST ONLY: make the reboot call fail, to exercise the recovery path")
 		version    = flag.Bool("version", false, "print the version and exit")
 	)
@@ -115,6 +116,13 @@ func main() {
 		fatal("--admin.group: %v", err)
 	}
 	cfg.FaultRebootFails = *faultBoot
+	if *faultHang {
+		hang := make(chan struct{})
+		usr2 := make(chan os.Signal, 1)
+		signal.Notify(usr2, syscall.SIGUSR2)
+		go func() { <-usr2; close(hang) }()
+		cfg.FaultHang = hang
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

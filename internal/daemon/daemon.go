@@ -96,6 +96,10 @@ type Config struct {
 	// FaultRebootFails is a test-only switch: the reboot call fails with
 	// EIO instead of reaching the kernel, to prove the recovery path.
 	FaultRebootFails bool
+	// FaultHang is a test-only switch: when it is closed, luod's main
+	// loop hangs for good (its lock is taken and never released), so that
+	// systemd's watchdog must kill and restart it.
+	FaultHang <-chan struct{}
 }
 
 // Kexec is the seam to kexec_file_load and reboot.
@@ -342,6 +346,13 @@ func (d *Daemon) heartbeat(ctx context.Context) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	for {
+		select {
+		case <-d.cfg.FaultHang:
+			d.log.Error("TEST FAULT: hanging luod's main loop; the watchdog must restart luod")
+			d.mu.Lock()
+			select {} // never unlocks: every request and the heartbeat stop
+		default:
+		}
 		d.mu.Lock()
 		d.mu.Unlock()
 		d.custody.Snapshot()

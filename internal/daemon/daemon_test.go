@@ -730,3 +730,23 @@ func findSession(f *ioctltest.Fake, name string) (ioctltest.SessionState, bool) 
 	}
 	return ioctltest.SessionState{}, false
 }
+
+// TestHangStopsTheHeartbeat_FaultSwitch: with luod's main loop hung (the
+// test fault switch), Healthy turns false, so the watchdog goes unfed.
+func TestHangStopsTheHeartbeat_FaultSwitch(t *testing.T) {
+	hang := make(chan struct{})
+	h := boot(t, t.TempDir(), ioctltest.New(), false, func(c *Config) { c.FaultHang = hang })
+	for i := 0; !h.d.Healthy(); i++ {
+		if i > 100 {
+			t.Fatal("never healthy")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(hang)
+	h.d.beat.Store(time.Now().Add(-time.Minute).UnixNano()) // no need to wait 5 s
+	time.Sleep(700 * time.Millisecond)
+	if h.d.Healthy() {
+		t.Fatal("a hung luod still reports healthy")
+	}
+	h.once.Do(func() {}) // it cannot be stopped cleanly: its lock is gone for good
+}

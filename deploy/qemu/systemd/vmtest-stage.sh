@@ -153,6 +153,24 @@ case "$stage" in
 	check_metrics '^luod_boot_continuity\{continuity="fresh"\} 1' '^luod_boot_liveupdate_number 0'
 	vm "LUOD-VM-SUITE: PASS stage=1 metrics"
 
+	# A hung main loop (test fault switch, enabled by the test drop-in):
+	# luod stops feeding the watchdog, systemd kills and restarts it, and
+	# the fd store keeps the session.
+	pid1=$(systemctl show -p MainPID --value luod)
+	n1=$(systemctl show -p NRestarts --value luod)
+	say "systemctl kill -s USR2 luod (pid $pid1): the test fault switch hangs its main loop"
+	systemctl kill -s USR2 luod
+	i=0
+	until [ "$(systemctl show -p NRestarts --value luod)" -gt "$n1" ] && [ "$(systemctl is-active luod)" = active ]; do
+		i=$((i + 1))
+		[ $i -lt 300 ] || die "the watchdog did not restart the hung luod within 60 s"
+		sleep 0.2
+	done
+	journalctl -b -u luod --no-pager -o cat 2>/dev/null | grep -E 'TEST FAULT|[Ww]atchdog' | indent
+	journalctl -b --no-pager -o cat 2>/dev/null | grep -q -i 'watchdog timeout' || die "systemd did not report a watchdog timeout"
+	wait_sessions "^$sess +0 +open +1 " 30
+	vm "LUOD-VM-SUITE: PASS stage=1 watchdog-restarts-hung-luod"
+
 	next=$share/boot2
 	cmdline=$(sed "s/luod\.stage=[0-9]*/luod.stage=2/" /proc/cmdline)
 	say "luoctl load $(cat "$next/release") --cmdline '$cmdline'"
