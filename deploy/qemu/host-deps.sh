@@ -27,19 +27,7 @@ if have_all; then
 	exit 0
 fi
 
-# Find the Debian archive this host already uses (deb822 or one-line format).
-mirror=""
-if compgen -G '/etc/apt/sources.list.d/*.sources' >/dev/null; then
-	mirror=$(awk '/^URIs:/ {for (i=2;i<=NF;i++) if ($i !~ /security/) {print $i; exit}}' \
-		/etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v luod || true)
-fi
-if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-	mirror=$(awk '$1=="deb" && $0 !~ /security/ {for (i=2;i<=NF;i++) if ($i ~ /^(https?|file):/) {print $i; exit}}' /etc/apt/sources.list | head -n1)
-fi
-if [ -z "$mirror" ]; then
-	echo "host-deps: no Debian archive found in the apt sources of this host" >&2
-	exit 1
-fi
+mirror=$("$(dirname "$0")/mirror.sh")
 
 if [ ! -f "$list" ]; then
 	cat >"$list" <<EOT

@@ -25,27 +25,13 @@ log() { echo "mkrootfs: $*" >&2; }
 key=$(echo "$suite $pkgs recipe=$recipe" | sha256sum | cut -c1-16)
 base=$cache/rootfs/$suite-$key
 
-# Find the Debian archive this host already uses (as deploy/qemu/host-deps.sh).
-find_mirror() {
-	local mirror=""
-	if compgen -G '/etc/apt/sources.list.d/*.sources' >/dev/null; then
-		mirror=$(awk '/^URIs:/ {for (i=2;i<=NF;i++) if ($i !~ /security/) {print $i; exit}}' \
-			/etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v luod | head -n1 || true)
-	fi
-	if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-		mirror=$(awk '$1=="deb" && $0 !~ /security/ {for (i=2;i<=NF;i++) if ($i ~ /^(https?|file):/) {print $i; exit}}' /etc/apt/sources.list | head -n1)
-	fi
-	[ -n "$mirror" ] || { log "no Debian archive found in the apt sources of this host"; return 1; }
-	echo "$mirror"
-}
-
 build_base() {
 	command -v debootstrap >/dev/null || {
 		log "installing debootstrap"
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >&2
 	}
 	local mirror work t0
-	mirror=$(find_mirror)
+	mirror=$("$here/../mirror.sh")
 	work=$(mktemp -d "$cache/rootfs/build-$suite.XXXXXX")
 	# shellcheck disable=SC2064
 	trap "rm -rf '$work'" EXIT

@@ -6,7 +6,9 @@
 #   boot 1 (7.2): luod.socket + luod.service (Type=notify) come up; a
 #     workload preserves 64 MiB; `systemctl kill -s KILL luod` and systemd
 #     restarts luod, which takes the session back from its fd store;
-#     metrics; luoctl load + luoctl upgrade.
+#     metrics; a hung main loop (test fault switch) is killed by the
+#     watchdog and luod comes back with the session; luoctl load +
+#     luoctl upgrade.
 #   boot 2 (7.3): luod is READY only after recovery; liveupdate number 1,
 #     continuity ok in luoctl status and the metrics; the workload reclaims
 #     its memory byte-exact.
