@@ -4,7 +4,6 @@ import (
 	"maps"
 	"os"
 	"slices"
-	"strings"
 )
 
 // Record describes every session luod holds, in any state but finished,
@@ -16,23 +15,7 @@ func (c *Custody) Record(expected uint64) *Manifest {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := c.manifestLocked(expected)
-	m.Sessions = m.Sessions[:0]
-	for _, e := range c.byName {
-		if e.creating || e.h == nil || e.s.State == StateFinished {
-			continue
-		}
-		ms := ManifestSession{
-			State: e.s.State, Name: e.s.Name, UID: e.s.UID, GID: e.s.GID,
-			Labels:  maps.Clone(e.s.Labels),
-			Files:   make([]ManifestFile, len(e.s.Files)),
-			Created: e.s.Created.UTC(),
-		}
-		for i, f := range e.s.Files {
-			ms.Files[i] = ManifestFile(f)
-		}
-		m.Sessions = append(m.Sessions, ms)
-	}
-	slices.SortFunc(m.Sessions, func(a, b ManifestSession) int { return strings.Compare(a.Name, b.Name) })
+	m.Sessions = c.sessionsLocked(func(e *entry) bool { return e.h != nil && e.s.State != StateFinished }, true)
 	return m
 }
 

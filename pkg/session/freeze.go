@@ -77,8 +77,17 @@ func (c *Custody) manifestLocked(expected uint64) *Manifest {
 		ExpectedLiveUpdateNumber: expected,
 		Sessions:                 []ManifestSession{},
 	}
+	m.Sessions = c.sessionsLocked(func(e *entry) bool { return e.s.State == StateOpen }, false)
+	return m
+}
+
+// sessionsLocked lists the settled sessions that keep says to, sorted by
+// name, as a manifest lists them (with their state if withState); c.mu is
+// held.
+func (c *Custody) sessionsLocked(keep func(*entry) bool, withState bool) []ManifestSession {
+	out := []ManifestSession{}
 	for _, e := range c.byName {
-		if e.creating || e.s.State != StateOpen {
+		if e.creating || !keep(e) {
 			continue
 		}
 		ms := ManifestSession{
@@ -87,13 +96,16 @@ func (c *Custody) manifestLocked(expected uint64) *Manifest {
 			Files:   make([]ManifestFile, len(e.s.Files)),
 			Created: e.s.Created.UTC(),
 		}
+		if withState {
+			ms.State = e.s.State
+		}
 		for i, f := range e.s.Files {
 			ms.Files[i] = ManifestFile(f)
 		}
-		m.Sessions = append(m.Sessions, ms)
+		out = append(out, ms)
 	}
-	slices.SortFunc(m.Sessions, func(a, b ManifestSession) int { return strings.Compare(a.Name, b.Name) })
-	return m
+	slices.SortFunc(out, func(a, b ManifestSession) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // WriteManifest takes the manifest of the frozen custody (see Manifest),
