@@ -181,7 +181,8 @@ type Daemon struct {
 	overdue  map[string]bool
 	upgrades int
 
-	rec recovery
+	rec  recovery
+	next uint64 // liveupdate number the next kernel will report; see setRecovery
 
 	metrics *metrics.Metrics // nil-safe: nil when Config.Registerer is
 
@@ -302,16 +303,6 @@ func (d *Daemon) statusLine() string {
 		s += ", upgrade " + d.phase
 	}
 	return s
-}
-
-// Run starts luod with cfg and serves until ctx is done.
-func Run(ctx context.Context, cfg Config) error {
-	d, err := New(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Serve(ctx)
 }
 
 // metricsSnapshot is the live state pkg/metrics reads at each scrape.

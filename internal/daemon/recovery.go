@@ -37,8 +37,8 @@ func (d *Daemon) recover() error {
 	if prev, ok := d.loadBootState(); ok {
 		d.log.Warn("luod restarted within this boot: taking back the sessions systemd's fd store kept",
 			"stored_sessions", len(d.cfg.Inherited.Sessions), "record", d.cfg.Inherited.Record != nil)
-		d.rec = recovery{continuity: prev.Continuity, got: prev.Got, expected: prev.Expected,
-			previousRelease: prev.PreviousRelease, lost: prev.Lost, restarted: true}
+		d.setRecovery(recovery{continuity: prev.Continuity, got: prev.Got, expected: prev.Expected,
+			previousRelease: prev.PreviousRelease, lost: prev.Lost, restarted: true})
 		d.adopt(d.cfg.Inherited)
 		d.storeRecord()
 		d.saveDisk()
@@ -118,7 +118,7 @@ func (d *Daemon) recover() error {
 	if r.previousRelease == "" {
 		r.previousRelease = rep.PreviousRelease
 	}
-	d.rec = r
+	d.setRecovery(r)
 	d.saveBootState()
 	for _, name := range rep.Recovered {
 		if f, err := d.custody.DupFile(name); err == nil {
@@ -181,13 +181,19 @@ func (d *Daemon) markDirty() {
 	}
 }
 
-// expectedNext is the liveupdate number the next kernel will report. The
-// outgoing LUO blob holds it from boot on; failing that, this boot's + 1.
-func (d *Daemon) expectedNext() uint64 {
+// expectedNext is the liveupdate number the next kernel will report,
+// fixed for the whole boot (set by setRecovery).
+func (d *Daemon) expectedNext() uint64 { return d.next }
+
+// setRecovery records what recovery found, and the number the next kernel
+// will report: the outgoing LUO blob holds it from boot on (read once);
+// failing that, this boot's + 1.
+func (d *Daemon) setRecovery(r recovery) {
+	d.rec = r
+	d.next = r.got + 1
 	if b, err := os.ReadFile(d.cfg.KHOOutLUO); err == nil {
 		if l, err := kho.DecodeLUO(b); err == nil {
-			return l.LiveUpdateNumber
+			d.next = l.LiveUpdateNumber
 		}
 	}
-	return d.rec.got + 1
 }
