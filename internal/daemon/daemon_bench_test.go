@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -32,62 +31,8 @@ const benchChunk = 2 * proto.MaxFDs
 
 const benchFileSize = 1 << 20
 
-// bootBench starts a luod on fake, as boot does (no handover), logging
-// nowhere, and stops it when tb ends.
-func bootBench(tb testing.TB, fake *ioctltest.Fake) (*Daemon, string) {
-	tb.Helper()
-	dir := tb.TempDir()
-	outLUO := filepath.Join(dir, "kho-out-LUO")
-	if err := os.WriteFile(outLUO, luoV5(fake.LiveUpdateNum()+1), 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	kx := &fakeKexec{fake: fake, rebooted: make(chan struct{}), end: make(chan struct{})}
-	kx.kill = func() {}
-	sock := filepath.Join(dir, "luod.sock")
-	ready := make(chan struct{})
-	cfg := Config{
-		SocketPath: sock, SocketGID: -1, AdminGID: -1,
-		StateDir: filepath.Join(dir, "state"), DevicePath: fake.Path(),
-		KHODir: filepath.Join(dir, "kho-in"), KHOOutLUO: outLUO,
-		Backend: fake, Kexec: kx, UpgradeTimeout: 2 * time.Second,
-		Log:         slog.New(slog.DiscardHandler),
-		DeviceRetry: time.Second,
-		BootID:      fmt.Sprintf("boot-%d", bootSeq.Add(1)),
-		Ready:       func(string) { close(ready) },
-	}
-	c, cancel := context.WithCancel(context.Background())
-	d, err := New(c, cfg)
-	if err != nil {
-		cancel()
-		tb.Fatalf("New: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- d.Serve(c) }()
-	<-ready
-	tb.Cleanup(func() {
-		close(kx.end)
-		cancel()
-		<-done
-		d.Close()
-	})
-	return d, sock
-}
-
-func dialBench(tb testing.TB, sock string) *client.Client {
-	tb.Helper()
-	c, err := client.Dial(sock)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	return c
-}
-
-func benchCtx(tb testing.TB) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), time.Minute)
-	tb.Cleanup(cancel)
-	return c
-}
+// quiet keeps luod's log out of the measurement.
+func quiet(c *Config) { c.Log = slog.New(slog.DiscardHandler) }
 
 // memfds makes n memfds of benchFileSize bytes each, data written (so
 // pages exist, as guest RAM would).
@@ -163,9 +108,10 @@ func checkFake(tb testing.TB, fake *ioctltest.Fake, name string, want []uint64) 
 func BenchmarkHello(b *testing.B) {
 	fake := ioctltest.New()
 	b.Cleanup(func() { fake.Close() })
-	_, sock := bootBench(b, fake)
-	c := dialBench(b, sock)
-	cx := benchCtx(b)
+	h := boot(b, b.TempDir(), fake, false, quiet)
+	c := h.dial()
+	cx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // all of b.N
+	defer cancel()
 	b.ReportAllocs()
 	for b.Loop() {
 		res, err := c.Hello(cx)
@@ -186,9 +132,10 @@ func BenchmarkHello(b *testing.B) {
 func BenchmarkPreserve1MiB(b *testing.B) {
 	fake := ioctltest.New()
 	b.Cleanup(func() { fake.Close() })
-	d, sock := bootBench(b, fake)
-	c := dialBench(b, sock)
-	cx := benchCtx(b)
+	h := boot(b, b.TempDir(), fake, false, quiet)
+	d, c := h.d, h.dial()
+	cx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // all of b.N
+	defer cancel()
 	admin := session.Caller{Admin: true}
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -77,7 +77,7 @@ func (k *fakeKexec) Reboot() error {
 
 // host is one boot of a machine: a daemon on the fake kernel, serving.
 type host struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	fake   *ioctltest.Fake
 	kx     *fakeKexec
@@ -102,7 +102,7 @@ func luoV5(n uint64) []byte {
 
 // boot starts a daemon. After a fake reboot, handover makes the KHO
 // directory hold a LUO blob of the fake's number, as the kernel would.
-func boot(t *testing.T, dir string, fake *ioctltest.Fake, handover bool, mod func(*Config)) *host {
+func boot(t testing.TB, dir string, fake *ioctltest.Fake, handover bool, mod func(*Config)) *host {
 	t.Helper()
 	khoIn := filepath.Join(dir, "kho-in")
 	os.RemoveAll(khoIn)
@@ -193,13 +193,13 @@ func (h *host) dial() *client.Client {
 	return c
 }
 
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
 	return c
 }
 
-func memfd(t *testing.T, data []byte) *os.File {
+func memfd(t testing.TB, data []byte) *os.File {
 	t.Helper()
 	fd, err := unix.MemfdCreate("test", unix.MFD_CLOEXEC)
 	if err != nil {
