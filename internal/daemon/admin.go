@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/luod/luod/pkg/kexec"
 	"github.com/luod/luod/pkg/proto"
 )
@@ -48,12 +50,26 @@ func (d *Daemon) status() proto.Status {
 	return s
 }
 
-// fdPath names a received fd by the path it was opened at.
-func fdPath(f *os.File) string {
-	if p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd()))); err == nil {
-		return p
+// namedByPath returns duplicates of received files named by the paths
+// they were opened at (from /proc/self/fd), for messages; the caller
+// closes them.
+func namedByPath(files []*os.File) ([]*os.File, error) {
+	out := make([]*os.File, 0, len(files))
+	for _, f := range files {
+		name := f.Name()
+		if p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd()))); err == nil {
+			name = p
+		}
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			for _, g := range out {
+				g.Close()
+			}
+			return nil, err
+		}
+		out = append(out, os.NewFile(uintptr(fd), name))
 	}
-	return f.Name()
+	return out, nil
 }
 
 func fileSHA256(f *os.File) (string, error) {
@@ -83,42 +99,44 @@ func (d *Daemon) load(a proto.LoadArgs, files []*os.File) (*proto.LoadResult, er
 	if d.currentPhase() != "" {
 		return nil, proto.Errorf(proto.CodeBusy, "upgrade in progress")
 	}
-	kernel := files[0]
+	// Name the received files by the paths they were opened at, so that
+	// every message below (and pkg/kexec's) says which file.
+	named, err := namedByPath(files)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, f := range named {
+			f.Close()
+		}
+	}()
+	kernel := named[0]
 	var initrd, config *os.File
 	if a.Initrd {
-		initrd = files[1]
+		initrd = named[1]
 	}
 	if a.Config {
-		config = files[len(files)-1]
+		config = named[len(named)-1]
 	}
-	kpath := fdPath(kernel)
+	kpath := kernel.Name()
 	img, err := kexec.InspectFile(kernel)
 	if err != nil {
-		return nil, proto.Errorf(proto.CodePreflightFailed, "kernel %s: %v", kpath, stripPrefix(err, kernel.Name()))
+		return nil, proto.Errorf(proto.CodePreflightFailed, "%v", err)
 	}
 	if err := img.CheckArch(runtime.GOARCH); err != nil {
 		return nil, proto.Errorf(proto.CodePreflightFailed, "kernel %s: %v", kpath, err)
 	}
 	res := &proto.LoadResult{Warnings: []string{}}
 	if initrd != nil {
-		fi, err := initrd.Stat()
-		switch {
-		case err != nil:
-			return nil, proto.Errorf(proto.CodePreflightFailed, "initrd %s: %v", fdPath(initrd), err)
-		case !fi.Mode().IsRegular():
-			return nil, proto.Errorf(proto.CodePreflightFailed, "initrd %s is not a regular file", fdPath(initrd))
-		case fi.Size() == 0:
-			return nil, proto.Errorf(proto.CodePreflightFailed, "initrd %s is empty", fdPath(initrd))
-		case fi.Size() > kexec.MaxInitrdSize:
-			return nil, proto.Errorf(proto.CodePreflightFailed, "initrd %s of %d bytes is over luod's limit of %d bytes",
-				fdPath(initrd), fi.Size(), int64(kexec.MaxInitrdSize))
+		if err := kexec.CheckInitrd(initrd); err != nil {
+			return nil, proto.Errorf(proto.CodePreflightFailed, "%v", err)
 		}
 	}
 	if config != nil {
 		if err := kexec.CheckConfig(io.NewSectionReader(config, 0, 1<<30)); err != nil {
 			if !a.Force || !errors.Is(err, kexec.ErrNoLiveUpdate) {
 				return nil, proto.Errorf(proto.CodePreflightFailed, "kernel %s (config %s): %v; --force loads it anyway",
-					kpath, fdPath(config), err)
+					kpath, config.Name(), err)
 			}
 			res.Warnings = append(res.Warnings, fmt.Sprintf("forced: %v", err))
 		}
@@ -146,13 +164,13 @@ func (d *Daemon) load(a proto.LoadArgs, files []*os.File) (*proto.LoadResult, er
 	d.metrics.ObserveKexecLoad(time.Since(t0), err)
 	if err != nil {
 		d.log.Error("kexec load refused", "kernel", kpath, "err", err)
-		return nil, proto.Errorf(proto.CodeKexecFailed, "%s", renameFile(err.Error(), kernel, initrd))
+		return nil, proto.Errorf(proto.CodeKexecFailed, "%v", err)
 	}
 	sum, _ := fileSHA256(kernel)
 	res.LoadedKernel = proto.LoadedKernel{Release: img.Release, Kernel: kpath + " sha256:" + sum, Cmdline: cmdline}
 	if initrd != nil {
 		isum, _ := fileSHA256(initrd)
-		res.Initrd = fdPath(initrd) + " sha256:" + isum
+		res.Initrd = initrd.Name() + " sha256:" + isum
 	}
 	d.mu.Lock()
 	l := res.LoadedKernel
@@ -161,21 +179,6 @@ func (d *Daemon) load(a proto.LoadArgs, files []*os.File) (*proto.LoadResult, er
 	d.log.Info("kernel loaded for the next live update", "kernel", kpath, "release", img.Release,
 		"initrd", res.Initrd, "cmdline", cmdline, "warnings", len(res.Warnings))
 	return res, nil
-}
-
-// stripPrefix drops a repeated "kernel NAME: " that pkg/kexec puts first.
-func stripPrefix(err error, name string) string {
-	return strings.TrimPrefix(err.Error(), "kernel "+name+": ")
-}
-
-// renameFile replaces the received fds' names in a message with their paths.
-func renameFile(msg string, files ...*os.File) string {
-	for _, f := range files {
-		if f != nil {
-			msg = strings.ReplaceAll(msg, f.Name(), fdPath(f))
-		}
-	}
-	return msg
 }
 
 func (d *Daemon) unload() error {

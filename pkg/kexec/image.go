@@ -123,6 +123,24 @@ func (img *Image) CheckArch(goarch string) error {
 	return nil
 }
 
+// CheckInitrd refuses an initrd that is no regular file, is empty, or is
+// over MaxInitrdSize. The kernel does not look inside it, so a truncated
+// one cannot be told from a whole one here.
+func CheckInitrd(f *os.File) error {
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		return fmt.Errorf("initrd %s: %w", f.Name(), err)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("initrd %s is not a regular file", f.Name())
+	case fi.Size() == 0:
+		return fmt.Errorf("initrd %s is empty", f.Name())
+	case fi.Size() > MaxInitrdSize:
+		return fmt.Errorf("initrd %s of %d bytes is over luod's limit of %d bytes", f.Name(), fi.Size(), int64(MaxInitrdSize))
+	}
+	return nil
+}
+
 // FindConfig looks beside a kernel image for its build config: the Debian
 // layout config-RELEASE (with RELEASE from the image or from a
 // vmlinuz-RELEASE name), then a plain "config". It returns "" if none.

@@ -138,3 +138,20 @@ func mustOpen(t *testing.T, p string) *os.File {
 	t.Cleanup(func() { f.Close() })
 	return f
 }
+
+func TestCheckInitrd(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.img")
+	os.WriteFile(empty, nil, 0o644)
+	good := filepath.Join(dir, "initrd.img")
+	os.WriteFile(good, []byte("070701"), 0o644)
+	if err := CheckInitrd(mustOpen(t, good)); err != nil {
+		t.Errorf("good initrd: %v", err)
+	}
+	if err := CheckInitrd(mustOpen(t, empty)); err == nil || !strings.Contains(err.Error(), empty) {
+		t.Errorf("empty initrd: %v, want an error naming it", err)
+	}
+	if err := CheckInitrd(mustOpen(t, dir)); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("directory as initrd: %v", err)
+	}
+}
