@@ -14,9 +14,7 @@ import (
 func (c *Custody) Record(expected uint64) *Manifest {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m := c.manifestLocked(expected)
-	m.Sessions = c.sessionsLocked(func(e *entry) bool { return e.h != nil && e.s.State != StateFinished }, true)
-	return m
+	return c.manifestOf(expected, c.sessionsLocked(func(e *entry) bool { return e.h != nil && e.s.State != StateFinished }, true))
 }
 
 // Adopt takes back, on a new custody, the sessions of a record whose fds a

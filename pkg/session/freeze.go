@@ -69,16 +69,19 @@ func (c *Custody) Manifest(expected uint64) *Manifest {
 }
 
 func (c *Custody) manifestLocked(expected uint64) *Manifest {
-	m := &Manifest{
+	return c.manifestOf(expected, c.sessionsLocked(func(e *entry) bool { return e.s.State == StateOpen }, false))
+}
+
+// manifestOf is a manifest of this boot listing sessions.
+func (c *Custody) manifestOf(expected uint64, sessions []ManifestSession) *Manifest {
+	return &Manifest{
 		Format:                   FormatV1,
 		WrittenAt:                c.cfg.Now().UTC(),
 		Release:                  c.cfg.Release,
 		BootID:                   c.cfg.BootID,
 		ExpectedLiveUpdateNumber: expected,
-		Sessions:                 []ManifestSession{},
+		Sessions:                 sessions,
 	}
-	m.Sessions = c.sessionsLocked(func(e *entry) bool { return e.s.State == StateOpen }, false)
-	return m
 }
 
 // sessionsLocked lists the settled sessions that keep says to, sorted by
