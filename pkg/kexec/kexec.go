@@ -128,7 +128,9 @@ func Loaded() (bool, error) {
 }
 
 // Reboot switches to the loaded kernel. It only returns on failure, with
-// the kernel's error; the running system is then unchanged.
+// the kernel's error; the running system is then unchanged. It does not
+// sync file systems: callers that wrote something to keep sync first
+// (luod does so in its manifest phase, timed apart from the reboot).
 func Reboot() error {
 	if err := reboot(); err != nil {
 		return &Error{Op: "reboot", Err: err}

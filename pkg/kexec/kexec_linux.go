@@ -18,7 +18,6 @@ func fileUnload() error {
 }
 
 func reboot() error {
-	unix.Sync()
 	return unix.Reboot(unix.LINUX_REBOOT_CMD_KEXEC)
 }
 
