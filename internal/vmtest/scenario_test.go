@@ -138,6 +138,7 @@ func TestStage(t *testing.T) {
 	}
 	fmt.Printf("LUOD-VM: stage %d: kexec into %s with %d sessions\n", e.stage, readTrim(t, filepath.Join(next, "release")), len(sessions))
 	os.Stdout.Sync()
+	unix.Sync() // the state for the next stage is on the share
 	err = kexec.Reboot()
 	t.Fatalf("reboot returned: %v", err)
 }
