@@ -24,24 +24,17 @@ out=${LUOD_OUT:-$repo/_out}/vm/systemd
 t0=$(date +%s)
 stamp() { echo "vm-systemd: [$(($(date +%s) - t0))s] $*"; }
 
+. "$qemu_dir/lib.sh"
+
 stamp "installing what the VM needs and reusing (or building) the kernels"
-"$qemu_dir/host-deps.sh"
-k_from=$("$qemu_dir/build-kernel.sh" "${LUOD_FROM_KERNEL:-7.2}")
-k_to=$("$qemu_dir/build-kernel.sh" "${LUOD_TO_KERNEL:-7.3}")
-rm -rf "$out"
-mkdir -p "$out/bin" "$out/share"
+vm_prepare "$out"
 
 stamp "building luod, luoctl and guestram (static)"
 (cd "$repo" && CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod ./cmd/luoctl ./examples/guestram)
 
 stamp "making the systemd root image (debootstrap cached under ${LUOD_CACHE:-/var/cache/luod}/rootfs)"
 "$here/mkrootfs.sh" "$out/share/initrd.img" "$out/bin"
-for n in 1 2; do
-	k=$k_to
-	[ "$n" = 1 ] && k=$k_from
-	mkdir -p "$out/share/boot$n"
-	cp "$k/bzImage" "$k/release" "$k/config" "$out/share/boot$n/"
-done
+vm_boots "$out" 2
 
 stamp "booting $(cat "$out/share/boot1/release") with systemd as PID 1"
 rc=0
