@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# build-kernel.sh VERSION — build (or reuse) a LUO-capable x86_64 kernel from
-# Debian's linux-source-VERSION and print the path of its cache directory,
-# which holds bzImage, config and release.
+# build-kernel.sh VERSION [ARCH] — build (or reuse) a LUO-capable kernel for
+# ARCH (x86_64, the default, or arm64) from Debian's linux-source-VERSION and
+# print the path of its cache directory, which holds the boot image (bzImage
+# on x86_64, Image on arm64), config and release.
+#
+# x86_64 starts from x86_64_defconfig plus luo.config; arm64 starts from
+# allnoconfig plus luo-arm64.config (only what QEMU's virt machine needs),
+# cross-compiled with Debian's gcc-aarch64-linux-gnu.
 #
 # The cache lives outside the repository (LUOD_CACHE, default
 # /var/cache/luod) and is keyed by the Debian source package version, the
@@ -10,12 +15,27 @@
 # the same key wait for each other (flock), so parallel callers build once.
 set -euo pipefail
 
-ver=${1:?usage: build-kernel.sh VERSION (e.g. 7.2)}
+ver=${1:?usage: build-kernel.sh VERSION [x86_64|arm64] (e.g. 7.2)}
+arch=${2:-x86_64}
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${LUOD_CACHE:-/var/cache/luod}
 jobs=${LUOD_KERNEL_JOBS:-$(($(nproc) + 1))}
-frag=$here/luo.config
-recipe=1
+case "$arch" in
+x86_64)
+	frag=$here/luo.config base=x86_64_defconfig image=bzImage
+	kmake=(ARCH=x86_64) boot=arch/x86/boot/bzImage
+	recipe=1
+	;;
+arm64)
+	frag=$here/luo-arm64.config base=allnoconfig image=Image
+	kmake=(ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu-) boot=arch/arm64/boot/Image
+	recipe=arm64-1
+	;;
+*)
+	echo "build-kernel: unknown architecture $arch (want x86_64 or arm64)" >&2
+	exit 2
+	;;
+esac
 
 pkg=linux-source-$ver
 srcver=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null) || {
@@ -23,31 +43,31 @@ srcver=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null) || {
 	exit 1
 }
 key=$( (echo "$pkg $srcver recipe=$recipe"; cat "$frag") | sha256sum | cut -c1-16)
-out=$cache/kernel/x86_64-$ver-$key
+out=$cache/kernel/$arch-$ver-$key
 
-if [ -f "$out/bzImage" ] && [ -f "$out/release" ]; then
+if [ -f "$out/$image" ] && [ -f "$out/release" ]; then
 	echo "$out"
 	exit 0
 fi
 mkdir -p "$cache/kernel"
 exec 9>"$out.lock"
 flock 9
-if [ -f "$out/bzImage" ] && [ -f "$out/release" ]; then
+if [ -f "$out/$image" ] && [ -f "$out/release" ]; then
 	echo "$out"
 	exit 0
 fi
 
 log() { echo "build-kernel: $*" >&2; }
-log "building $pkg $srcver (key $key) with -j$jobs; log in $out.build.log"
+log "building $arch $pkg $srcver (key $key) with -j$jobs; log in $out.build.log"
 work=$(mktemp -d "$cache/kernel/build-$ver.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 tar -C "$work" -xf "/usr/src/$pkg.tar.xz"
 src=$(find "$work" -mindepth 1 -maxdepth 1 -type d | head -n1)
 {
-	make -C "$src" x86_64_defconfig
-	"$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$frag"
-	make -C "$src" olddefconfig
+	make -C "$src" "${kmake[@]}" "$base"
+	env "${kmake[@]}" "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$frag"
+	make -C "$src" "${kmake[@]}" olddefconfig
 } >"$out.build.log" 2>&1
 
 # Every option the fragment asks for must have survived olddefconfig.
@@ -64,15 +84,15 @@ while IFS= read -r line; do
 done <"$frag"
 [ "$missing" = 0 ] || exit 1
 
-if ! make -C "$src" -j"$jobs" bzImage >>"$out.build.log" 2>&1; then
+if ! make -C "$src" "${kmake[@]}" -j"$jobs" "$image" >>"$out.build.log" 2>&1; then
 	tail -40 "$out.build.log" >&2
 	exit 1
 fi
 
 mkdir -p "$out.tmp"
-cp "$src/arch/x86/boot/bzImage" "$out.tmp/bzImage"
+cp "$src/$boot" "$out.tmp/$image"
 cp "$src/.config" "$out.tmp/config"
-make -s -C "$src" kernelrelease >"$out.tmp/release"
+make -s -C "$src" "${kmake[@]}" kernelrelease >"$out.tmp/release"
 echo "$pkg $srcver" >"$out.tmp/source"
 rm -rf "$out"
 mv "$out.tmp" "$out"

@@ -36,7 +36,7 @@ update_to() { # update_to N: load bootN and upgrade into it
 	next=$share/boot$1
 	say "luoctl load: the next kernel, $(cat "$next/release"), with its config for the preflight"
 	cmdline=$(sed "s/luod\.stage=[0-9]*/luod.stage=$1/" /proc/cmdline)
-	./luoctl load "$next/bzImage" --initrd "$share/initrd.img" --cmdline "$cmdline" | sed 's/^/    | /'
+	./luoctl load "$next/vmlinuz" --initrd "$share/initrd.img" --cmdline "$cmdline" | sed 's/^/    | /'
 	say "luoctl upgrade: barrier (the workload must answer ready), manifest, reboot"
 	./luoctl upgrade --timeout 60s | sed 's/^/    | /'
 	die "luoctl upgrade returned: the kexec did not happen"

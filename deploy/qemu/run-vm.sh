@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# run-vm.sh SHARE LOG — boot SHARE/boot1/bzImage with SHARE/initrd.img in
-# QEMU, SHARE exported to the guest over virtio-9p (tag "host"), and follow
+# run-vm.sh SHARE LOG — boot SHARE/boot1/vmlinuz with SHARE/initrd.img in
+# QEMU (LUOD_ARCH: x86_64 on q35, arm64 on virt), SHARE exported to the guest over virtio-9p (tag "host"), and follow
 # the serial console until the guest's verdict.
 #
 # The console is echoed with a prefix and kept in LOG. Exit status: 0 when
@@ -8,27 +8,34 @@
 # or was skipped; 1 otherwise, including a timeout (LUOD_VM_TIMEOUT seconds,
 # default 900).
 #
-# Acceleration: KVM when /dev/kvm is usable and a probe boot shows the
-# kernel running under it, TCG otherwise; LUOD_VM_ACCEL=kvm|tcg forces one.
+# Acceleration: on x86_64, KVM when /dev/kvm is usable and a probe boot shows
+# the kernel running under it, TCG otherwise; LUOD_VM_ACCEL=kvm|tcg forces
+# one. An arm64 guest on this x86_64 host always runs under TCG.
 set -euo pipefail
 share=${1:?usage: run-vm.sh SHARE LOG}
 log=${2:?usage: run-vm.sh SHARE LOG}
 timeout_s=${LUOD_VM_TIMEOUT:-900}
 mem=${LUOD_VM_MEM:-2G}
-kernel=$share/boot1/bzImage
+kernel=$share/boot1/vmlinuz
+arch=${LUOD_ARCH:-x86_64}
 
-qemu=(qemu-system-x86_64 -machine q35 -m "$mem" -smp 2 -nographic -no-reboot
-	-monitor none -serial stdio)
+common=(-m "$mem" -smp 2 -nographic -no-reboot -monitor none -serial stdio)
+case "$arch" in
+x86_64) qemu=(qemu-system-x86_64 -machine q35 "${common[@]}") console=ttyS0 ;;
+arm64) qemu=(qemu-system-aarch64 -machine virt "${common[@]}") console=ttyAMA0 ;;
+*) echo "run-vm: LUOD_ARCH=$arch: want x86_64 or arm64" >&2; exit 2 ;;
+esac
 
 probe_kvm() {
 	[ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
 	local out
 	out=$(timeout 60 "${qemu[@]}" -accel kvm -cpu host -kernel "$kernel" \
-		-append "console=ttyS0 panic=-1" </dev/null 2>&1 || true)
+		-append "console=$console panic=-1" </dev/null 2>&1 || true)
 	grep -q -E 'Kernel panic|VFS:|Linux version' <<<"$out"
 }
 
 accel=${LUOD_VM_ACCEL:-auto}
+[ "$arch" = arm64 ] && accel=tcg
 if [ "$accel" = auto ]; then
 	if probe_kvm; then accel=kvm; else accel=tcg; fi
 fi
@@ -39,8 +46,8 @@ tcg) qemu+=(-accel tcg,thread=multi -cpu max) ;;
 esac
 echo "$accel" >"$share/accel"
 
-cmdline="console=ttyS0 quiet panic=-1 liveupdate=on kho=on luod.stage=1 ${LUOD_VM_APPEND:-}"
-echo "run-vm: $(basename "$(dirname "$kernel")")/bzImage ($(cat "$share/boot1/release")) accel=$accel mem=$mem timeout=${timeout_s}s log=$log"
+cmdline="console=$console quiet panic=-1 liveupdate=on kho=on luod.stage=1 ${LUOD_VM_APPEND:-}"
+echo "run-vm: $arch boot1/vmlinuz ($(cat "$share/boot1/release")) accel=$accel mem=$mem timeout=${timeout_s}s log=$log"
 start=$(date +%s)
 set +e
 timeout --foreground "$timeout_s" "${qemu[@]}" \

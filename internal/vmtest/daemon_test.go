@@ -67,7 +67,7 @@ func isCode(err error, c proto.Code) bool { return errors.Is(err, &proto.Error{C
 // loadNextKernel loads boot2's kernel through luod, with its config.
 func loadNextKernel(t *testing.T, c *client.Client, share string) {
 	t.Helper()
-	k, err := os.Open(filepath.Join(share, "boot2", "bzImage"))
+	k, err := os.Open(filepath.Join(share, "boot2", "vmlinuz"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func TestDaemon(t *testing.T) {
 		intact(t)
 	})
 
-	bzImage, err := os.ReadFile(filepath.Join(share, "boot2", "bzImage"))
+	bzImage, err := os.ReadFile(filepath.Join(share, "boot2", "vmlinuz"))
 	if err != nil {
 		t.Fatal(err)
 	}

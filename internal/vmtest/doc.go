@@ -4,7 +4,7 @@
 //
 // The host lays out a shared folder (virtio-9p, mounted at LUOD_SHARE):
 //
-//	boot1/bzImage boot1/release   the kernel of the first (cold) boot
+//	boot1/vmlinuz boot1/release   the kernel of the first (cold) boot
 //	boot2/…, boot3/…              the kernel each kexec goes into
 //	initrd.img                    this initramfs, reused by every kexec
 //	state/                        what a stage leaves for the next one

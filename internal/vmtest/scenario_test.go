@@ -122,7 +122,7 @@ func TestStage(t *testing.T) {
 	}
 
 	next := filepath.Join(e.share, fmt.Sprintf("boot%d", e.stage+1))
-	if _, err := os.Stat(filepath.Join(next, "bzImage")); err != nil {
+	if _, err := os.Stat(filepath.Join(next, "vmlinuz")); err != nil {
 		fmt.Printf("LUOD-VM: stage %d is the last stage\n", e.stage)
 		return
 	}
@@ -400,7 +400,7 @@ func loadNext(t *testing.T, e env, next string) {
 		t.Fatalf("/proc/cmdline has no luod.stage=: %q", cmdline)
 	}
 	cmdline = stageRe.ReplaceAllString(cmdline, fmt.Sprintf("luod.stage=%d", e.stage+1))
-	if err := kexec.Load(filepath.Join(next, "bzImage"), filepath.Join(e.share, "initrd.img"), cmdline); err != nil {
+	if err := kexec.Load(filepath.Join(next, "vmlinuz"), filepath.Join(e.share, "initrd.img"), cmdline); err != nil {
 		t.Fatalf("kexec load: %v", err)
 	}
 	if ok, err := kexec.Loaded(); err != nil || !ok {
