@@ -63,6 +63,14 @@ case "$stage" in
 		say "running the daemon's VM test cases against this luod"
 		./vmtest.test -test.v -test.run 'TestDaemon' || die "daemon test cases failed"
 	fi
+	if [ -e "$share/foreign/vmlinuz" ]; then
+		say "luoctl load: a kernel of the other architecture ($(cat "$share/foreign/arch")) must be refused by the preflight"
+		if out=$(./luoctl load "$share/foreign/vmlinuz" 2>&1); then
+			die "luoctl load took a $(cat "$share/foreign/arch") kernel on $(uname -m): $out"
+		fi
+		echo "$out" | sed 's/^/    | /'
+		echo "$out" | grep -q 'cannot be kexec.d on' || die "the refusal does not name the architectures: $out"
+	fi
 	start_workload vm-demo
 	update_to 2
 	;;

@@ -11,8 +11,8 @@ tests=0
 [ "${1:-}" = --tests ] && tests=1
 name=demo
 [ $tests = 1 ] && name=daemon
-out=${LUOD_OUT:-$repo/_out}/vm/$name
 . "$here/lib.sh"
+out=${LUOD_OUT:-$repo/_out}/vm/$name$vm_suffix
 
 echo "demo: installing what the VM needs and building (or reusing) the kernels"
 vm_prepare "$out"
@@ -22,6 +22,12 @@ echo "demo: building luod, luoctl and the guestram workload (static)"
 	CGO_ENABLED=0 go test -c -o "$out/bin/vmtest.test" ./internal/vmtest)
 cp "$here/demo-stage.sh" "$out/bin/"
 vm_share "$out"
+if [ "$LUOD_ARCH" = arm64 ]; then
+	# The preflight must refuse an x86 bzImage on arm64: the real one.
+	mkdir -p "$out/share/foreign"
+	cp "$("$here/build-kernel.sh" "${LUOD_FROM_KERNEL:-7.2}" x86_64)/bzImage" "$out/share/foreign/vmlinuz"
+	echo x86_64 >"$out/share/foreign/arch"
+fi
 
 {
 	echo "# stage name command (run in /luod of the guest)"

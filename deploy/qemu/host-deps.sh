@@ -2,7 +2,8 @@
 # host-deps.sh installs what the VM harness needs on a Debian host: QEMU,
 # busybox, the kernel build toolchain and the Debian kernel sources the LUO
 # kernels are built from. With LUOD_ARCH=arm64 also the aarch64 cross
-# compiler, qemu-system-aarch64 and an arm64 busybox-static, unpacked into
+# compiler, qemu-system-aarch64, qemu-user (for the arm64 unit tests) and an
+# arm64 busybox-static, unpacked into
 # the cache (it cannot be installed beside the host's own busybox).
 #
 # linux-source-7.2 lives in sid and linux-source-7.3 in trixie-backports.
@@ -19,7 +20,7 @@ arch=${LUOD_ARCH:-x86_64}
 cache=${LUOD_CACHE:-/var/cache/luod}
 busybox_dir=$cache/busybox-$arch
 if [ "$arch" = arm64 ]; then
-	want_pkgs+=(gcc-aarch64-linux-gnu qemu-system-arm)
+	want_pkgs+=(gcc-aarch64-linux-gnu qemu-system-arm qemu-user-static)
 fi
 
 list=/etc/apt/sources.list.d/luod-kernel-sources.sources

@@ -4,6 +4,8 @@
 # works, TCG otherwise) or arm64 (QEMU's virt machine under TCG; kernels
 # cross-compiled, Go binaries built with GOARCH=arm64).
 #
+# vm_suffix names the architecture in output folders ("" on x86_64).
+#
 # vm_prepare OUT: install the host's needs, build (or reuse) the kernels
 # LUOD_FROM_KERNEL (default 7.2) and LUOD_TO_KERNEL (default 7.3) for
 # LUOD_ARCH, export GOARCH for the guest binaries and make an empty OUT/bin
@@ -15,8 +17,8 @@
 lib_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export LUOD_ARCH=${LUOD_ARCH:-x86_64}
 case "$LUOD_ARCH" in
-x86_64) vm_goarch=amd64 vm_image=bzImage ;;
-arm64) vm_goarch=arm64 vm_image=Image ;;
+x86_64) vm_goarch=amd64 vm_image=bzImage vm_suffix="" ;;
+arm64) vm_goarch=arm64 vm_image=Image vm_suffix=-arm64 ;;
 *)
 	echo "lib.sh: LUOD_ARCH=$LUOD_ARCH: want x86_64 or arm64" >&2
 	exit 2

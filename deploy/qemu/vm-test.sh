@@ -13,8 +13,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-out=${LUOD_OUT:-$repo/_out}/vm/contract
 . "$here/lib.sh"
+out=${LUOD_OUT:-$repo/_out}/vm/contract$vm_suffix
 
 vm_prepare "$out"
 echo "vm-test: building static test binaries"

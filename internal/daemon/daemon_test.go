@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -213,11 +214,23 @@ func memfd(t testing.TB, data []byte) *os.File {
 	return f
 }
 
-func fakeBzImage(t *testing.T, dir string) string {
+// fakeKernel writes a kernel image for the architecture the test runs on
+// (the preflight refuses any other): an x86 bzImage header pointing at its
+// version string, or an arm64 Image carrying linux_banner; both of release
+// 7.3.4-test, with a config beside it.
+func fakeKernel(t *testing.T, dir string) string {
 	b := make([]byte, 0x1000)
-	copy(b[0x202:], "HdrS")
-	binary.LittleEndian.PutUint16(b[0x20e:], 0x600)
-	copy(b[0x800:], "7.3.4-test #1\x00")
+	switch runtime.GOARCH {
+	case "amd64":
+		copy(b[0x202:], "HdrS")
+		binary.LittleEndian.PutUint16(b[0x20e:], 0x600)
+		copy(b[0x800:], "7.3.4-test #1\x00")
+	case "arm64":
+		copy(b[0x38:], "ARM\x64")
+		copy(b[0x800:], "Linux version 7.3.4-test (test@luod) #1\x00")
+	default:
+		t.Fatalf("no kernel image fixture for %s", runtime.GOARCH)
+	}
 	p := filepath.Join(dir, "vmlinuz-7.3.4-test")
 	os.WriteFile(p, b, 0o644)
 	os.WriteFile(filepath.Join(dir, "config-7.3.4-test"),
@@ -306,7 +319,7 @@ func TestLiveUpdateCycle(t *testing.T) {
 	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil); !isCode(err, proto.CodeNoKernelLoaded) {
 		t.Fatalf("upgrade without a kernel = %v, want no_kernel_loaded", err)
 	}
-	kernel := fakeBzImage(t, dir)
+	kernel := fakeKernel(t, dir)
 	if res, err := load(t, c, kernel); err != nil || res.Release != "7.3.4-test" {
 		t.Fatalf("load = %+v, %v", res, err)
 	}
@@ -375,7 +388,7 @@ func TestBarrierAbort(t *testing.T) {
 	if err := mute.Subscribe(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := load(t, c, fakeBzImage(t, dir)); err != nil {
+	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
 		t.Fatal(err)
 	}
 	_, err := c.Upgrade(ctx(t), proto.UpgradeArgs{TimeoutMS: 200}, nil)
@@ -418,7 +431,7 @@ func TestRebootFailureKeepsSessions_FaultSwitch(t *testing.T) {
 	if _, err := c.CreateSession(ctx(t), "vm-4", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := load(t, c, fakeBzImage(t, dir)); err != nil {
+	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
 		t.Fatal(err)
 	}
 	_, err := c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil)
@@ -446,7 +459,7 @@ func TestLoadPreflight(t *testing.T) {
 	if !isCode(err, proto.CodePreflightFailed) || !strings.Contains(err.Error(), notKernel) {
 		t.Errorf("load of a text file = %v, want preflight_failed naming it", err)
 	}
-	k := fakeBzImage(t, dir)
+	k := fakeKernel(t, dir)
 	os.WriteFile(strings.Replace(k, "vmlinuz-", "config-", 1), []byte("# CONFIG_LIVEUPDATE is not set\nCONFIG_KEXEC_HANDOVER=y\n"), 0o644)
 	if _, err := load(t, c, k); !isCode(err, proto.CodePreflightFailed) || !strings.Contains(err.Error(), "CONFIG_LIVEUPDATE") {
 		t.Errorf("load of a kernel without LIVEUPDATE = %v, want preflight_failed", err)
@@ -474,7 +487,7 @@ func TestColdBootReportsLostSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Preserve(ctx(t), "vm-lost", []client.FileToPreserve{{File: memfd(t, []byte("x")), Token: 1}})
-	if _, err := load(t, c, fakeBzImage(t, dir)); err != nil {
+	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
 		t.Fatal(err)
 	}
 	// A dry run writes the disk copy; then the machine is powered off.
@@ -699,7 +712,7 @@ func TestKilledLuodLosesNothingWithFDStore(t *testing.T) {
 	if len(ss) != 1 || ss[0].Name != "vm-k" || ss[0].Labels["vm"] != "k" || len(ss[0].Files) != 1 || ss[0].Files[0].Token != 9 {
 		t.Fatalf("sessions after the restart = %+v", ss)
 	}
-	if _, err := load(t, c2, fakeBzImage(t, dir)); err != nil {
+	if _, err := load(t, c2, fakeKernel(t, dir)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c2.Upgrade(ctx(t), proto.UpgradeArgs{}, nil); !errors.Is(err, client.ErrRebooting) {

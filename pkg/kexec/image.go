@@ -88,6 +88,11 @@ func Inspect(r io.ReaderAt, size int64) (*Image, error) {
 		}
 	case len(hdr) >= 0x40 && string(hdr[0x38:0x3c]) == "ARM\x64":
 		img.Arch, img.Format = "arm64", "Image"
+		// An arm64 Image has no version in its header, but it is not
+		// compressed: the kernel's linux_banner is in it as plain text.
+		if size <= MaxKernelSize {
+			img.Release = bannerRelease(r, size)
+		}
 	case len(hdr) >= 8 && string(hdr[0:2]) == "MZ" && string(hdr[4:8]) == "zimg":
 		img.Arch, img.Format = "arm64", "zboot"
 	default:
@@ -113,6 +118,37 @@ func InspectFile(f *os.File) (*Image, error) {
 		return nil, fmt.Errorf("kernel %s: %w", f.Name(), err)
 	}
 	return img, nil
+}
+
+// bannerRelease finds "Linux version RELEASE " (init/version.c's
+// linux_banner) in an uncompressed image and returns RELEASE, or "".
+func bannerRelease(r io.ReaderAt, size int64) string {
+	const marker = "Linux version "
+	buf := make([]byte, 1<<20)
+	keep := len(marker) + 128 // a banner cut by a chunk edge is read again
+	for off := int64(0); off < size; off += int64(len(buf) - keep) {
+		n, err := r.ReadAt(buf, off)
+		chunk := buf[:n]
+		for i := 0; ; {
+			j := bytes.Index(chunk[i:], []byte(marker))
+			if j < 0 {
+				break
+			}
+			rest := chunk[i+j+len(marker):]
+			// The banner's release starts with a digit; printk formats
+			// ("Linux version %s") do not.
+			if len(rest) > 0 && rest[0] >= '0' && rest[0] <= '9' {
+				if k := bytes.IndexAny(rest, " \x00"); k > 0 {
+					return string(rest[:k])
+				}
+			}
+			i += j + len(marker)
+		}
+		if err != nil || int64(n) < int64(len(buf)) {
+			break
+		}
+	}
+	return ""
 }
 
 // CheckArch refuses an image for another architecture than goarch.

@@ -28,6 +28,16 @@ func arm64Image() []byte {
 	return b
 }
 
+// arm64Banner is an arm64 Image of size bytes whose linux_banner for
+// release sits at off, after a printk format that looks like one.
+func arm64Banner(size, off int, release string) []byte {
+	b := make([]byte, size)
+	copy(b[0x38:], "ARM\x64")
+	copy(b[0x100:], "Linux version %s\x00")
+	copy(b[off:], "Linux version "+release+" (builder@host) (gcc) #1 SMP\x00")
+	return b
+}
+
 func TestInspect(t *testing.T) {
 	zboot := make([]byte, 0x100)
 	copy(zboot, "MZ\x00\x00zimg")
@@ -41,6 +51,8 @@ func TestInspect(t *testing.T) {
 	}{
 		{"bzImage", bzImage("7.3.4-luod"), "amd64", "bzImage", "7.3.4-luod", nil},
 		{"arm64 Image", arm64Image(), "arm64", "Image", "", nil},
+		{"arm64 Image with banner", arm64Banner(0x3000, 0x2000, "7.2.13"), "arm64", "Image", "7.2.13", nil},
+		{"arm64 banner across a read chunk", arm64Banner(3<<20, 1<<20-20, "7.3.4-arm64"), "arm64", "Image", "7.3.4-arm64", nil},
 		{"arm64 zboot", zboot, "arm64", "zboot", "", nil},
 		{"text file", []byte("#!/bin/sh\necho not a kernel\n"), "", "", "", ErrNotKernel},
 		{"truncated bzImage", bzImage("7.3.4")[:0x900], "", "", "", ErrNotKernel},
