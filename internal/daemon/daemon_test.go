@@ -226,6 +226,7 @@ func fakeKernel(t *testing.T, dir string) string {
 		binary.LittleEndian.PutUint16(b[0x20e:], 0x600)
 		copy(b[0x800:], "7.3.4-test #1\x00")
 	case "arm64":
+		binary.LittleEndian.PutUint64(b[0x10:], 0x1000) // image_size
 		copy(b[0x38:], "ARM\x64")
 		copy(b[0x800:], "Linux version 7.3.4-test (test@luod) #1\x00")
 	default:

@@ -28,6 +28,12 @@ var ErrNotKernel = errors.New("not a kernel image")
 // another architecture than the running one.
 var ErrWrongArch = errors.New("kernel image is for another architecture")
 
+// ErrNotLoadable is returned by Image.CheckArch for a kernel of the right
+// architecture in a format the kernel's kexec_file_load does not take: on
+// arm64 (Linux 7.2, arch/arm64/kernel/kexec_image.c) only a plain Image is
+// loaded, not an EFI zboot image.
+var ErrNotLoadable = errors.New("kernel image format not loadable by kexec_file_load")
+
 // ErrNoLiveUpdate is returned by CheckConfig when the target kernel's
 // config shows it cannot take over preserved sessions.
 var ErrNoLiveUpdate = errors.New("target kernel lacks live update support")
@@ -88,6 +94,11 @@ func Inspect(r io.ReaderAt, size int64) (*Image, error) {
 		}
 	case len(hdr) >= 0x40 && string(hdr[0x38:0x3c]) == "ARM\x64":
 		img.Arch, img.Format = "arm64", "Image"
+		// The arm64 loader refuses image_size 0 (an Image older than 3.17)
+		// with a bare EINVAL: say why here.
+		if binary.LittleEndian.Uint64(hdr[0x10:]) == 0 {
+			return nil, fmt.Errorf("%w: arm64 Image with image_size 0 (older than Linux 3.17): kexec_file_load refuses it", ErrNotKernel)
+		}
 		// An arm64 Image has no version in its header, but it is not
 		// compressed: the kernel's linux_banner is in it as plain text.
 		if size <= MaxKernelSize {
@@ -95,6 +106,8 @@ func Inspect(r io.ReaderAt, size int64) (*Image, error) {
 		}
 	case len(hdr) >= 8 && string(hdr[0:2]) == "MZ" && string(hdr[4:8]) == "zimg":
 		img.Arch, img.Format = "arm64", "zboot"
+	case len(hdr) >= 2 && hdr[0] == 0x1f && hdr[1] == 0x8b:
+		return nil, fmt.Errorf("%w: a gzip-compressed file (an arm64 vmlinuz is often a gzipped Image): kexec_file_load needs it uncompressed", ErrNotKernel)
 	default:
 		return nil, fmt.Errorf("%w: no x86 bzImage (HdrS at 0x202) or arm64 Image (ARM\\x64 at 0x38) header", ErrNotKernel)
 	}
@@ -155,6 +168,9 @@ func bannerRelease(r io.ReaderAt, size int64) string {
 func (img *Image) CheckArch(goarch string) error {
 	if img.Arch != goarch {
 		return fmt.Errorf("%w: a %s %s cannot be kexec'd on %s", ErrWrongArch, img.Arch, img.Format, goarch)
+	}
+	if img.Format == "zboot" {
+		return fmt.Errorf("%w: an arm64 EFI zboot image; arm64's kexec_file_load takes only the plain Image (arch/arm64/boot/Image)", ErrNotLoadable)
 	}
 	return nil
 }

@@ -24,6 +24,7 @@ func bzImage(release string) []byte {
 
 func arm64Image() []byte {
 	b := make([]byte, 0x1000)
+	binary.LittleEndian.PutUint64(b[0x10:], 0x2000) // image_size
 	copy(b[0x38:], "ARM\x64")
 	return b
 }
@@ -32,6 +33,7 @@ func arm64Image() []byte {
 // release sits at off, after a printk format that looks like one.
 func arm64Banner(size, off int, release string) []byte {
 	b := make([]byte, size)
+	binary.LittleEndian.PutUint64(b[0x10:], uint64(size))
 	copy(b[0x38:], "ARM\x64")
 	copy(b[0x100:], "Linux version %s\x00")
 	copy(b[off:], "Linux version "+release+" (builder@host) (gcc) #1 SMP\x00")
@@ -54,6 +56,8 @@ func TestInspect(t *testing.T) {
 		{"arm64 Image with banner", arm64Banner(0x3000, 0x2000, "7.2.13"), "arm64", "Image", "7.2.13", nil},
 		{"arm64 banner across a read chunk", arm64Banner(3<<20, 1<<20-20, "7.3.4-arm64"), "arm64", "Image", "7.3.4-arm64", nil},
 		{"arm64 zboot", zboot, "arm64", "zboot", "", nil},
+		{"arm64 Image older than 3.17", func() []byte { b := arm64Image(); b[0x11] = 0; return b }(), "", "", "", ErrNotKernel},
+		{"gzipped arm64 Image", []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0}, "", "", "", ErrNotKernel},
 		{"text file", []byte("#!/bin/sh\necho not a kernel\n"), "", "", "", ErrNotKernel},
 		{"truncated bzImage", bzImage("7.3.4")[:0x900], "", "", "", ErrNotKernel},
 		{"empty", nil, "", "", "", ErrNotKernel},
@@ -96,6 +100,13 @@ func TestCheckArch(t *testing.T) {
 	arm := &Image{Arch: "arm64", Format: "Image"}
 	if err := arm.CheckArch("amd64"); !errors.Is(err, ErrWrongArch) {
 		t.Errorf("arm64 Image on amd64: %v, want ErrWrongArch", err)
+	}
+	if err := arm.CheckArch("arm64"); err != nil {
+		t.Errorf("arm64 Image on arm64: %v", err)
+	}
+	zboot := &Image{Arch: "arm64", Format: "zboot"}
+	if err := zboot.CheckArch("arm64"); !errors.Is(err, ErrNotLoadable) || !strings.Contains(err.Error(), "plain Image") {
+		t.Errorf("arm64 zboot on arm64: %v, want ErrNotLoadable naming the plain Image", err)
 	}
 }
 
