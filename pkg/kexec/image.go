@@ -137,8 +137,8 @@ func InspectFile(f *os.File) (*Image, error) {
 // linux_banner) in an uncompressed image and returns RELEASE, or "".
 func bannerRelease(r io.ReaderAt, size int64) string {
 	const marker = "Linux version "
-	buf := make([]byte, 1<<20)
-	keep := len(marker) + 128 // a banner cut by a chunk edge is read again
+	const keep = len(marker) + 128 // a banner cut by a chunk edge is read again
+	buf := make([]byte, min(size, 1<<20))
 	for off := int64(0); off < size; off += int64(len(buf) - keep) {
 		n, err := r.ReadAt(buf, off)
 		chunk := buf[:n]
@@ -157,7 +157,7 @@ func bannerRelease(r io.ReaderAt, size int64) string {
 			}
 			i += j + len(marker)
 		}
-		if err != nil || int64(n) < int64(len(buf)) {
+		if err != nil || n < len(buf) || len(buf) <= keep {
 			break
 		}
 	}

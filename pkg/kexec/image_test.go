@@ -178,3 +178,28 @@ func TestCheckInitrd(t *testing.T) {
 		t.Errorf("directory as initrd: %v", err)
 	}
 }
+
+// FuzzInspect feeds Inspect arbitrary kernel images (seeded with every
+// format it knows): it must never panic, and whatever it accepts must have
+// an architecture and a format it can name.
+func FuzzInspect(f *testing.F) {
+	zboot := make([]byte, 0x100)
+	copy(zboot, "MZ\x00\x00zimg")
+	for _, b := range [][]byte{
+		bzImage("7.3.4-luod"), bzImage("7.2")[:0x900], arm64Image(),
+		arm64Banner(0x3000, 0x2000, "7.2.13"), zboot, {0x1f, 0x8b}, nil,
+	} {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		img, err := Inspect(bytes.NewReader(b), int64(len(b)))
+		if err != nil {
+			return
+		}
+		if img.Arch == "" || img.Format == "" || img.Size != int64(len(b)) {
+			t.Fatalf("Inspect accepted %d bytes as %+v", len(b), img)
+		}
+		_ = img.CheckArch("arm64")
+		_ = img.CheckArch("amd64")
+	})
+}
