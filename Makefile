@@ -6,7 +6,7 @@
 GO       ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test unit fuzz-short vm-test vm-contract vm-daemon vm-systemd vet fmt-check clean
+.PHONY: all build bench demo test unit fuzz-short vm-test vm-contract vm-daemon vm-systemd vet fmt-check clean
 
 all: build
 
@@ -17,6 +17,11 @@ build:
 ## guest RAM through two updates, 7.2 -> 7.3 -> 7.3 (installs what it needs).
 demo:
 	deploy/qemu/demo.sh
+
+## bench: luod's cost against raw ioctls, measured in one VM run on the real LUO
+## kernels (and the Go benchmarks on the host); writes docs/performance.md. Not part of test.
+bench:
+	deploy/qemu/bench.sh
 
 ## test: every test — unit tests, short fuzzing, and the VM tests on real LUO kernels.
 test: unit vm-test
