@@ -6,7 +6,7 @@
 GO       ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build demo demo-arm64 test unit unit-arm64 fuzz-short vm-test vm-contract vm-daemon vm-systemd vm-arm64 vet fmt-check clean
+.PHONY: all build bench demo demo-arm64 test unit unit-arm64 fuzz-short vm-test vm-contract vm-daemon vm-systemd vm-arm64 vet fmt-check clean
 
 all: build
 
@@ -25,6 +25,11 @@ demo-arm64:
 ## test: every test — unit tests (amd64 and arm64), short fuzzing, and the VM tests on
 ## real LUO kernels.
 test: unit unit-arm64 vm-test
+
+## bench: luod's cost against raw ioctls, measured in one VM run on the real LUO
+## kernels (and the Go benchmarks on the host); writes docs/performance.md. Not part of test.
+bench:
+	deploy/qemu/bench.sh
 
 ## unit: vet, gofmt check and the Go unit tests (no root, no VM).
 unit: vet fmt-check

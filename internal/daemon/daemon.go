@@ -188,6 +188,11 @@ type Daemon struct {
 
 	beat atomic.Int64 // unix nanos of the last heartbeat, see Healthy
 
+	// record is the custody record in systemd's fd store, which changes
+	// are appended to; recordMu orders them.
+	recordMu sync.Mutex
+	record   *session.RecordFile
+
 	upgradeMu sync.Mutex // one upgrade at a time (TryLock)
 	diskDirty chan struct{}
 }

@@ -52,20 +52,58 @@ func (d *Daemon) unstoreSession(name string) {
 	}
 }
 
-// storeRecord replaces the custody record in the fd store.
+// storeRecord puts a whole new custody record into the fd store, in place
+// of the last one; changes are then appended to it (recordChange).
 func (d *Daemon) storeRecord() {
 	if d.cfg.FDStore == nil {
 		return
 	}
-	f, err := session.WriteMemfd(d.custody.Record(d.expectedNext()))
+	d.recordMu.Lock()
+	defer d.recordMu.Unlock()
+	d.storeRecordLocked()
+}
+
+func (d *Daemon) storeRecordLocked() {
+	if d.record != nil {
+		d.record.Close()
+		d.record = nil
+	}
+	r, err := session.NewRecordFile(d.custody.Record(d.expectedNext()))
 	if err != nil {
 		d.log.Error("cannot write the custody record", "err", err)
 		return
 	}
-	defer f.Close()
 	d.cfg.FDStore.RemoveFD(recordFDName)
-	if err := d.cfg.FDStore.StoreFD(recordFDName, f); err != nil {
+	if err := d.cfg.FDStore.StoreFD(recordFDName, r.File()); err != nil {
 		d.log.Error("cannot put the custody record into systemd's fd store", "err", err)
+		r.Close()
+		return
+	}
+	d.record = r
+}
+
+// recordChange brings the stored record up to date with session name by
+// appending one line to it, before the client hears back: a luod killed
+// after answering leaves the truth behind. The whole record is rewritten
+// only when the appended changes outweigh it, so a change costs O(1)
+// amortized, not O(sessions).
+func (d *Daemon) recordChange(name string) {
+	if d.cfg.FDStore == nil {
+		return
+	}
+	d.recordMu.Lock()
+	defer d.recordMu.Unlock()
+	if d.record == nil || d.record.Stale() {
+		d.storeRecordLocked()
+		return
+	}
+	line, err := d.custody.RecordChange(name)
+	if err == nil {
+		err = d.record.Append(line)
+	}
+	if err != nil {
+		d.log.Warn("cannot append to the custody record; rewriting it whole", "session", name, "err", err)
+		d.storeRecordLocked()
 	}
 }
 
@@ -110,7 +148,7 @@ func (d *Daemon) saveBootState() {
 func (d *Daemon) adopt(in Inherited) {
 	var rec *session.Manifest
 	if in.Record != nil {
-		m, err := session.ReadMemfd(in.Record)
+		m, err := session.ReadRecord(in.Record)
 		if err != nil {
 			d.log.Error("the custody record from the fd store does not decode; stored sessions cannot be attributed", "err", err)
 		}

@@ -54,7 +54,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		}
 		d.log.Info("session created", "session", s.Name, "uid", s.UID, "pid", cred.Pid)
 		d.storeSession(s.Name, dup)
-		d.changed()
+		d.changed(s.Name)
 		return proto.CreateSessionResult{Name: s.Name}, []*os.File{dup}, nil
 
 	case proto.OpPreserve:
@@ -72,10 +72,16 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		}
 		done, err := d.custody.Preserve(caller, a.Session, pf)
 		if len(done) > 0 {
-			d.changed()
-		}
-		for _, f := range done {
-			d.log.Info("file preserved", "session", a.Session, "uid", caller.UID, "token", f.Token, "bytes", f.Size)
+			d.changed(a.Session)
+			// One line a request, not a file: a request carries up to
+			// proto.MaxFDs files, and the log is on the preserve path.
+			var bytes int64
+			for _, f := range done {
+				bytes += f.Size
+				d.log.Debug("file preserved", "session", a.Session, "uid", caller.UID, "token", f.Token, "bytes", f.Size)
+			}
+			d.log.Info("files preserved", "session", a.Session, "uid", caller.UID, "count", len(done), "bytes", bytes,
+				"first_token", done[0].Token, "last_token", done[len(done)-1].Token)
 		}
 		if err != nil {
 			return nil, nil, err
@@ -102,7 +108,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			return nil, nil, err
 		}
 		d.log.Info("files declared", "session", a.Session, "uid", caller.UID, "count", len(decl))
-		d.changed()
+		d.changed(a.Session)
 		return struct{}{}, nil, nil
 
 	case proto.OpListSessions, proto.OpSessions:
@@ -125,7 +131,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		}
 		d.log.Info("session deleted", "session", a.Name, "uid", caller.UID)
 		d.unstoreSession(a.Name)
-		d.changed()
+		d.changed(a.Name)
 		return struct{}{}, nil, nil
 
 	case proto.OpSubscribe:
@@ -159,7 +165,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			return nil, nil, err
 		}
 		d.log.Info("session handed to its owner", "session", s.Name, "uid", caller.UID, "pid", cred.Pid)
-		d.changed()
+		d.changed(s.Name)
 		return proto.RetrieveSessionResult{Name: s.Name, Files: fileInfos(s.Files)}, []*os.File{dup}, nil
 
 	case proto.OpReclaim:
@@ -175,7 +181,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		if r.Finished {
 			d.unstoreSession(a.Name)
 		}
-		d.changed()
+		d.changed(a.Name)
 		return proto.ReclaimResult{Files: fileInfos(r.Session.Files), Finished: r.Finished}, r.Files, nil
 
 	case proto.OpFinishSession:
@@ -188,7 +194,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		}
 		d.log.Info("session finished", "session", a.Name, "uid", caller.UID)
 		d.unstoreSession(a.Name)
-		d.changed()
+		d.changed(a.Name)
 		return struct{}{}, nil, nil
 
 	case proto.OpStatus:

@@ -163,12 +163,12 @@ func (d *Daemon) saveDisk() {
 	}
 }
 
-// changed follows a change of the custody: the record in systemd's fd
-// store is replaced at once, so that a luod killed right after still
-// leaves the truth behind, and the disk copy is refreshed in the
-// background.
-func (d *Daemon) changed() {
-	d.storeRecord()
+// changed follows a change of session name in the custody: the record in
+// systemd's fd store is brought up to date at once, so that a luod killed
+// right after still leaves the truth behind, and the disk copy is
+// refreshed in the background.
+func (d *Daemon) changed(name string) {
+	d.recordChange(name)
 	d.markDirty()
 }
 

@@ -20,6 +20,9 @@ type barrier struct {
 	failed  string
 	done    chan struct{}
 	once    sync.Once
+	// passed is when the last waiting client answered ready: where the
+	// workloads' pause, and luod's share of the blackout, begins.
+	passed time.Time
 }
 
 func (b *barrier) finish() { b.once.Do(func() { close(b.done) }) }
@@ -28,6 +31,9 @@ func (b *barrier) ready(c *conn) {
 	b.mu.Lock()
 	delete(b.waiting, c)
 	n := len(b.waiting)
+	if n == 0 && b.passed.IsZero() {
+		b.passed = time.Now()
+	}
 	b.mu.Unlock()
 	if n == 0 {
 		b.finish()
@@ -93,7 +99,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	// Barrier: every subscriber must answer ready in time.
 	progress(proto.PhaseBarrier)
 	t0 := time.Now()
-	subs, why := d.runBarrier(id, req, timeout)
+	subs, passed, why := d.runBarrier(id, req, timeout)
 	res.Phases[proto.PhaseBarrier] = time.Since(t0).Milliseconds()
 	d.metrics.ObservePhase(proto.PhaseBarrier, time.Since(t0))
 	abort := func(reason string) {
@@ -125,9 +131,12 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		d.log.Warn("cannot write the manifest copy; the in-memory manifest still crosses the kexec",
 			"dir", d.cfg.StateDir, "err", err)
 	}
+	tSync := time.Now()
 	unix.Sync()
-	res.Phases[proto.PhaseManifest] = time.Since(t0).Milliseconds()
-	d.metrics.ObservePhase(proto.PhaseManifest, time.Since(t0))
+	syncTime := time.Since(tSync)
+	manifestTime := time.Since(t0)
+	res.Phases[proto.PhaseManifest] = manifestTime.Milliseconds()
+	d.metrics.ObservePhase(proto.PhaseManifest, manifestTime)
 	d.log.Info("manifest written", "upgrade", id, "sessions", len(m.Sessions),
 		"expected_liveupdate_number", m.ExpectedLiveUpdateNumber)
 
@@ -147,8 +156,12 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	for _, c := range append(subs, req) {
 		c.event(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
 	}
-	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", "upgrade", id, "release", loaded.Release)
 	d.metrics.Upgrade(metrics.UpgradeCommitted)
+	// luod's share of the workloads' pause: from the last ready to here,
+	// with the sync(2) of the manifest phase (the kernel's flush of every
+	// dirty page, not luod's work) shown apart.
+	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", "upgrade", id, "release", loaded.Release,
+		"since_ready", time.Since(passed), "manifest", manifestTime, "sync", syncTime, "sessions", len(m.Sessions))
 	t0 = time.Now()
 	if d.cfg.FaultRebootFails {
 		err = fmt.Errorf("kexec reboot: EIO: test fault switch --test.fault-reboot")
@@ -167,9 +180,10 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 }
 
 // runBarrier sends prepare to every subscriber and waits until all answer
-// ready, one fails, or the timeout passes. It returns the subscribers and,
-// on failure, why.
-func (d *Daemon) runBarrier(id string, req *conn, timeout time.Duration) ([]*conn, string) {
+// ready, one fails, or the timeout passes. It returns the subscribers,
+// when the barrier passed (the last ready's arrival; now if nobody was
+// subscribed) and, on failure, why.
+func (d *Daemon) runBarrier(id string, req *conn, timeout time.Duration) ([]*conn, time.Time, string) {
 	b := &barrier{id: id, waiting: map[*conn]bool{}, done: make(chan struct{})}
 	d.mu.Lock()
 	var subs []*conn
@@ -187,7 +201,7 @@ func (d *Daemon) runBarrier(id string, req *conn, timeout time.Duration) ([]*con
 		d.mu.Unlock()
 	}()
 	if len(subs) == 0 {
-		return nil, ""
+		return nil, time.Now(), ""
 	}
 	for _, c := range subs {
 		if err := c.event(proto.EventPrepare, proto.PrepareEvent{Upgrade: id, DeadlineMS: timeout.Milliseconds()}); err != nil {
@@ -208,15 +222,15 @@ func (d *Daemon) runBarrier(id string, req *conn, timeout time.Duration) ([]*con
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.failed != "" {
-		return subs, b.failed
+		return subs, time.Time{}, b.failed
 	}
 	if len(b.waiting) > 0 {
 		var who []string
 		for c := range b.waiting {
 			who = append(who, fmt.Sprintf("pid %d (uid %d)", c.peer.Pid, c.peer.Uid))
 		}
-		return subs, fmt.Sprintf("%d client(s) did not answer ready within %v: %v", len(who), timeout, who)
+		return subs, time.Time{}, fmt.Sprintf("%d client(s) did not answer ready within %v: %v", len(who), timeout, who)
 	}
 	d.log.Info("barrier passed: every subscriber is ready", "upgrade", id, "clients", len(subs))
-	return subs, ""
+	return subs, b.passed, ""
 }

@@ -88,11 +88,21 @@ func (c *Custody) manifestOf(expected uint64, sessions []ManifestSession) *Manif
 // name, as a manifest lists them (with their state if withState); c.mu is
 // held.
 func (c *Custody) sessionsLocked(keep func(*entry) bool, withState bool) []ManifestSession {
-	out := []ManifestSession{}
+	var es []*entry
 	for _, e := range c.byName {
-		if e.creating || !keep(e) {
-			continue
+		if !e.creating && keep(e) {
+			es = append(es, e)
 		}
+	}
+	out := c.sessionsOf(es, withState)
+	slices.SortFunc(out, func(a, b ManifestSession) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// sessionsOf lists es as a manifest lists them; c.mu is held.
+func (c *Custody) sessionsOf(es []*entry, withState bool) []ManifestSession {
+	out := make([]ManifestSession, 0, len(es))
+	for _, e := range es {
 		ms := ManifestSession{
 			Name: e.s.Name, UID: e.s.UID, GID: e.s.GID,
 			Labels:  maps.Clone(e.s.Labels),
@@ -107,7 +117,6 @@ func (c *Custody) sessionsLocked(keep func(*entry) bool, withState bool) []Manif
 		}
 		out = append(out, ms)
 	}
-	slices.SortFunc(out, func(a, b ManifestSession) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 

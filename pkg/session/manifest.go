@@ -124,37 +124,39 @@ func (m *Manifest) validate() error {
 	}
 	names := make(map[string]struct{}, len(m.Sessions))
 	for i, s := range m.Sessions {
-		at := fmt.Sprintf("sessions[%d]", i)
+		// Field paths are formatted only for an error: validate runs on
+		// every encode and decode, over every file.
+		at := func(field string) string { return fmt.Sprintf("sessions[%d]%s", i, field) }
 		if err := proto.ValidateSessionName(s.Name); err != nil {
-			return manifestErrorf(at+".name", "%q: %v", s.Name, err)
+			return manifestErrorf(at(".name"), "%q: %v", s.Name, err)
 		}
 		if _, dup := names[s.Name]; dup {
-			return manifestErrorf(at+".name", "session %q listed twice", s.Name)
+			return manifestErrorf(at(".name"), "session %q listed twice", s.Name)
 		}
 		names[s.Name] = struct{}{}
 		switch s.State {
 		case "", StateOpen, StateIncoming, StateClaimed:
 		default:
-			return manifestErrorf(at+".state", "%q is not open, incoming or claimed", s.State)
+			return manifestErrorf(at(".state"), "%q is not open, incoming or claimed", s.State)
 		}
 		if _, why := labelsProblem(s.Labels); why != "" {
-			return manifestErrorf(at+".labels", "%s", why)
+			return manifestErrorf(at(".labels"), "%s", why)
 		}
 		if !timeOK(s.Created) {
-			return manifestErrorf(at+".created", "year %d out of range", s.Created.UTC().Year())
+			return manifestErrorf(at(".created"), "year %d out of range", s.Created.UTC().Year())
 		}
 		toks := make(map[uint64]struct{}, len(s.Files))
 		for j, f := range s.Files {
-			fat := fmt.Sprintf("%s.files[%d]", at, j)
+			fat := func(field string) string { return at(fmt.Sprintf(".files[%d]%s", j, field)) }
 			if _, dup := toks[f.Token]; dup {
-				return manifestErrorf(fat+".token", "token %#x listed twice in session %q", f.Token, s.Name)
+				return manifestErrorf(fat(".token"), "token %#x listed twice in session %q", f.Token, s.Name)
 			}
 			toks[f.Token] = struct{}{}
 			if _, why := fileLabelProblem(f.Label); why != "" {
-				return manifestErrorf(fat+".label", "%s", why)
+				return manifestErrorf(fat(".label"), "%s", why)
 			}
 			if f.Size < 0 {
-				return manifestErrorf(fat+".size", "negative: %d", f.Size)
+				return manifestErrorf(fat(".size"), "negative: %d", f.Size)
 			}
 		}
 	}
@@ -216,31 +218,49 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 	if len(b) > MaxManifestSize {
 		return nil, &ManifestError{Err: fmt.Errorf("%w: %d bytes, at most %d", ErrManifestTooLarge, len(b), MaxManifestSize)}
 	}
-	var head struct {
-		Format *string `json:"format"`
-	}
-	if err := json.Unmarshal(b, &head); err != nil {
-		return nil, &ManifestError{Err: err}
-	}
-	if head.Format == nil {
-		return nil, manifestErrorf("format", "missing")
-	}
-	if *head.Format != FormatV1 {
-		return nil, &UnknownFormatError{Format: *head.Format}
-	}
+	// One strict pass does the work; the format is looked at on its own
+	// (a second parse) only when that pass fails or finds no format, so
+	// that a newer manifest is named as such rather than as a field this
+	// luod does not know.
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	var m Manifest
-	if err := dec.Decode(&m); err != nil {
+	err := dec.Decode(&m)
+	if err != nil || m.Format != FormatV1 {
+		if ferr := checkFormat(b); ferr != nil {
+			return nil, ferr
+		}
+		if err == nil {
+			err = errors.New("format mismatch") // unreachable: checkFormat saw FormatV1
+		}
 		return nil, &ManifestError{Err: err}
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, manifestErrorf("", "data after the manifest object")
+		return nil, manifestErrorf("", "data after top-level value")
 	}
 	if err := m.validate(); err != nil {
 		return nil, err
 	}
 	return &m, nil
+}
+
+// checkFormat looks only at the format of the JSON object in b: nil when
+// it is FormatV1, *UnknownFormatError for another, *ManifestError when b
+// is no object with a format string.
+func checkFormat(b []byte) error {
+	var head struct {
+		Format *string `json:"format"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return &ManifestError{Err: err}
+	}
+	if head.Format == nil {
+		return manifestErrorf("format", "missing")
+	}
+	if *head.Format != FormatV1 {
+		return &UnknownFormatError{Format: *head.Format}
+	}
+	return nil
 }
 
 // ReadMemfd decodes the manifest in f, read from offset 0 whatever f's

@@ -22,14 +22,9 @@ func WriteMemfd(m *Manifest) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	fd, err := unix.MemfdCreate("luod-manifest", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	f, err := newMemfd("luod-manifest", b)
 	if err != nil {
-		return nil, fmt.Errorf("memfd_create: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "memfd:luod-manifest")
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("writing manifest memfd: %w", err)
+		return nil, err
 	}
 	var serr error
 	if err := withFD(f, func(fd int) { _, serr = unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, manifestSeals) }); err != nil {
@@ -38,6 +33,34 @@ func WriteMemfd(m *Manifest) (*os.File, error) {
 	if serr != nil {
 		f.Close()
 		return nil, fmt.Errorf("sealing manifest memfd: %w", serr)
+	}
+	return f, nil
+}
+
+// NewRecordFile writes m, a Record, as the first line of a new record log
+// in a memfd (close-on-exec, not sealed: changes are appended).
+func NewRecordFile(m *Manifest) (*RecordFile, error) {
+	b, err := m.Encode()
+	if err != nil {
+		return nil, err
+	}
+	f, err := newMemfd("luod-record", b)
+	if err != nil {
+		return nil, err
+	}
+	return &RecordFile{f: f, size: int64(len(b)), whole: int64(len(b))}, nil
+}
+
+// newMemfd is a new memfd called name holding b, close-on-exec, sealable.
+func newMemfd(name string, b []byte) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "memfd:"+name)
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("writing %s memfd: %w", name, err)
 	}
 	return f, nil
 }

@@ -15,3 +15,11 @@ func WriteMemfd(m *Manifest) (*os.File, error) {
 	}
 	return nil, ioctl.ErrNotSupported
 }
+
+// NewRecordFile needs memfd_create, which only Linux has.
+func NewRecordFile(m *Manifest) (*RecordFile, error) {
+	if _, err := m.Encode(); err != nil {
+		return nil, err
+	}
+	return nil, ioctl.ErrNotSupported
+}

@@ -1,0 +1,245 @@
+// Package bench measures what luod adds to a live update on a real LUO
+// kernel, against a baseline that makes the same ioctls directly (the
+// kernel selftests' way: pkg/ioctl used raw), in the same VM run.
+//
+// The measuring program is this package's test binary (TestBench), which
+// deploy/qemu/bench.sh (make bench) packs into the VM's initramfs and runs
+// once per boot; each boot adds its figures to a Results kept on the
+// share, and the last one renders the report (Results.Markdown) that
+// becomes docs/performance.md. This file holds the results and their
+// rendering; the measurements are in bench_linux_test.go.
+package bench
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Targets of issue #5, checked by Results.Verdicts.
+const (
+	TargetPreserveRatio = 1.3                  // (a) luod / direct, 1000 memfds of 1 MiB
+	TargetRetrieveRatio = 1.5                  // (b) luod start..READY + reclaim / direct, 100 sessions × 10 fds
+	TargetBlackout      = 2 * time.Millisecond // (c) each, sync apart
+	TargetRSSKiB        = 20 << 10             // (d) at 1000 sessions
+	TargetGrowth        = 1.5                  // (e) time per session at 1000 / at 10
+)
+
+// Preserve is one preserve measurement: Sessions × Files memfds of
+// FileSize bytes, each session created and its files preserved, directly
+// and through luod.
+type Preserve struct {
+	Sessions, Files int
+	FileSize        int64
+	Direct, Luod    time.Duration
+	// RSSKiB is luod's VmRSS holding these sessions.
+	RSSKiB int64
+}
+
+// Retrieve is one boot's retrieve measurement after a live update that
+// carried Sessions × Files memfds of FileSize bytes twice: once held by a
+// raw process, once through luod.
+type Retrieve struct {
+	Release         string
+	Sessions, Files int
+	FileSize        int64
+	// Direct is the raw loop: RETRIEVE_SESSION, RETRIEVE_FD of every
+	// file, FINISH, for every session.
+	Direct time.Duration
+	// Ready is luod's exec to its READY=1; Reclaim is every session
+	// reclaimed through luod with finish, one request each.
+	Ready, Reclaim time.Duration
+	// RSSKiB is luod's VmRSS after recovery, holding every session.
+	RSSKiB int64
+	// Verified counts files found byte-exact, both ways together.
+	Verified int
+}
+
+// Luod is luod's whole cost for the retrieve.
+func (r Retrieve) Luod() time.Duration { return r.Ready + r.Reclaim }
+
+// Blackout is luod's share of one upgrade's pause, from its own log:
+// the last ready to the reboot(2) call, the sync(2) in it shown apart.
+type Blackout struct {
+	From, To   string // releases
+	Sessions   int    // sessions in the manifest
+	SinceReady time.Duration
+	Manifest   time.Duration
+	Sync       time.Duration
+}
+
+// Own is the blackout without the sync.
+func (b Blackout) Own() time.Duration { return b.SinceReady - b.Sync }
+
+// Results is everything a bench run measured.
+type Results struct {
+	Accel    string
+	CPU      string
+	MemKiB   int64
+	Preserve []Preserve
+	Retrieve []Retrieve
+	Blackout []Blackout
+	// ColdReady is luod's exec to READY=1 on the cold boot (nothing to
+	// recover).
+	ColdReady time.Duration
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
+
+func size(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// Verdict is one target, met or not.
+type Verdict struct {
+	Target, Measured string
+	Met              bool
+}
+
+// Verdicts checks the results against the targets. A target with no
+// measurement to judge it by is not met.
+func (r *Results) Verdicts() []Verdict {
+	var out []Verdict
+	worst := func(vals []float64) (float64, bool) {
+		if len(vals) == 0 {
+			return 0, false
+		}
+		w := vals[0]
+		for _, v := range vals[1:] {
+			w = max(w, v)
+		}
+		return w, true
+	}
+
+	var pr []float64
+	for _, p := range r.Preserve {
+		if p.Sessions*p.Files == 1000 && p.FileSize == 1<<20 {
+			pr = append(pr, ratio(p.Luod, p.Direct))
+		}
+	}
+	w, ok := worst(pr)
+	out = append(out, Verdict{fmt.Sprintf("(a) preserve 1000 × 1 MiB: luod/direct ≤ %.1f×", TargetPreserveRatio),
+		fmt.Sprintf("worst %.2f× over %d layouts", w, len(pr)), ok && w <= TargetPreserveRatio})
+
+	var rr []float64
+	for _, x := range r.Retrieve {
+		if x.Sessions == 100 && x.Files == 10 {
+			rr = append(rr, ratio(x.Luod(), x.Direct))
+		}
+	}
+	w, ok = worst(rr)
+	out = append(out, Verdict{fmt.Sprintf("(b) retrieve 100 × 10: luod/direct ≤ %.1f×", TargetRetrieveRatio),
+		fmt.Sprintf("%.2f×", w), ok && w <= TargetRetrieveRatio})
+
+	var bl []float64
+	for _, b := range r.Blackout {
+		bl = append(bl, float64(b.Own())/float64(time.Millisecond))
+	}
+	w, ok = worst(bl)
+	out = append(out, Verdict{fmt.Sprintf("(c) last ready → reboot(2), sync apart, ≤ %v", TargetBlackout),
+		fmt.Sprintf("worst %.2f ms over %d updates", w, len(bl)), ok && w <= float64(TargetBlackout)/float64(time.Millisecond)})
+	var rd []float64
+	for _, x := range r.Retrieve {
+		rd = append(rd, float64(x.Ready)/float64(time.Millisecond))
+	}
+	w, ok = worst(rd)
+	out = append(out, Verdict{fmt.Sprintf("(c) luod exec → READY after a live update ≤ %v", TargetBlackout),
+		fmt.Sprintf("worst %.2f ms over %d boots", w, len(rd)), ok && w <= float64(TargetBlackout)/float64(time.Millisecond)})
+
+	var rss []float64
+	for _, p := range r.Preserve {
+		if p.Sessions == 1000 {
+			rss = append(rss, float64(p.RSSKiB))
+		}
+	}
+	for _, x := range r.Retrieve {
+		if x.Sessions == 1000 {
+			rss = append(rss, float64(x.RSSKiB))
+		}
+	}
+	w, ok = worst(rss)
+	out = append(out, Verdict{fmt.Sprintf("(d) luod RSS at 1000 sessions ≤ %d MiB", TargetRSSKiB>>10),
+		fmt.Sprintf("%.1f MiB", w/1024), ok && w <= TargetRSSKiB})
+
+	pg, pok := growth(r.Preserve, func(p Preserve) (int, int, time.Duration) { return p.Sessions, p.Files, p.Luod })
+	rg, rok := growth(r.Retrieve, func(x Retrieve) (int, int, time.Duration) { return x.Sessions, x.Files, x.Luod() })
+	out = append(out, Verdict{fmt.Sprintf("(e) luod time per session, 1000 vs 10 sessions, ≤ %.1f×", TargetGrowth),
+		fmt.Sprintf("preserve %.2f×, retrieve %.2f×", pg, rg), pok && rok && pg <= TargetGrowth && rg <= TargetGrowth})
+	return out
+}
+
+// growth is luod's time per session at 1000 sessions over that at 10, for
+// rows of the same files per session; 1 is exactly linear.
+func growth[T any](rows []T, get func(T) (sessions, files int, d time.Duration)) (float64, bool) {
+	per := map[int]map[int]float64{} // files -> sessions -> time per session
+	for _, x := range rows {
+		s, f, d := get(x)
+		if per[f] == nil {
+			per[f] = map[int]float64{}
+		}
+		per[f][s] = float64(d) / float64(s)
+	}
+	for _, m := range per {
+		if a, ok := m[10]; ok {
+			if b, ok := m[1000]; ok && a > 0 {
+				return b / a, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// Markdown renders the results as the body of docs/performance.md.
+func (r *Results) Markdown() string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	p("### Targets\n\n| target | measured | met |\n|---|---|---|\n")
+	for _, v := range r.Verdicts() {
+		met := "**no**"
+		if v.Met {
+			met = "yes"
+		}
+		p("| %s | %s | %s |\n", v.Target, v.Measured, met)
+	}
+
+	p("\n### (a), (d), (e) Preserve: sessions created and memfds preserved\n\n")
+	p("Direct: CREATE_SESSION and PRESERVE_FD on /dev/liveupdate. luod: `CreateSession` and `Preserve` over the socket (up to %d fds a message), luod doing the ioctls.\n\n", 253)
+	p("| sessions × files | file size | direct ms | luod ms | luod/direct | luod per session µs | luod RSS MiB |\n|---|---|---|---|---|---|---|\n")
+	for _, x := range r.Preserve {
+		p("| %d × %d | %s | %s | %s | %.2f× | %.0f | %.1f |\n", x.Sessions, x.Files, size(x.FileSize), ms(x.Direct), ms(x.Luod),
+			ratio(x.Luod, x.Direct), float64(x.Luod)/float64(x.Sessions)/float64(time.Microsecond), float64(x.RSSKiB)/1024)
+	}
+
+	p("\n### (b), (c), (d), (e) Retrieve after the kexec\n\n")
+	p("Each live update carried the same sessions twice: held by a raw process, and through luod. Direct: RETRIEVE_SESSION, RETRIEVE_FD of each file, FINISH. luod: its exec to READY=1 (recovery: handover decoded, manifest read, every session retrieved), then every session reclaimed with finish, one request each. Every file of both was checked byte-exact.\n\n")
+	p("| kernel | sessions × files | file size | direct ms | luod exec→READY ms | luod reclaim ms | luod total ms | luod/direct | per session µs | luod RSS MiB | files verified |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, x := range r.Retrieve {
+		p("| %s | %d × %d | %s | %s | %s | %s | %s | %.2f× | %.0f | %.1f | %d |\n", x.Release, x.Sessions, x.Files, size(x.FileSize),
+			ms(x.Direct), ms(x.Ready), ms(x.Reclaim), ms(x.Luod()), ratio(x.Luod(), x.Direct),
+			float64(x.Luod())/float64(x.Sessions)/float64(time.Microsecond), float64(x.RSSKiB)/1024, x.Verified)
+	}
+	if r.ColdReady > 0 {
+		p("\nluod exec→READY on the cold boot (nothing to recover): %s ms.\n", ms(r.ColdReady))
+	}
+
+	p("\n### (c) luod's share of the blackout, from its log\n\n")
+	p("From the last client's ready to the reboot(2) call; the sync(2) in the manifest phase (the kernel flushing every dirty page) apart.\n\n")
+	p("| update | sessions in manifest | last ready → reboot(2) ms | of which sync ms | without sync ms | manifest phase ms |\n|---|---|---|---|---|---|\n")
+	for _, x := range r.Blackout {
+		p("| %s → %s | %d | %s | %s | %s | %s |\n", x.From, x.To, x.Sessions, ms(x.SinceReady), ms(x.Sync), ms(x.Own()), ms(x.Manifest))
+	}
+	return b.String()
+}

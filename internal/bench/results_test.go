@@ -1,0 +1,46 @@
+package bench
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestVerdicts: each target is judged from its own rows, and a target with
+// no rows is not met.
+func TestVerdicts(t *testing.T) {
+	ms := time.Millisecond
+	r := &Results{
+		Preserve: []Preserve{
+			{Sessions: 10, Files: 1, FileSize: 1 << 20, Direct: 10 * ms, Luod: 11 * ms, RSSKiB: 9000},
+			{Sessions: 1000, Files: 1, FileSize: 1 << 20, Direct: 1000 * ms, Luod: 1200 * ms, RSSKiB: 15000},
+		},
+		Retrieve: []Retrieve{
+			{Sessions: 10, Files: 10, Direct: 10 * ms, Ready: 5 * ms, Reclaim: 5 * ms},
+			{Sessions: 100, Files: 10, Direct: 100 * ms, Ready: 100 * ms, Reclaim: 60 * ms},
+			{Sessions: 1000, Files: 10, Direct: 1000 * ms, Ready: 500 * ms, Reclaim: 600 * ms, RSSKiB: 30000},
+		},
+		Blackout: []Blackout{{SinceReady: 5 * ms, Sync: 4 * ms}},
+	}
+	want := map[string]bool{"(a)": true, "(b)": false, "(c) last": true, "(c) luod exec": false, "(d)": false, "(e)": true}
+	got := r.Verdicts()
+	if len(got) != len(want) {
+		t.Fatalf("%d verdicts, want %d", len(got), len(want))
+	}
+	for _, v := range got {
+		for prefix, met := range want {
+			if strings.HasPrefix(v.Target, prefix) && v.Met != met {
+				t.Errorf("%s: met = %v (%s), want %v", v.Target, v.Met, v.Measured, met)
+			}
+		}
+	}
+	md := r.Markdown()
+	for _, s := range []string{"| 1000 × 1 | 1 MiB | 1000.00 | 1200.00 | 1.20× |", "| 100 × 10 |", "1.60×"} {
+		if !strings.Contains(md, s) {
+			t.Errorf("report lacks %q:\n%s", s, md)
+		}
+	}
+	if v := (&Results{}).Verdicts(); v[0].Met {
+		t.Error("a target with nothing measured is met")
+	}
+}
