@@ -93,9 +93,10 @@ type Config struct {
 
 	// Registerer receives luod's metrics (pkg/metrics); nil for none.
 	Registerer prometheus.Registerer
-	// FaultRebootFails is a test-only switch: the reboot call fails with
-	// EIO instead of reaching the kernel, to prove the recovery path.
-	FaultRebootFails bool
+	// FaultRebootFails is a test-only switch: the first FaultRebootFails
+	// reboot calls fail with EIO instead of reaching the kernel, to prove
+	// the recovery path; the next one is real.
+	FaultRebootFails int
 	// FaultHang is a test-only switch: when it is closed, luod's main
 	// loop hangs for good (its lock is taken and never released), so that
 	// systemd's watchdog must kill and restart it.
@@ -188,8 +189,9 @@ type Daemon struct {
 
 	beat atomic.Int64 // unix nanos of the last heartbeat, see Healthy
 
-	upgradeMu sync.Mutex // one upgrade at a time (TryLock)
-	diskDirty chan struct{}
+	upgradeMu     sync.Mutex // one upgrade at a time (TryLock)
+	rebootsFailed int        // by the fault switch; guarded by upgradeMu
+	diskDirty     chan struct{}
 }
 
 // New opens the device, recovers what the previous kernel handed over and
