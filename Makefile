@@ -6,7 +6,7 @@
 GO       ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test unit fuzz-short vm-test vm-contract vm-daemon vm-systemd vet fmt-check clean
+.PHONY: all build demo test unit fuzz-short vm-test vm-contract vm-daemon vm-systemd vm-faults vet fmt-check clean
 
 all: build
 
@@ -46,7 +46,7 @@ fuzz-short:
 	done; rm -f _fuzz.log
 
 ## vm-test: the VM runs on real LUO kernels.
-vm-test: vm-contract vm-daemon vm-systemd
+vm-test: vm-contract vm-daemon vm-systemd vm-faults
 
 ## vm-contract: the kernel contract: raw ioctls, handover decoding, byte-exact data.
 vm-contract:
@@ -61,6 +61,13 @@ vm-daemon:
 ## through the fd store, metrics, and one live update 7.2 -> 7.3 from inside the unit.
 vm-systemd:
 	deploy/qemu/systemd/vm-systemd.sh
+
+## vm-faults: luod's fault cases in three boots, the third a second QEMU run on the
+## same share (a cold boot): luod SIGKILLed without an fd store, a client that quits
+## after preserving, refused loads, 1000 concurrent clients, a full and read-only
+## state directory, a failing reboot call, then the kexec; all data byte-exact after.
+vm-faults:
+	deploy/qemu/faults.sh
 
 clean:
 	rm -rf _out

@@ -327,6 +327,9 @@ func (d *Daemon) metricsSnapshot() metrics.Snapshot {
 	snap.ConnectedClients = len(d.conns)
 	snap.SubscribedClients = len(d.subs)
 	snap.LostSessions = len(d.rec.lost)
+	for _, l := range d.rec.lost {
+		snap.Lost = append(snap.Lost, metrics.LostSession{Name: l.Name, UID: l.UID})
+	}
 	snap.UnclaimedOverdue = len(d.overdue)
 	snap.UpgradePhase = d.phase
 	snap.KernelLoaded = d.loaded != nil
