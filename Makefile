@@ -6,7 +6,7 @@
 GO       ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test unit fuzz-short vm-test vm-contract vm-daemon vm-systemd vm-faults vet fmt-check clean
+.PHONY: all build demo test unit fuzz-short vm-test vm-contract vm-daemon vm-systemd vm-faults reliability-doc vet fmt-check clean
 
 all: build
 
@@ -45,8 +45,9 @@ fuzz-short:
 		done; \
 	done; rm -f _fuzz.log
 
-## vm-test: the VM runs on real LUO kernels.
+## vm-test: the VM runs on real LUO kernels, then docs/reliability.md from their consoles.
 vm-test: vm-contract vm-daemon vm-systemd vm-faults
+	deploy/qemu/reliability.sh
 
 ## vm-contract: the kernel contract: raw ioctls, handover decoding, byte-exact data.
 vm-contract:
@@ -68,6 +69,10 @@ vm-systemd:
 ## state directory, a failing reboot call, then the kexec; all data byte-exact after.
 vm-faults:
 	deploy/qemu/faults.sh
+
+## reliability-doc: docs/reliability.md again from the last vm-daemon and vm-faults consoles.
+reliability-doc:
+	deploy/qemu/reliability.sh
 
 clean:
 	rm -rf _out
