@@ -36,7 +36,7 @@ mkdir -p "$out/share/state"
 {
 	echo "# stage name command (run in /luod of the guest)"
 	for s in 1 2 3; do
-		echo "$s faults export LUOD_STATE_DIR=/mnt/host/state/luod; ulimit -n 65536; ./luod-svc.sh start && ./vmtest.test -test.v -test.run '^TestFaults\$'"
+		echo "$s faults export LUOD_STATE_DIR=/mnt/host/state/luod LUOD_SVC_CONSOLE=warn; ulimit -n 65536; ./luod-svc.sh start && ./vmtest.test -test.v -test.run '^TestFaults\$'"
 	done
 } >"$out/share/plan"
 

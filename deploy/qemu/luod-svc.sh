@@ -5,8 +5,10 @@
 #
 #   start  start luod in the background with the harness's flags (state
 #          directory LUOD_STATE_DIR, default /var/lib/luod) and the given
-#          ones; its log goes to the console and to /tmp/luod.log. Returns
-#          once luod serves.
+#          ones; its log goes to /tmp/luod.log and to the console, only
+#          its warnings and errors with LUOD_SVC_CONSOLE=warn (the serial
+#          console is slow: luod would wait on it under load). Returns once
+#          luod serves.
 #   kill   SIGKILL luod and wait until it is gone.
 set -eu
 state=${LUOD_STATE_DIR:-/var/lib/luod}
@@ -17,8 +19,11 @@ start)
 	ip link set lo up 2>/dev/null || true # the metrics endpoint listens on 127.0.0.1
 	(./luod --socket.group 100 --reclaim.grace 1h --state.dir "$state" "$@" 2>&1 |
 		while IFS= read -r l; do
-			echo "    luod| $l" >/dev/console
 			echo "$l" >>/tmp/luod.log
+			case "${LUOD_SVC_CONSOLE:-all}:$l" in
+			warn:*level=INFO* | warn:*level=DEBUG*) ;;
+			*) echo "    luod| $l" >/dev/console ;;
+			esac
 		done) </dev/null >/dev/null 2>&1 &
 	i=0
 	until ./luoctl status >/dev/null 2>&1; do

@@ -893,3 +893,27 @@ func TestConnectionLimit(t *testing.T) {
 	a.hello()
 	waitFDs(t, fake, before, dir, 5*time.Second)
 }
+
+// TestTooLargeAnswerIsAnError: an answer over the protocol's message size
+// (sessions of a thousand sessions) comes back as a "limit" error, not as
+// silence, and the connection goes on.
+func TestTooLargeAnswerIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	h := boot(t, dir, fake, false, nil)
+	c := h.dial()
+	for i := range 1000 {
+		s, err := c.CreateSession(ctx(t), fmt.Sprintf("vm-%04d", i), map[string]string{"vmm": "a label to make it long"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+	}
+	_, err := c.Sessions(ctx(t))
+	if !isCode(err, proto.CodeLimit) || !strings.Contains(err.Error(), "does not fit") {
+		t.Fatalf("sessions of 1000 sessions = %v, want a limit error", err)
+	}
+	if _, err := c.Status(ctx(t)); err != nil {
+		t.Fatalf("status after the refused answer: %v", err)
+	}
+}
