@@ -6,7 +6,7 @@
 GO       ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build bench demo demo-arm64 test unit unit-arm64 fuzz-short vm-test vm-contract vm-daemon vm-systemd vm-arm64 vet fmt-check clean
+.PHONY: all build bench demo demo-arm64 test unit unit-arm64 fuzz-short vm-test vm-contract vm-daemon vm-systemd vm-faults vm-arm64 reliability-doc vet fmt-check clean
 
 all: build
 
@@ -64,8 +64,9 @@ fuzz-short:
 		done; \
 	done; rm -f _fuzz.log
 
-## vm-test: the VM runs on real LUO kernels.
-vm-test: vm-contract vm-daemon vm-systemd vm-arm64
+## vm-test: the VM runs on real LUO kernels, then docs/reliability.md from their consoles.
+vm-test: vm-contract vm-daemon vm-systemd vm-faults vm-arm64
+	deploy/qemu/reliability.sh
 
 ## vm-contract: the kernel contract: raw ioctls, handover decoding, byte-exact data.
 vm-contract:
@@ -86,6 +87,17 @@ vm-systemd:
 vm-arm64:
 	LUOD_ARCH=arm64 deploy/qemu/vm-test.sh
 	LUOD_ARCH=arm64 deploy/qemu/demo.sh
+
+## vm-faults: luod's fault cases in three boots, the third a second QEMU run on the
+## same share (a cold boot): luod SIGKILLed without an fd store, a client that quits
+## after preserving, refused loads, 1000 concurrent clients, a full and read-only
+## state directory, a failing reboot call, then the kexec; all data byte-exact after.
+vm-faults:
+	deploy/qemu/faults.sh
+
+## reliability-doc: docs/reliability.md again from the last vm-daemon and vm-faults consoles.
+reliability-doc:
+	deploy/qemu/reliability.sh
 
 clean:
 	rm -rf _out

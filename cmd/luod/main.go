@@ -35,7 +35,7 @@ func main() {
 		webAddr    = flag.String("web.listen-address", "127.0.0.1:9478", "address of the Prometheus metrics endpoint; empty turns it off")
 		webPath    = flag.String("web.telemetry-path", "/metrics", "path of the metrics endpoint")
 		faultHang  = flag.Bool("test.fault-hang-on-sigusr2", false, "TEST ONLY: hang the main loop on SIGUSR2, to exercise systemd's watchdog")
-		faultBoot  = flag.Bool("test.fault-reboot", false, "TEST ONLY: make the reboot call fail, to exercise the recovery path")
+		faultBoot  = flag.Int("test.fault-reboot", 0, "TEST ONLY: make the first N reboot calls fail, to exercise the recovery path")
 		version    = flag.Bool("version", false, "print the version and exit")
 	)
 	flag.StringVar(&cfg.SocketPath, "socket.path", proto.DefaultSocket, "unix socket to listen on (ignored under socket activation)")

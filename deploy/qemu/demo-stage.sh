@@ -13,15 +13,8 @@ say() { echo "demo[$stage]: $*"; }
 die() { echo "demo[$stage]: FAIL: $*"; exit 1; }
 
 start_luod() {
-	mkdir -p /run/luod /var/lib/luod
 	say "starting luod (it recovers what the previous kernel handed over before it serves)"
-	(./luod --socket.group 100 --reclaim.grace 1h 2>&1 | while IFS= read -r l; do echo "    luod| $l"; done) &
-	i=0
-	until ./luoctl status >/dev/null 2>&1; do
-		i=$((i + 1))
-		[ $i -lt 150 ] || die "luod did not come up"
-		sleep 0.2
-	done
+	./luod-svc.sh start || die "luod did not come up"
 }
 
 expect_status() { # expect_status PATTERN...

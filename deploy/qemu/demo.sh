@@ -20,7 +20,7 @@ echo "demo: building luod, luoctl and the guestram workload (static)"
 (cd "$repo" &&
 	CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod ./cmd/luoctl ./examples/guestram &&
 	CGO_ENABLED=0 go test -c -o "$out/bin/vmtest.test" ./internal/vmtest)
-cp "$here/demo-stage.sh" "$out/bin/"
+cp "$here/demo-stage.sh" "$here/luod-svc.sh" "$out/bin/"
 vm_share "$out"
 if [ "$LUOD_ARCH" = arm64 ]; then
 	# The preflight must refuse an x86 bzImage on arm64: the real one.

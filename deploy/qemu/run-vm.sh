@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# run-vm.sh SHARE LOG — boot SHARE/boot1/vmlinuz with SHARE/initrd.img in
+# run-vm.sh SHARE LOG — boot SHARE/bootN/vmlinuz with SHARE/initrd.img in
 # QEMU (LUOD_ARCH: x86_64 on q35, arm64 on virt), SHARE exported to the guest over virtio-9p (tag "host"), and follow
-# the serial console until the guest's verdict.
+# the serial console until the guest's verdict. N is LUOD_VM_STAGE (default
+# 1), passed to the guest as luod.stage=N: a later N is a cold boot into the
+# middle of a plan, on the same share (a machine powered off and on again).
 #
 # The console is echoed with a prefix and kept in LOG. Exit status: 0 when
 # the guest printed "LUOD-VM-RESULT: PASS" and no suite or Go test failed
@@ -16,7 +18,8 @@ share=${1:?usage: run-vm.sh SHARE LOG}
 log=${2:?usage: run-vm.sh SHARE LOG}
 timeout_s=${LUOD_VM_TIMEOUT:-900}
 mem=${LUOD_VM_MEM:-2G}
-kernel=$share/boot1/vmlinuz
+stage=${LUOD_VM_STAGE:-1}
+kernel=$share/boot$stage/vmlinuz
 arch=${LUOD_ARCH:-x86_64}
 
 common=(-m "$mem" -smp 2 -nographic -no-reboot -monitor none -serial stdio)
@@ -46,8 +49,8 @@ tcg) qemu+=(-accel tcg,thread=multi -cpu max) ;;
 esac
 echo "$accel" >"$share/accel"
 
-cmdline="console=$console quiet panic=-1 liveupdate=on kho=on luod.stage=1 ${LUOD_VM_APPEND:-}"
-echo "run-vm: $arch boot1/vmlinuz ($(cat "$share/boot1/release")) accel=$accel mem=$mem timeout=${timeout_s}s log=$log"
+cmdline="console=$console quiet panic=-1 liveupdate=on kho=on luod.stage=$stage ${LUOD_VM_APPEND:-}"
+echo "run-vm: $arch boot$stage/vmlinuz ($(cat "$share/boot$stage/release")) accel=$accel mem=$mem timeout=${timeout_s}s log=$log"
 start=$(date +%s)
 set +e
 timeout --foreground "$timeout_s" "${qemu[@]}" \

@@ -128,8 +128,12 @@ func (d *Daemon) load(a proto.LoadArgs, files []*os.File) (*proto.LoadResult, er
 	}
 	res := &proto.LoadResult{Warnings: []string{}}
 	if initrd != nil {
-		if err := kexec.CheckInitrd(initrd); err != nil {
+		note, err := kexec.CheckInitrd(initrd)
+		if err != nil {
 			return nil, proto.Errorf(proto.CodePreflightFailed, "%v", err)
+		}
+		if note != "" {
+			res.Warnings = append(res.Warnings, note)
 		}
 	}
 	if config != nil {

@@ -93,9 +93,10 @@ type Config struct {
 
 	// Registerer receives luod's metrics (pkg/metrics); nil for none.
 	Registerer prometheus.Registerer
-	// FaultRebootFails is a test-only switch: the reboot call fails with
-	// EIO instead of reaching the kernel, to prove the recovery path.
-	FaultRebootFails bool
+	// FaultRebootFails is a test-only switch: the first FaultRebootFails
+	// reboot calls fail with EIO instead of reaching the kernel, to prove
+	// the recovery path; the next one is real.
+	FaultRebootFails int
 	// FaultHang is a test-only switch: when it is closed, luod's main
 	// loop hangs for good (its lock is taken and never released), so that
 	// systemd's watchdog must kill and restart it.
@@ -193,8 +194,9 @@ type Daemon struct {
 	recordMu sync.Mutex
 	record   *session.RecordFile
 
-	upgradeMu sync.Mutex // one upgrade at a time (TryLock)
-	diskDirty chan struct{}
+	upgradeMu     sync.Mutex // one upgrade at a time (TryLock)
+	rebootsFailed int        // by the fault switch; guarded by upgradeMu
+	diskDirty     chan struct{}
 }
 
 // New opens the device, recovers what the previous kernel handed over and
@@ -330,6 +332,9 @@ func (d *Daemon) metricsSnapshot() metrics.Snapshot {
 	snap.ConnectedClients = len(d.conns)
 	snap.SubscribedClients = len(d.subs)
 	snap.LostSessions = len(d.rec.lost)
+	for _, l := range d.rec.lost {
+		snap.Lost = append(snap.Lost, metrics.LostSession{Name: l.Name, UID: l.UID})
+	}
 	snap.UnclaimedOverdue = len(d.overdue)
 	snap.UpgradePhase = d.phase
 	snap.KernelLoaded = d.loaded != nil

@@ -427,7 +427,7 @@ func TestBarrierAbort(t *testing.T) {
 func TestRebootFailureKeepsSessions_FaultSwitch(t *testing.T) {
 	dir := t.TempDir()
 	fake := ioctltest.New()
-	h := boot(t, dir, fake, false, func(c *Config) { c.FaultRebootFails = true })
+	h := boot(t, dir, fake, false, func(c *Config) { c.FaultRebootFails = 1 })
 	c := h.dial()
 	if _, err := c.CreateSession(ctx(t), "vm-4", nil); err != nil {
 		t.Fatal(err)
@@ -443,9 +443,20 @@ func TestRebootFailureKeepsSessions_FaultSwitch(t *testing.T) {
 	if err != nil || st.Sessions.Open != 1 || st.UpgradePhase != "" {
 		t.Fatalf("status after failed reboot = %+v, %v", st, err)
 	}
-	// Everything still works, including a second upgrade attempt.
+	// Everything still works, including a second upgrade attempt: the
+	// switch failed one reboot call, the next one is real.
 	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil); !errors.Is(err, client.ErrRebooting) {
+		t.Fatalf("upgrade after the failed reboot = %v, want ErrRebooting", err)
+	}
+	<-h.kx.rebooted
+	h.stop()
+	c2 := boot(t, dir, fake, true, nil).dial()
+	st, err = c2.Status(ctx(t))
+	if err != nil || st.Continuity != "ok" || st.Sessions.Incoming != 1 {
+		t.Fatalf("status after the real upgrade = %+v, %v", st, err)
 	}
 }
 

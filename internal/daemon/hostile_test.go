@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -840,4 +841,82 @@ func TestStalledReaderDoesNotStallOthers(t *testing.T) {
 	mute.close()
 	other.hello()
 	waitFDs(t, fake, before, dir, 5*time.Second) // luod closes its end of mute's connection when it sees EOF
+}
+
+// TestConnectionLimit: past --limits.connections a new client gets a
+// "limit" error and is closed; the clients already served are not
+// disturbed, and a slot that frees is taken by the next client.
+func TestConnectionLimit(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	h := boot(t, dir, fake, false, func(c *Config) { c.MaxConnections = 2 })
+	a := dialRaw(t, h.sock)
+	a.hello()
+	before := openFDs(t)
+	b := dialRaw(t, h.sock)
+	b.hello()
+
+	over := dialRaw(t, h.sock)
+	resp, files := over.recv() // luod answers before any request
+	closeFiles(files)
+	if resp.OK || resp.Error == nil || resp.Error.Code != proto.CodeLimit || !strings.Contains(resp.Error.Message, "at most 2 connections") {
+		t.Fatalf("the third client got %+v, want a limit error naming 2 connections", resp)
+	}
+	over.pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, _, err := over.pc.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("the third client's connection after the refusal: %v, want EOF", err)
+	}
+	over.close()
+	a.hello()
+	b.hello()
+
+	b.close()
+	var late *rawClient
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		// luod frees b's slot when it sees b's EOF.
+		c := dialRaw(t, h.sock)
+		// Until then luod refuses and closes, which may reset the
+		// connection before its answer is read: any failure is a retry.
+		c.pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := c.pc.SendRaw([]byte(`{"v":1,"id":1,"op":"hello"}`)); err == nil {
+			raw, files, _, err := c.pc.Recv()
+			closeFiles(files)
+			if resp, _, derr := proto.DecodeServerMessage(raw); err == nil && derr == nil && resp != nil && resp.OK {
+				late = c
+				break
+			}
+		}
+		c.close()
+		if time.Now().After(deadline) {
+			t.Fatal("a freed connection slot was never taken by a new client")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	late.close()
+	a.hello()
+	waitFDs(t, fake, before, dir, 5*time.Second)
+}
+
+// TestTooLargeAnswerIsAnError: an answer over the protocol's message size
+// (sessions of a thousand sessions) comes back as a "limit" error, not as
+// silence, and the connection goes on.
+func TestTooLargeAnswerIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	h := boot(t, dir, fake, false, nil)
+	c := h.dial()
+	for i := range 1000 {
+		s, err := c.CreateSession(ctx(t), fmt.Sprintf("vm-%04d", i), map[string]string{"vmm": "a label to make it long"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+	}
+	_, err := c.Sessions(ctx(t))
+	if !isCode(err, proto.CodeLimit) || !strings.Contains(err.Error(), "does not fit") {
+		t.Fatalf("sessions of 1000 sessions = %v, want a limit error", err)
+	}
+	if _, err := c.Status(ctx(t)); err != nil {
+		t.Fatalf("status after the refused answer: %v", err)
+	}
 }

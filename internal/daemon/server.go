@@ -188,7 +188,13 @@ func (c *conn) handle(raw []byte, files []*os.File, cred *unix.Ucred) {
 	if err != nil {
 		resp = proto.ErrorResponse(req.ID, err)
 	}
-	c.send(resp, out...)
+	if err := c.send(resp, out...); errors.Is(err, proto.ErrMessageTooLarge) {
+		// The answer does not fit one packet (e.g. sessions of over a
+		// thousand sessions): say so rather than leave the client waiting.
+		c.d.log.Warn("response too large for one packet", "op", req.Op, "err", err)
+		c.send(proto.ErrorResponse(req.ID, proto.Errorf(proto.CodeLimit,
+			"the answer to %s does not fit the protocol's %d-byte message: %v", req.Op, proto.MaxMessageSize, err)))
+	}
 	for _, f := range out {
 		f.Close()
 	}

@@ -163,8 +163,9 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", "upgrade", id, "release", loaded.Release,
 		"since_ready", time.Since(passed), "manifest", manifestTime, "sync", syncTime, "sessions", len(m.Sessions))
 	t0 = time.Now()
-	if d.cfg.FaultRebootFails {
-		err = fmt.Errorf("kexec reboot: EIO: test fault switch --test.fault-reboot")
+	if d.rebootsFailed < d.cfg.FaultRebootFails {
+		d.rebootsFailed++
+		err = fmt.Errorf("kexec reboot: EIO: test fault switch --test.fault-reboot (%d of %d)", d.rebootsFailed, d.cfg.FaultRebootFails)
 	} else {
 		err = d.cfg.Kexec.Reboot()
 	}

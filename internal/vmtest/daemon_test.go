@@ -115,6 +115,7 @@ func TestDaemon(t *testing.T) {
 	}
 
 	t.Run("upgrade_without_kernel_refused", func(t *testing.T) {
+		reliability(t, "upgrade without a loaded kernel", "VM: luoctl upgrade after unload", "no_kernel_loaded; the session kept by the suite intact (size)")
 		admin.Unload(tctx(t, 10*time.Second))
 		_, err := admin.Upgrade(tctx(t, 10*time.Second), proto.UpgradeArgs{}, nil)
 		if !isCode(err, proto.CodeNoKernelLoaded) {
@@ -124,6 +125,7 @@ func TestDaemon(t *testing.T) {
 	})
 
 	t.Run("failed_kexec_load_not_a_kernel", func(t *testing.T) {
+		reliability(t, "kexec load refused: not a kernel (a shell script)", "VM: luoctl load of the demo script", "preflight_failed naming the file; the kept session intact")
 		f, err := os.Open("/luod/demo-stage.sh")
 		if err != nil {
 			t.Fatal(err)
@@ -159,6 +161,7 @@ func TestDaemon(t *testing.T) {
 	}
 
 	t.Run("failed_kexec_load_truncated_kernel", func(t *testing.T) {
+		reliability(t, "kexec load refused: truncated bzImage (the kernel itself would take it)", "VM: luoctl load of the first 64 KiB of the 7.3 bzImage", "preflight_failed: truncated, naming the file; the kept session intact")
 		// The kernel itself loads a truncated bzImage (and would die at
 		// reboot): luod's preflight must refuse it from the header.
 		err := loadBytes(t, "bzImage-truncated", bzImage[:64<<10])
@@ -170,6 +173,7 @@ func TestDaemon(t *testing.T) {
 	})
 
 	t.Run("failed_kexec_load_kernel_refuses", func(t *testing.T) {
+		reliability(t, "kexec load refused by the kernel's loader", "VM: a whole bzImage without XLF_KERNEL_64, through kexec_file_load", "kexec_failed with the kernel's ENOEXEC, naming the file; the kept session intact")
 		// A whole bzImage without XLF_KERNEL_64 passes the preflight; the
 		// kernel's bzImage64 loader refuses it with ENOEXEC.
 		b := append([]byte(nil), bzImage...)
@@ -200,6 +204,7 @@ func TestDaemon(t *testing.T) {
 	})
 
 	t.Run("barrier_abort_then_upgrade_possible", func(t *testing.T) {
+		reliability(t, "a subscriber that never answers the barrier", "VM: a client subscribes and ignores prepare; upgrade with a 1 s timeout", "aborted, the client told; the kept session intact; a later upgrade (dry run) passes")
 		mute := dial(t, sock)
 		if err := mute.Subscribe(tctx(t, 10*time.Second)); err != nil {
 			t.Fatal(err)
@@ -226,6 +231,7 @@ func TestDaemon(t *testing.T) {
 	})
 
 	t.Run("client_killed_during_barrier", func(t *testing.T) {
+		reliability(t, "a client SIGKILLed during the barrier", "VM: a workload process gets prepare and is SIGKILLed before answering", "aborted at once (disconnected, not the 20 s timeout); the kept session intact; the demo then upgrades 7.2 -> 7.3 -> 7.3 with 256 MiB byte-exact")
 		// A workload process that subscribes, gets "prepare" and is
 		// SIGKILLed before answering: the upgrade aborts, nothing is lost.
 		exe, err := os.Executable()
@@ -268,6 +274,7 @@ func TestDaemon(t *testing.T) {
 	})
 
 	t.Run("two_upgrades_at_once", func(t *testing.T) {
+		reliability(t, "two upgrades at once", "VM: a second upgrade while the first holds the barrier", "busy: upgrade in progress; the first completes; the kept session intact")
 		slow := dial(t, sock)
 		slow.Subscribe(tctx(t, 10*time.Second))
 		first := make(chan error, 1)
@@ -296,6 +303,7 @@ func TestDaemon(t *testing.T) {
 	})
 
 	t.Run("second_uid_denied", func(t *testing.T) {
+		reliability(t, "a second uid reaching for root's session and admin operations", "VM: a uid 1000 process lists, deletes, reclaims root's session; status, upgrade, inspect", "not_found for the session, permission_denied for admin ops; its own session works; the kept session intact")
 		exe, err := os.Executable()
 		if err != nil {
 			t.Fatal(err)

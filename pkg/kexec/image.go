@@ -175,22 +175,31 @@ func (img *Image) CheckArch(goarch string) error {
 	return nil
 }
 
-// CheckInitrd refuses an initrd that is no regular file, is empty, or is
-// over MaxInitrdSize. The kernel does not look inside it, so a truncated
-// one cannot be told from a whole one here.
-func CheckInitrd(f *os.File) error {
+// CheckInitrd refuses an initrd that is no regular file, is empty, is
+// over MaxInitrdSize, or that the new kernel could not unpack (truncated,
+// corrupt, no cpio: see verifyInitrd); the kernel's loader takes all of
+// these and the new kernel would panic with the sessions. The note names
+// what could not be verified, if anything.
+func CheckInitrd(f *os.File) (note string, err error) {
 	fi, err := f.Stat()
 	switch {
 	case err != nil:
-		return fmt.Errorf("initrd %s: %w", f.Name(), err)
+		return "", fmt.Errorf("initrd %s: %w", f.Name(), err)
 	case !fi.Mode().IsRegular():
-		return fmt.Errorf("initrd %s is not a regular file", f.Name())
+		return "", fmt.Errorf("initrd %s is not a regular file", f.Name())
 	case fi.Size() == 0:
-		return fmt.Errorf("initrd %s is empty", f.Name())
+		return "", fmt.Errorf("initrd %s is empty", f.Name())
 	case fi.Size() > MaxInitrdSize:
-		return fmt.Errorf("initrd %s of %d bytes is over luod's limit of %d bytes", f.Name(), fi.Size(), int64(MaxInitrdSize))
+		return "", fmt.Errorf("initrd %s of %d bytes is over luod's limit of %d bytes", f.Name(), fi.Size(), int64(MaxInitrdSize))
 	}
-	return nil
+	note, err = verifyInitrd(io.NewSectionReader(f, 0, fi.Size()))
+	if err != nil {
+		return "", fmt.Errorf("initrd %s: %w", f.Name(), err)
+	}
+	if note != "" {
+		note = "initrd " + f.Name() + ": " + note
+	}
+	return note, nil
 }
 
 // FindConfig looks beside a kernel image for its build config: the Debian

@@ -2,8 +2,10 @@ package kexec
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -162,19 +164,85 @@ func mustOpen(t *testing.T, p string) *os.File {
 	return f
 }
 
+// cpioArchive is a newc cpio archive of the given files, with its trailer.
+func cpioArchive(files map[string]string) []byte {
+	var b bytes.Buffer
+	entry := func(name, data string) {
+		fmt.Fprintf(&b, "070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x",
+			1, 0o100644, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
+		b.WriteString(name + "\x00")
+		for b.Len()%4 != 0 {
+			b.WriteByte(0)
+		}
+		b.WriteString(data)
+		for b.Len()%4 != 0 {
+			b.WriteByte(0)
+		}
+	}
+	for name, data := range files {
+		entry(name, data)
+	}
+	entry("TRAILER!!!", "")
+	return b.Bytes()
+}
+
+func gzipped(b []byte) []byte {
+	var out bytes.Buffer
+	z := gzip.NewWriter(&out)
+	z.Write(b)
+	z.Close()
+	return out.Bytes()
+}
+
 func TestCheckInitrd(t *testing.T) {
 	dir := t.TempDir()
-	empty := filepath.Join(dir, "empty.img")
-	os.WriteFile(empty, nil, 0o644)
-	good := filepath.Join(dir, "initrd.img")
-	os.WriteFile(good, []byte("070701"), 0o644)
-	if err := CheckInitrd(mustOpen(t, good)); err != nil {
-		t.Errorf("good initrd: %v", err)
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
-	if err := CheckInitrd(mustOpen(t, empty)); err == nil || !strings.Contains(err.Error(), empty) {
-		t.Errorf("empty initrd: %v, want an error naming it", err)
+	main := cpioArchive(map[string]string{"init": strings.Repeat("#!/bin/sh\n", 5000), "bin/x": "x"})
+	early := cpioArchive(map[string]string{"kernel/x86/microcode/GenuineIntel.bin": "ucode"})
+	gz := gzipped(main)
+	zstdMagic := []byte{0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string // substring of the error; "" for none
+		note string // substring of the note
+	}{
+		{name: "plain cpio", b: main},
+		{name: "gzip cpio", b: gz},
+		{name: "early cpio, padding, gzip", b: append(append(append([]byte{}, early...), 0, 0, 0, 0), gz...)},
+		{name: "zstd named, not verified", b: append(append([]byte{}, early...), zstdMagic...), note: "zstd-compressed part not verified"},
+		{name: "empty", b: nil, want: "is empty"},
+		{name: "zeros only", b: make([]byte, 512), want: "no cpio archive"},
+		{name: "truncated gzip", b: gz[:len(gz)/2], want: "truncated"},
+		{name: "gzip without its trailer", b: gz[:len(gz)-4], want: "truncated"},
+		{name: "gzip with a bad CRC", b: append(append([]byte{}, gz[:len(gz)-8]...), 0, 0, 0, 0, gz[len(gz)-4], gz[len(gz)-3], gz[len(gz)-2], gz[len(gz)-1]), want: "checksum"},
+		{name: "truncated cpio", b: main[:len(main)-200], want: "before its TRAILER!!!"},
+		{name: "gzip of no cpio", b: gzipped([]byte("hello")), want: "no cpio archive"},
+		{name: "no magic", b: []byte("#!/bin/sh\n"), want: "invalid magic"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := write(strings.ReplaceAll(tc.name, " ", "_")+".img", tc.b)
+			note, err := CheckInitrd(mustOpen(t, p))
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("CheckInitrd = %v, want nil", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), p)):
+				t.Fatalf("CheckInitrd = %v, want an error naming %s and saying %q", err, p, tc.want)
+			case !strings.Contains(note, tc.note) || (tc.note == "") != (note == ""):
+				t.Fatalf("note %q, want %q", note, tc.note)
+			}
+			if err != nil && tc.want != "is empty" && !errors.Is(err, ErrBadInitrd) {
+				t.Errorf("%v does not match ErrBadInitrd", err)
+			}
+		})
 	}
-	if err := CheckInitrd(mustOpen(t, dir)); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+	if _, err := CheckInitrd(mustOpen(t, dir)); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("directory as initrd: %v", err)
 	}
 }

@@ -181,6 +181,16 @@ luod_upgrade_phase{phase="verify"} 1
 `, names...)
 }
 
+func TestLostSessionsNamed(t *testing.T) {
+	m, _ := newTest(t, Snapshot{LostSessions: 2, Lost: []LostSession{{Name: "vm-a", UID: 0}, {Name: "vm-b", UID: 1000}}})
+	compare(t, m.c, `
+# HELP luod_session_lost_info A metric with a constant value of 1 per session of the previous boot that this boot could not give back, labeled by its name and owner's uid (luoctl status lists them too).
+# TYPE luod_session_lost_info gauge
+luod_session_lost_info{session="vm-a",uid="0"} 1
+luod_session_lost_info{session="vm-b",uid="1000"} 1
+`, "luod_session_lost_info")
+}
+
 func TestEvents(t *testing.T) {
 	m, _ := newTest(t, busy)
 	m.ObserveKexecLoad(30*time.Millisecond, nil)

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"slices"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -56,6 +57,9 @@ type Snapshot struct {
 	// LostSessions counts the sessions the previous boot held that this
 	// boot could not give back (Status.LostSessions).
 	LostSessions int
+	// Lost names those sessions, with their owners' uids, for
+	// luod_session_lost_info.
+	Lost []LostSession
 	// UnclaimedOverdue counts incoming sessions still unclaimed after
 	// --reclaim.grace (Status.UnclaimedOverdue).
 	UnclaimedOverdue int
@@ -65,6 +69,12 @@ type Snapshot struct {
 	// KernelLoaded is set while a kernel is loaded for the next live
 	// update (luoctl load, until unload or reboot).
 	KernelLoaded bool
+}
+
+// LostSession is one session of Snapshot.Lost.
+type LostSession struct {
+	Name string
+	UID  uint32
 }
 
 var (
@@ -106,6 +116,9 @@ var (
 	sessionsLostDesc = prometheus.NewDesc(fqName("sessions", "lost"),
 		"Sessions of the previous boot that this boot could not give back.",
 		nil, nil)
+	sessionLostInfoDesc = prometheus.NewDesc(fqName("session", "lost_info"),
+		"A metric with a constant value of 1 per session of the previous boot that this boot could not give back, labeled by its name and owner's uid (luoctl status lists them too).",
+		[]string{"session", "uid"}, nil)
 	unclaimedOverdueDesc = prometheus.NewDesc(fqName("sessions", "unclaimed_overdue"),
 		"Sessions handed over by the live update and still unclaimed by their owners after the reclaim grace period.",
 		nil, nil)
@@ -134,7 +147,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		buildInfoDesc, continuityDesc, liveUpdateNumberDesc, sessionsDesc, sessionFilesDesc,
 		preservedBytesDesc, clientsConnectedDesc, clientsSubscribedDesc, sessionsLostDesc,
-		unclaimedOverdueDesc, upgradePhaseDesc, kernelLoadedDesc,
+		sessionLostInfoDesc, unclaimedOverdueDesc, upgradePhaseDesc, kernelLoadedDesc,
 	} {
 		ch <- d
 	}
@@ -160,6 +173,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(clientsConnectedDesc, float64(s.ConnectedClients))
 	gauge(clientsSubscribedDesc, float64(s.SubscribedClients))
 	gauge(sessionsLostDesc, float64(s.LostSessions))
+	for _, l := range s.Lost {
+		gauge(sessionLostInfoDesc, 1, l.Name, strconv.FormatUint(uint64(l.UID), 10))
+	}
 	gauge(unclaimedOverdueDesc, float64(s.UnclaimedOverdue))
 	stateSet(ch, upgradePhaseDesc, phases, s.UpgradePhase)
 	gauge(kernelLoadedDesc, boolValue(s.KernelLoaded))

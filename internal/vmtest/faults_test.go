@@ -1,0 +1,791 @@
+//go:build linux
+
+package vmtest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/pkg/client"
+	"github.com/luod/luod/pkg/kexec"
+	"github.com/luod/luod/pkg/proto"
+)
+
+// The fault cases of deploy/qemu/faults.sh (make vm-faults): luod runs as
+// a plain service (deploy/qemu/luod-svc.sh, no systemd, so no fd store)
+// with its state directory on the host share, LUOD_STATE_DIR, so that the
+// third boot, a second QEMU run, finds what the second left.
+//
+//	boot 1 (7.2, cold): the faults, then the real kexec
+//	boot 2 (7.3): every session reclaimed byte-exact; two left open,
+//	               then the machine powers off
+//	boot 3 (7.3, cold boot on the same share): those two named lost
+
+const (
+	loadClients  = 1000
+	loadFileSize = 64 << 10
+	// Bounds on luod while it serves loadClients clients, each with a
+	// session and a preserved memfd: per client its connection and its
+	// session fd, and a little; resident memory well under the VM's.
+	loadFDsPerClient = 2
+	loadFDSlack      = 64
+	loadMaxHWMKiB    = 256 << 10
+	metricsURL       = "http://127.0.0.1:9478/metrics"
+)
+
+// faultFiles are the sessions whose data the faults must not touch, with
+// their sizes and pattern seeds; boot 2 reclaims each byte-exact.
+var faultFiles = map[string]struct {
+	size int
+	seed byte
+}{
+	"faults-keep": {4 << 20, 10}, // made before every fault of boot 1
+	"quit-vmm":    {16 << 20, 20},
+	"faults-full": {64 << 10, 30}, // made while the state directory is full
+	"faults-ro":   {64 << 10, 31}, // and read-only
+}
+
+// faultState is what boot 1 leaves for boot 2 in the share.
+type faultState struct {
+	Digests map[string]string `json:"digests"`
+	Load    loadStats         `json:"load"`
+}
+
+type loadStats struct {
+	Clients   int   `json:"clients"`
+	SetupMS   int64 `json:"setup_ms"`
+	FDsBefore int   `json:"fds_before"`
+	FDsAt     int   `json:"fds_at_load"`
+	RSSKiB    int   `json:"rss_kib"`
+	HWMKiB    int   `json:"hwm_kib"`
+}
+
+func statePath(share string) string { return filepath.Join(share, "state", "faults.json") }
+
+// TestFaults is one boot of the fault run.
+func TestFaults(t *testing.T) {
+	e := getEnv(t)
+	if os.Getenv("LUOD_STATE_DIR") == "" {
+		t.Fatal("LUOD_STATE_DIR is not set: run by deploy/qemu/faults.sh")
+	}
+	t.Logf("fault boot %d on kernel %s", e.stage, release(t))
+	switch e.stage {
+	case 1:
+		faultsBeforeKexec(t, e)
+	case 2:
+		faultsAfterKexec(t, e)
+	case 3:
+		faultsColdBoot(t, e)
+	default:
+		t.Fatalf("no fault boot %d", e.stage)
+	}
+}
+
+// luodSvc runs deploy/qemu/luod-svc.sh (start, kill).
+func luodSvc(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := exec.Command("sh", append([]string{"./luod-svc.sh"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("luod-svc.sh %v: %v\n%s", args, err, out)
+	}
+}
+
+func luodPID(t *testing.T) int {
+	t.Helper()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(b)) == "luod" {
+			return pid
+		}
+	}
+	t.Fatal("no luod process")
+	return 0
+}
+
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// procKiB reads a VmRSS-style field of /proc/PID/status.
+func procKiB(t *testing.T, pid int, field string) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^` + field + `:\s+(\d+) kB`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no %s in /proc/%d/status", field, pid)
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// luodLog is what luod logged so far (luod-svc.sh keeps it).
+func luodLog(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/tmp/luod.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// waitLog waits until luod's log after offset from matches re.
+func waitLog(t *testing.T, from int, re string) string {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		l := luodLog(t)
+		if m := rx.FindString(l[from:]); m != "" {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("luod did not log /%s/; its log since:\n%s", re, l[from:])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// metrics returns luod's metrics lines that start with name.
+func metrics(t *testing.T, name string) []string {
+	t.Helper()
+	resp, err := http.Get(metricsURL)
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, name+" ") || strings.HasPrefix(l, name+"{") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func wantMetric(t *testing.T, line string) {
+	t.Helper()
+	name, _, _ := strings.Cut(line, " ")
+	name, _, _ = strings.Cut(name, "{")
+	got := metrics(t, name)
+	series, want, _ := strings.Cut(line, " ")
+	for _, l := range got {
+		// Values compare as numbers: the exposition writes 8.650752e+07.
+		ls, v, _ := strings.Cut(l, " ")
+		a, err1 := strconv.ParseFloat(v, 64)
+		b, err2 := strconv.ParseFloat(want, 64)
+		if ls == series && err1 == nil && err2 == nil && a == b {
+			return
+		}
+	}
+	t.Errorf("metrics: no %q among %q", line, got)
+}
+
+// waitDiskCopy waits until luod's manifest copy on disk names every one of
+// names: luod writes it in the background, coalescing bursts.
+func waitDiskCopy(t *testing.T, names ...string) {
+	t.Helper()
+	p := filepath.Join(os.Getenv("LUOD_STATE_DIR"), "manifest.json")
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		b, _ := os.ReadFile(p)
+		all := true
+		for _, n := range names {
+			all = all && strings.Contains(string(b), `"`+n+`"`)
+		}
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("luod's manifest copy %s never named %v:\n%s", p, names, b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// preserveNew creates session name with one memfd of size bytes of the
+// seed's pattern and returns the data's digest. The memfd and the session
+// fd are closed again: luod alone holds the session.
+func preserveNew(t *testing.T, c *client.Client, name string, size int, seed byte) string {
+	t.Helper()
+	s, err := c.CreateSession(tctx(t, 30*time.Second), name, nil)
+	if err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+	s.Close()
+	b := make([]byte, size)
+	pattern(b, seed, 1)
+	f := memfdOf(t, b)
+	if _, err := c.Preserve(tctx(t, 30*time.Second), name, []client.FileToPreserve{{File: f, Token: 1}}); err != nil {
+		t.Fatalf("preserve %s: %v", name, err)
+	}
+	f.Close()
+	return digest(b)
+}
+
+// reclaimDigest reclaims (and finishes) session name and returns the
+// digest of its one file, checking its size.
+func reclaimDigest(t *testing.T, c *client.Client, name string, size int) string {
+	t.Helper()
+	files, err := c.Reclaim(tctx(t, time.Minute), name, true)
+	if err != nil {
+		t.Fatalf("reclaim %s: %v", name, err)
+	}
+	defer func() {
+		for _, f := range files {
+			f.File.Close()
+		}
+	}()
+	if len(files) != 1 || files[0].Size != int64(size) {
+		t.Fatalf("reclaim %s: %+v, want one file of %d bytes", name, files, size)
+	}
+	b := make([]byte, size)
+	if _, err := files[0].File.ReadAt(b, 0); err != nil {
+		t.Fatalf("read %s: %v", name, err)
+	}
+	return digest(b)
+}
+
+// sessionSizes sums up what luod holds, from its metrics (the admin
+// sessions answer does not fit one message with a thousand sessions):
+// sessions and files by state, and the preserved bytes.
+func sessionSizes(t *testing.T) string {
+	t.Helper()
+	var out []string
+	for _, name := range []string{"luod_sessions", "luod_session_files", "luod_preserved_bytes"} {
+		out = append(out, metrics(t, name)...)
+	}
+	return strings.Join(out, "; ")
+}
+
+func sameSizes(t *testing.T, what string, before, after string) {
+	t.Helper()
+	if before != after {
+		t.Errorf("sessions changed %s:\nbefore %v\nafter  %v", what, before, after)
+	}
+}
+
+// child runs this test binary's TestFaultChild in mode, as another
+// process (a workload), and returns it started, with its stdout.
+func child(t *testing.T, mode string) (*exec.Cmd, *bufio.Reader) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run", "^TestFaultChild$")
+	cmd.Env = append(os.Environ(), "LUOD_VMTEST_CHILD="+mode)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, bufio.NewReader(out)
+}
+
+// loadNextReal loads boot2's kernel with the harness's initrd and this
+// command line pointing at stage 2: what the real kexec boots.
+func loadNextReal(t *testing.T, c *client.Client, share string) {
+	t.Helper()
+	k, err := os.Open(filepath.Join(share, "boot2", "vmlinuz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	i, err := os.Open(filepath.Join(share, "initrd.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer i.Close()
+	cfg, err := os.Open(filepath.Join(share, "boot2", "config"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cfg.Close()
+	cmdline := regexp.MustCompile(`luod\.stage=\d+`).ReplaceAllString(readTrim(t, "/proc/cmdline"), "luod.stage=2")
+	if _, err := c.Load(tctx(t, 2*time.Minute), k, i, cfg, proto.LoadArgs{Cmdline: cmdline}); err != nil {
+		t.Fatalf("load: %v", err)
+	}
+}
+
+func faultsBeforeKexec(t *testing.T, e env) {
+	sock := proto.DefaultSocket
+	st := faultState{Digests: map[string]string{}}
+	step := func(name string, f func(t *testing.T)) {
+		if !t.Run(name, f) {
+			t.FailNow()
+		}
+	}
+
+	step("luod_killed_without_fd_store", func(t *testing.T) {
+		reliability(t, "luod SIGKILLed without an fd store (init without systemd)",
+			"VM: 2 sessions held by luod alone (their clients gone), SIGKILL, luod restarted in the same boot",
+			"the restarted luod names both lost, from its manifest copy on disk: luoctl status, log (session LOST), metrics")
+		c := dial(t, sock)
+		preserveNew(t, c, "killed-a", 64<<10, 1)
+		preserveNew(t, c, "killed-b", 64<<10, 2)
+		c.Close()
+		waitDiskCopy(t, "killed-a", "killed-b")
+		from := len(luodLog(t))
+		luodSvc(t, "kill")
+		// The restarted luod fails its first reboot call: the case
+		// reboot_fails_fault_switch below.
+		luodSvc(t, "start", "--test.fault-reboot=1")
+		s, err := dial(t, sock).Status(tctx(t, 10*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(s.LostSessions, ",") != "killed-a,killed-b" || s.Continuity != proto.ContinuityFresh {
+			t.Errorf("status after the restart: lost %v, continuity %s; want killed-a,killed-b lost, fresh", s.LostSessions, s.Continuity)
+		}
+		for _, n := range []string{"killed-a", "killed-b"} {
+			waitLog(t, from, `session LOST.*session=`+n)
+		}
+		wantMetric(t, "luod_sessions_lost 2")
+	})
+
+	admin := dial(t, sock)
+	st.Digests["faults-keep"] = preserveNew(t, admin, "faults-keep", faultFiles["faults-keep"].size, faultFiles["faults-keep"].seed)
+
+	step("client_quits_after_preserve", func(t *testing.T) {
+		cmd, out := child(t, "checkpoint")
+		line, _ := out.ReadString('\n')
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("the checkpointing client: %v (said %q)", err, line)
+		}
+		d, ok := strings.CutPrefix(strings.TrimSpace(line), "preserved ")
+		if !ok {
+			t.Fatalf("the checkpointing client said %q", line)
+		}
+		st.Digests["quit-vmm"] = d
+		s, err := admin.Status(tctx(t, 10*time.Second))
+		if err != nil || s.Sessions.Open != 2 {
+			t.Fatalf("status after the client quit: %+v, %v; want 2 open sessions (faults-keep, quit-vmm)", s, err)
+		}
+	})
+
+	step("load_refused", func(t *testing.T) {
+		reliability(t, "kexec_file_load refused: truncated initrd, kernel over 256 MiB, initrd over 2 GiB",
+			"VM: luoctl load of each, with sessions held",
+			"preflight_failed naming the file and the reason; nothing loaded; every session intact (sizes)")
+		before := sessionSizes(t)
+		tmp := t.TempDir()
+		kernel := filepath.Join(e.share, "boot2", "vmlinuz")
+		initrd, err := os.ReadFile(filepath.Join(e.share, "initrd.img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		write := func(name string, b []byte, size int64) string {
+			p := filepath.Join(tmp, name)
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if size > 0 {
+				if err := os.Truncate(p, size); err != nil { // sparse
+					t.Fatal(err)
+				}
+			}
+			return p
+		}
+		kb, err := os.ReadFile(kernel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct{ kernel, initrd, named, why string }{
+			{kernel, write("initrd-truncated.img", initrd[:len(initrd)/2], 0), "initrd-truncated.img", "truncated"},
+			{write("vmlinuz-huge", kb, kexec.MaxKernelSize+1), "", "vmlinuz-huge", "over luod's limit"},
+			{kernel, write("initrd-huge.img", initrd[:4096], kexec.MaxInitrdSize+1), "initrd-huge.img", "over luod's limit"},
+		} {
+			k, err := os.Open(tc.kernel)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var i *os.File
+			if tc.initrd != "" {
+				if i, err = os.Open(tc.initrd); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err = admin.Load(tctx(t, time.Minute), k, i, nil, proto.LoadArgs{ReuseCmdline: true})
+			k.Close()
+			if i != nil {
+				i.Close()
+			}
+			if !isCode(err, proto.CodePreflightFailed) || !strings.Contains(err.Error(), tc.named) || !strings.Contains(err.Error(), tc.why) {
+				t.Errorf("load of %s = %v, want preflight_failed naming it: %s", tc.named, err, tc.why)
+				continue
+			}
+			t.Logf("refused: %v", err)
+		}
+		s, err := admin.Status(tctx(t, 10*time.Second))
+		if err != nil || s.Loaded != nil {
+			t.Errorf("status after refused loads: %+v, %v; want nothing loaded", s, err)
+		}
+		sameSizes(t, "by refused loads", before, sessionSizes(t))
+	})
+
+	step("load_1000_clients", func(t *testing.T) {
+		pid := luodPID(t)
+		st.Load.Clients = loadClients
+		st.Load.FDsBefore = fdCount(t, pid)
+		t0 := time.Now()
+		// The clients stay: they answer the barriers of the dry run, the
+		// failed reboot and the real kexec below.
+		_, out := child(t, "load")
+		line, _ := out.ReadString('\n')
+		if strings.TrimSpace(line) != "ready" {
+			t.Fatalf("the load clients said %q", line)
+		}
+		st.Load.SetupMS = time.Since(t0).Milliseconds()
+		st.Load.FDsAt = fdCount(t, pid)
+		st.Load.RSSKiB = procKiB(t, pid, "VmRSS")
+		st.Load.HWMKiB = procKiB(t, pid, "VmHWM")
+		t.Logf("%d clients served in %d ms; luod: %d fds (%d before), VmRSS %d KiB, VmHWM %d KiB",
+			loadClients, st.Load.SetupMS, st.Load.FDsAt, st.Load.FDsBefore, st.Load.RSSKiB, st.Load.HWMKiB)
+		// faults-keep and quit-vmm, and one session of one file each.
+		wantMetric(t, fmt.Sprintf(`luod_sessions{state="open"} %d`, loadClients+2))
+		wantMetric(t, fmt.Sprintf(`luod_session_files{state="open"} %d`, loadClients+2))
+		wantMetric(t, fmt.Sprintf("luod_preserved_bytes %d", loadClients*loadFileSize+(4<<20)+(16<<20)))
+		if max := st.Load.FDsBefore + loadFDsPerClient*loadClients + loadFDSlack; st.Load.FDsAt > max {
+			t.Errorf("luod holds %d fds with %d clients, want at most %d", st.Load.FDsAt, loadClients, max)
+		}
+		if st.Load.HWMKiB > loadMaxHWMKiB {
+			t.Errorf("luod's VmHWM %d KiB, want at most %d", st.Load.HWMKiB, loadMaxHWMKiB)
+		}
+		wantMetric(t, fmt.Sprintf("luod_clients_subscribed %d", loadClients))
+	})
+
+	step("load_next_kernel", func(t *testing.T) { loadNextReal(t, admin, e.share) })
+
+	step("state_dir_full_then_read_only", func(t *testing.T) {
+		dir := os.Getenv("LUOD_STATE_DIR")
+		if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=16k"); err != nil {
+			t.Fatalf("mount a tiny tmpfs on %s: %v", dir, err)
+		}
+		fill, err := os.Create(filepath.Join(dir, "filler"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for err == nil {
+			_, err = fill.Write(make([]byte, 4096))
+		}
+		fill.Close()
+		if !errors.Is(err, unix.ENOSPC) {
+			t.Fatalf("filling %s: %v, want ENOSPC", dir, err)
+		}
+		from := len(luodLog(t))
+		st.Digests["faults-full"] = preserveNew(t, admin, "faults-full", faultFiles["faults-full"].size, faultFiles["faults-full"].seed)
+		t.Logf("full: %s", waitLog(t, from, `level=WARN msg="cannot write the manifest copy".*no space left on device`))
+
+		if err := unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			t.Fatalf("remount %s read-only: %v", dir, err)
+		}
+		from = len(luodLog(t))
+		st.Digests["faults-ro"] = preserveNew(t, admin, "faults-ro", faultFiles["faults-ro"].size, faultFiles["faults-ro"].seed)
+		t.Logf("read-only: %s", waitLog(t, from, `level=WARN msg="cannot write the manifest copy".*read-only file system`))
+
+		// The manifest phase, with 1000 clients at the barrier: the copy
+		// cannot be written, the in-memory manifest is.
+		from = len(luodLog(t))
+		if _, err := admin.Upgrade(tctx(t, 3*time.Minute), proto.UpgradeArgs{DryRun: true, TimeoutMS: 120000}, nil); err != nil {
+			t.Fatalf("dry run with a read-only state directory: %v", err)
+		}
+		waitLog(t, from, `cannot write the manifest copy; the in-memory manifest still crosses the kexec`)
+		waitLog(t, from, `manifest written.*sessions=100[0-9]`)
+	})
+
+	step("reboot_fails_fault_switch", func(t *testing.T) {
+		reliability(t, "reboot(2) fails (test fault switch --test.fault-reboot)",
+			fmt.Sprintf("VM: luoctl upgrade with %d subscribed clients; the switch fails the first reboot call with EIO", loadClients),
+			"kexec_failed naming every session intact; sessions unchanged (sizes), upgrade phase cleared, kernel still loaded; the next upgrade is this run's real kexec, whose sessions boot 2 reclaims byte-exact")
+		before := sessionSizes(t)
+		from := len(luodLog(t))
+		_, err := admin.Upgrade(tctx(t, 3*time.Minute), proto.UpgradeArgs{TimeoutMS: 120000}, nil)
+		if !isCode(err, proto.CodeKexecFailed) || !strings.Contains(err.Error(), "every session is intact") {
+			t.Fatalf("upgrade with the failing reboot = %v, want kexec_failed: every session is intact", err)
+		}
+		t.Logf("refused: %v", err)
+		waitLog(t, from, `reboot failed; back to normal with every session intact`)
+		s, err := admin.Status(tctx(t, 10*time.Second))
+		if err != nil || s.UpgradePhase != "" || s.Loaded == nil {
+			t.Fatalf("status after the failed reboot: %+v, %v", s, err)
+		}
+		sameSizes(t, "by the failed reboot", before, sessionSizes(t))
+		wantMetric(t, `luod_upgrades_total{result="failed"} 1`)
+	})
+
+	// The real kexec, as the same luod's next upgrade.
+	b, _ := json.MarshalIndent(st, "", "  ")
+	if err := os.WriteFile(statePath(e.share), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("LUOD-VM: fault boot 1: upgrading into boot2: %s\n", sessionSizes(t))
+	os.Stdout.Sync()
+	unix.Sync()
+	_, err := admin.Upgrade(context.Background(), proto.UpgradeArgs{TimeoutMS: 120000}, nil)
+	if !errors.Is(err, client.ErrRebooting) {
+		t.Fatalf("the real upgrade = %v, want the kexec", err)
+	}
+	time.Sleep(time.Minute)
+	t.Fatal("still running a minute after luod committed the kexec")
+}
+
+func faultsAfterKexec(t *testing.T, e env) {
+	var st faultState
+	b, err := os.ReadFile(statePath(e.share))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	admin := dial(t, proto.DefaultSocket)
+	s, err := admin.Status(tctx(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("status: liveupdate #%d %s, %d incoming, lost %v", s.LiveUpdateNumber, s.Continuity, s.Sessions.Incoming, s.LostSessions)
+	if s.Continuity != proto.ContinuityOK || s.LiveUpdateNumber != 1 || len(s.LostSessions) != 0 ||
+		s.Sessions.Incoming != loadClients+len(faultFiles) {
+		t.Fatalf("status after the kexec: %+v; want continuity ok, #1, %d incoming, none lost", s, loadClients+len(faultFiles))
+	}
+	byteExact := func(t *testing.T, name string) {
+		t.Helper()
+		f := faultFiles[name]
+		if got := reclaimDigest(t, admin, name, f.size); got != st.Digests[name] {
+			t.Errorf("%s: sha256 %s after the kexec, %s before", name, got, st.Digests[name])
+		}
+	}
+
+	t.Run("load_1000_clients", func(t *testing.T) {
+		reliability(t, fmt.Sprintf("%d concurrent clients, each a session and a %d KiB memfd", loadClients, loadFileSize>>10),
+			fmt.Sprintf("VM: %d connections at once (RLIMIT_NOFILE raised), each creates, preserves, subscribes and answers the barriers of a dry run, a failed reboot and the kexec", loadClients),
+			fmt.Sprintf("all served in %d ms; luod at %d clients: %d fds (%d before, bound +%d per client), VmHWM %d MiB (bound %d MiB); after the kexec all %d reclaimed byte-exact by %d concurrent clients",
+				st.Load.SetupMS, loadClients, st.Load.FDsAt, st.Load.FDsBefore, loadFDsPerClient, st.Load.HWMKiB>>10, loadMaxHWMKiB>>10, loadClients, loadClients))
+		var wg sync.WaitGroup
+		var bad atomic.Int32
+		var first sync.Once
+		t0 := time.Now()
+		for i := range loadClients {
+			wg.Go(func() {
+				if err := reclaimLoad(i); err != nil {
+					bad.Add(1)
+					first.Do(func() { t.Errorf("load-%04d: %v", i, err) })
+				}
+			})
+		}
+		wg.Wait()
+		t.Logf("%d sessions reclaimed by %d concurrent clients in %v, %d failed", loadClients, loadClients, time.Since(t0), bad.Load())
+		if bad.Load() != 0 {
+			t.Errorf("%d of %d load sessions not reclaimed byte-exact", bad.Load(), loadClients)
+		}
+	})
+
+	t.Run("client_quits_after_preserve", func(t *testing.T) {
+		reliability(t, "a client exits after preserving (a VMM that checkpoints and quits)",
+			"VM: a process creates a session, preserves 16 MiB and exits before the kexec; after it, a new process of the workload reclaims",
+			"16 MiB byte-exact (sha256) after the kexec, reclaimed and finished by the restarted client")
+		cmd, out := child(t, "restore")
+		line, _ := out.ReadString('\n')
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("the restarted client: %v (said %q)", err, line)
+		}
+		if got := strings.TrimSpace(line); got != "reclaimed "+st.Digests["quit-vmm"] {
+			t.Fatalf("the restarted client said %q, want reclaimed %s", got, st.Digests["quit-vmm"])
+		}
+	})
+
+	t.Run("state_dir_full_then_read_only", func(t *testing.T) {
+		reliability(t, "state directory full (16 KiB tmpfs), then read-only",
+			"VM: sessions preserved while the manifest copy cannot be written (ENOSPC, then EROFS); a dry run and the kexec with the directory read-only",
+			"a warning for each failed write (ENOSPC, EROFS, the manifest phase); after the kexec continuity ok and both sessions byte-exact: the in-memory manifest crossed")
+		byteExact(t, "faults-full")
+		byteExact(t, "faults-ro")
+	})
+
+	t.Run("sessions_through_every_fault", func(t *testing.T) {
+		reliability(t, "a session through every fault of boot 1",
+			"VM: 4 MiB preserved before the kill, refused loads, 1000 clients, full and read-only state directory, failed reboot",
+			"4 MiB byte-exact (sha256) after the kexec")
+		byteExact(t, "faults-keep")
+	})
+
+	t.Run("cold_boot_prepare", func(t *testing.T) {
+		preserveNew(t, admin, "cold-a", 64<<10, 40)
+		preserveNew(t, admin, "cold-b", 64<<10, 41)
+		waitDiskCopy(t, "cold-a", "cold-b")
+		unix.Sync()
+		fmt.Println("LUOD-VM: fault boot 2: cold-a and cold-b open; powering off (no kexec)")
+	})
+}
+
+// reclaimLoad is one of the load clients after the kexec: its own
+// connection, reclaim and finish, the data checked.
+func reclaimLoad(i int) error {
+	c, err := client.Dial(proto.DefaultSocket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	files, err := c.Reclaim(ctx, fmt.Sprintf("load-%04d", i), true)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, f := range files {
+			f.File.Close()
+		}
+	}()
+	if len(files) != 1 || files[0].Size != loadFileSize {
+		return fmt.Errorf("reclaimed %+v, want one file of %d bytes", files, loadFileSize)
+	}
+	got, want := make([]byte, loadFileSize), make([]byte, loadFileSize)
+	if _, err := files[0].File.ReadAt(got, 0); err != nil {
+		return err
+	}
+	loadPattern(want, i)
+	if string(got) != string(want) {
+		return errors.New("data differs")
+	}
+	return nil
+}
+
+// loadPattern is load client i's data: distinct per client.
+func loadPattern(b []byte, i int) { pattern(b, byte(i), 100+i>>8) }
+
+func faultsColdBoot(t *testing.T, e env) {
+	reliability(t, "cold boot where a kexec was expected",
+		"VM: powered off with 2 sessions open, a second QEMU run on the same share (the same state directory)",
+		"continuity cold_boot; both sessions named lost in luoctl status, the log (session LOST) and metrics (luod_sessions_lost 2, luod_session_lost_info per name)")
+	s, err := dial(t, proto.DefaultSocket).Status(tctx(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("status: liveupdate #%d %s, lost %v", s.LiveUpdateNumber, s.Continuity, s.LostSessions)
+	if s.Continuity != proto.ContinuityColdBoot || strings.Join(s.LostSessions, ",") != "cold-a,cold-b" {
+		t.Errorf("status of the cold boot: continuity %s, lost %v; want cold_boot, cold-a,cold-b", s.Continuity, s.LostSessions)
+	}
+	for _, n := range []string{"cold-a", "cold-b"} {
+		waitLog(t, 0, `session LOST.*session=`+n)
+		wantMetric(t, fmt.Sprintf(`luod_session_lost_info{session=%q,uid="0"} 1`, n))
+	}
+	wantMetric(t, "luod_sessions_lost 2")
+	wantMetric(t, `luod_boot_continuity{continuity="cold_boot"} 1`)
+}
+
+// TestFaultChild is a workload process of the fault cases, by
+// LUOD_VMTEST_CHILD: "checkpoint" preserves quit-vmm and exits,
+// "restore" reclaims it after the kexec, "load" is the load clients.
+func TestFaultChild(t *testing.T) {
+	mode := os.Getenv("LUOD_VMTEST_CHILD")
+	switch mode {
+	case "checkpoint":
+		c := dial(t, proto.DefaultSocket)
+		f := faultFiles["quit-vmm"]
+		d := preserveNew(t, c, "quit-vmm", f.size, f.seed)
+		fmt.Println("preserved " + d)
+	case "restore":
+		c := dial(t, proto.DefaultSocket)
+		fmt.Println("reclaimed " + reclaimDigest(t, c, "quit-vmm", faultFiles["quit-vmm"].size))
+	case "load":
+		loadClientsServe(t)
+	default:
+		t.Skip("run by TestFaults as a workload process")
+	}
+}
+
+// loadClientsServe connects loadClients clients at once, each with a
+// session and a preserved memfd, subscribed; says "ready" and then
+// answers every barrier until the kexec ends it.
+func loadClientsServe(t *testing.T) {
+	var wg sync.WaitGroup
+	errs := make(chan error, loadClients)
+	clients := make([]*client.Client, loadClients)
+	for i := range loadClients {
+		wg.Go(func() {
+			err := func() error {
+				c, err := client.Dial(proto.DefaultSocket)
+				if err != nil {
+					return err
+				}
+				clients[i] = c
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+				defer cancel()
+				name := fmt.Sprintf("load-%04d", i)
+				s, err := c.CreateSession(ctx, name, nil)
+				if err != nil {
+					return err
+				}
+				s.Close()
+				b := make([]byte, loadFileSize)
+				loadPattern(b, i)
+				fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+				if err != nil {
+					return err
+				}
+				f := os.NewFile(uintptr(fd), name)
+				defer f.Close()
+				if _, err := f.Write(b); err != nil {
+					return err
+				}
+				if _, err := c.Preserve(ctx, name, []client.FileToPreserve{{File: f, Token: 1}}); err != nil {
+					return err
+				}
+				return c.Subscribe(ctx)
+			}()
+			if err != nil {
+				errs <- fmt.Errorf("load client %d: %w", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for _, c := range clients {
+		go func() {
+			for ev := range c.Events() {
+				if ev.Event == proto.EventPrepare {
+					var p proto.PrepareEvent
+					json.Unmarshal(ev.Data, &p)
+					c.Ready(context.Background(), p.Upgrade)
+				}
+			}
+		}()
+	}
+	fmt.Println("ready")
+	select {} // until the kexec
+}
