@@ -187,7 +187,7 @@ func (s *devSlot) RetrieveSession(name string) (session.Handle, error) {
 // setCarried gives RetrieveSession the sessions systemd handed back.
 func (s *devSlot) setCarried(c map[string]session.Handle, on func(string)) {
 	s.mu.Lock()
-	s.carried, s.onCarried = c, on
+	s.carried, s.onCarried = maps.Clone(c), on
 	s.mu.Unlock()
 }
 

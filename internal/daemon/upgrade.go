@@ -260,5 +260,9 @@ func (d *Daemon) orderlyReboot(id string, req *conn, subs []*conn, release strin
 	}
 	d.log.Info("kexec.target queued: waiting for systemd to stop luod", "upgrade", id)
 	<-d.stopping
+	// As on the direct path the requester sees its connection end, not
+	// an answer.
+	req.closed.Store(true)
+	req.c.Close()
 	return nil, proto.Errorf(proto.CodeKexecFailed, "luod stopped for the kexec")
 }

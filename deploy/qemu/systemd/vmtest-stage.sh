@@ -198,11 +198,21 @@ case "$stage" in
 	# the VM off then. The shutdown step logs to the kernel log: show it.
 	: >"$kexec_marker"
 	dmesg -n 7
-	out=$(luoctl upgrade --timeout 60s 2>&1) && rc=0 || rc=$?
-	echo "$out" | indent
-	[ $rc = 0 ] || { rm -f "$kexec_marker"; die "luoctl upgrade exited $rc"; }
-	expect "luoctl upgrade" "$out" 'committed'
-	q=$(luodlog 2>/dev/null | grep -E 'upgrade requested|kexec.target')
+	# luoctl gets "committed" and then waits for its connection to end,
+	# which happens only when systemd stops luod — after this unit, which
+	# is ordered after luod. So it runs in the background, and luod's
+	# journal says when kexec.target is queued.
+	luoctl upgrade --timeout 60s >/run/luod-vmtest.upgrade 2>&1 &
+	i=0
+	until q=$(luodlog 2>/dev/null | grep -E 'upgrade requested|kexec.target') && echo "$q" | grep -q 'kexec.target queued'; do
+		i=$((i + 1))
+		if [ $i -ge 120 ] || ! kill -0 $! 2>/dev/null; then
+			rm -f "$kexec_marker"
+			cat /run/luod-vmtest.upgrade 2>/dev/null | indent
+			die "luod did not queue kexec.target"
+		fi
+		sleep 1
+	done
 	echo "$q" | indent
 	expect "luod's journal" "$q" '[Pp][Aa][Tt][Hh]=orderly' 'kexec.target queued'
 	vm "LUOD-VM-SUITE: PASS stage=1 $suite/orderly-kexec-queued"
