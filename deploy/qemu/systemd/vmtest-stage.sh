@@ -182,7 +182,7 @@ case "$stage" in
 	next=$share/boot2
 	cmdline=$(sed "s/luod\.stage=[0-9]*/luod.stage=2/" /proc/cmdline)
 	say "luoctl load $(cat "$next/release") --cmdline '$cmdline'"
-	out=$(luoctl load "$next/vmlinuz" --initrd "$share/initrd.img" --cmdline "$cmdline" 2>&1) && rc=0 || rc=$?
+	out=$(luoctl --timeout 600s load "$next/vmlinuz" --initrd "$share/initrd.img" --cmdline "$cmdline" 2>&1) && rc=0 || rc=$?
 	echo "$out" | indent
 	[ $rc = 0 ] || die "luoctl load exited $rc"
 	evidence
