@@ -62,9 +62,17 @@ LUOD_VM_MEM=${LUOD_VM_MEM:-3G} LUOD_VM_TIMEOUT=${LUOD_VM_TIMEOUT:-1800} \
 	"$qemu_dir/run-vm.sh" "$out/share" "$out/console.log" || rc=$?
 grep -E '^LUOD-VM: (boot stage|stage=1 upgrading)' "$out/console.log" | sed "s/^/vm-systemd[$suite]: /" || true
 if [ "$path" = orderly ]; then
-	# systemd-shutdown's own words about the fd stores it carried.
+	# systemd-shutdown's own words: it preserved the fd stores and kexec'd.
 	echo "vm-systemd[$suite]: systemd's shutdown step on the console:"
-	grep -a -i -E 'LUO|liveupdate|fd store' "$out/console.log" | grep -v '^LUOD-VM' | sed 's/^/  /' || true
+	grep -a -E 'systemd-shutdown\[1\]: (Preserved|Rebooting|Failed to (open|create|preserve))' "$out/console.log" |
+		grep -a -v -e '^LUOD-VM' -e 'vmtest-stage' | sed 's/^/  /' || true
+	if grep -a -q "systemd-shutdown\[1\]: Preserved fd stores in LUO session 'systemd' for kexec" "$out/console.log" &&
+		! grep -a -q -E 'systemd-shutdown\[1\]: Failed to (open|create|preserve)' "$out/console.log"; then
+		echo "LUOD-VM-SUITE: PASS stage=1 $suite/systemd-shutdown-preserved-fd-stores"
+	else
+		echo "LUOD-VM-SUITE: FAIL stage=1 $suite/systemd-shutdown-preserved-fd-stores"
+		rc=1
+	fi
 fi
 if grep -q '^LUOD-VM: BUG' "$out/console.log"; then
 	echo "vm-systemd[$suite]: bugs the guest noted (worked around for the run):"

@@ -200,22 +200,10 @@ case "$stage" in
 	dmesg -n 7
 	# luoctl gets "committed" and then waits for its connection to end,
 	# which happens only when systemd stops luod — after this unit, which
-	# is ordered after luod. So it runs in the background, and luod's
-	# journal says when kexec.target is queued.
-	luoctl upgrade --timeout 60s >/run/luod-vmtest.upgrade 2>&1 &
-	i=0
-	until q=$(luodlog 2>/dev/null | grep -E 'upgrade requested|kexec.target') && echo "$q" | grep -q 'kexec.target queued'; do
-		i=$((i + 1))
-		if [ $i -ge 120 ] || ! kill -0 $! 2>/dev/null; then
-			rm -f "$kexec_marker"
-			cat /run/luod-vmtest.upgrade 2>/dev/null | indent
-			die "luod did not queue kexec.target"
-		fi
-		sleep 1
-	done
-	echo "$q" | indent
-	expect "luod's journal" "$q" '[Pp][Aa][Tt][Hh]=orderly' 'kexec.target queued'
-	vm "LUOD-VM-SUITE: PASS stage=1 $suite/orderly-kexec-queued"
+	# is ordered after luod: so it runs in the background. What the
+	# shutdown did is checked on the host, from the console
+	# (vm-systemd.sh), and in boot 2.
+	luoctl upgrade --timeout 60s >/dev/console 2>&1 &
 	sync
 	sleep 600
 	rm -f "$kexec_marker"
