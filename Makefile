@@ -6,7 +6,7 @@
 GO       ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build bench demo demo-arm64 test unit unit-arm64 fuzz-short vm-test vm-contract vm-daemon vm-systemd vm-faults vm-arm64 reliability-doc vet fmt-check clean
+.PHONY: all build bench demo demo-arm64 test unit unit-arm64 fuzz-short vm-test vm-contract vm-daemon vm-systemd vm-systemd-bookworm vm-systemd-sid vm-faults vm-arm64 reliability-doc vet fmt-check clean
 
 all: build
 
@@ -76,11 +76,19 @@ vm-contract:
 vm-daemon:
 	deploy/qemu/demo.sh --tests
 
-## vm-systemd: luod under real systemd (Debian bookworm, systemd 252 as PID 1, rootfs
-## by debootstrap, cached): socket activation, a SIGKILL restart that keeps the session
-## through the fd store, metrics, and one live update 7.2 -> 7.3 from inside the unit.
-vm-systemd:
-	deploy/qemu/systemd/vm-systemd.sh
+## vm-systemd: luod under real systemd as PID 1 (rootfs by debootstrap, cached per
+## suite), both upgrade paths: socket activation, a SIGKILL restart that keeps the
+## session through the fd store, metrics, a watchdog kill, and one live update
+## 7.2 -> 7.3 from inside the unit.
+vm-systemd: vm-systemd-bookworm vm-systemd-sid
+
+## vm-systemd-bookworm: systemd 252, the direct path (luod calls reboot(2)).
+vm-systemd-bookworm:
+	deploy/qemu/systemd/vm-systemd.sh bookworm
+
+## vm-systemd-sid: systemd >= 261, the orderly path (kexec.target carries the fd store).
+vm-systemd-sid:
+	deploy/qemu/systemd/vm-systemd.sh sid
 
 ## vm-arm64: the kernel contract and the demo flow on arm64 (QEMU virt, TCG): two live
 ## updates with byte-exact data, the handover decoded, an x86 bzImage refused.

@@ -47,6 +47,7 @@ func main() {
 	flag.IntVar(&cfg.MaxConnections, "limits.connections", 4096, "concurrent client connections")
 	flag.IntVar(&cfg.MaxSessionsPerUID, "limits.sessions-per-uid", 1024, "sessions one uid may hold")
 	flag.IntVar(&cfg.MaxFilesPerSession, "limits.files-per-session", 4096, "files one session may hold")
+	flag.StringVar(&cfg.UpgradePath, "upgrade.path", daemon.PathAuto, "how an upgrade reaches the new kernel: auto (orderly under systemd >= 261, else direct), direct (luod calls reboot(2)) or orderly (systemd's kexec.target)")
 	flag.DurationVar(&cfg.DeviceRetry, "device.retry", 30*time.Second, "how long to retry opening a device another process holds")
 	flag.Parse()
 	if *version {
@@ -94,6 +95,7 @@ func main() {
 		// store, so that a luod that dies loses nothing; what it stored
 		// comes back here.
 		cfg.FDStore = notifier
+		cfg.Manager = systemd.Manager{}
 		cfg.Inherited = daemon.Inherited{Sessions: inherited.Sessions, Record: inherited.Manifest}
 	}
 	for _, f := range inherited.Other {

@@ -90,6 +90,11 @@ type Config struct {
 	// store); nil for none. Inherited is what it passed back at start.
 	FDStore   FDStore
 	Inherited Inherited
+	// UpgradePath is PathAuto (also ""), PathDirect or PathOrderly.
+	UpgradePath string
+	// Manager is the service manager for the orderly path; nil when luod
+	// does not run under systemd.
+	Manager Manager
 
 	// Registerer receives luod's metrics (pkg/metrics); nil for none.
 	Registerer prometheus.Registerer
@@ -160,6 +165,9 @@ func (cfg *Config) defaults() {
 	if cfg.Kexec == nil {
 		cfg.Kexec = System
 	}
+	if cfg.UpgradePath == "" {
+		cfg.UpgradePath = PathAuto
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -169,7 +177,7 @@ func (cfg *Config) defaults() {
 type Daemon struct {
 	cfg     Config
 	log     *slog.Logger
-	dev     *ioctl.Device
+	slot    *devSlot
 	custody *session.Custody
 	boot    bootInfo
 
@@ -196,13 +204,21 @@ type Daemon struct {
 
 	upgradeMu     sync.Mutex // one upgrade at a time (TryLock)
 	rebootsFailed int        // by the fault switch; guarded by upgradeMu
-	diskDirty     chan struct{}
+	// stopping is closed when Serve's context ends: an orderly upgrade
+	// waits for it after queueing kexec.target.
+	stopping  chan struct{}
+	diskDirty chan struct{}
 }
 
 // New opens the device, recovers what the previous kernel handed over and
 // returns a daemon ready to Serve.
 func New(ctx context.Context, cfg Config) (*Daemon, error) {
 	cfg.defaults()
+	switch cfg.UpgradePath {
+	case PathAuto, PathDirect, PathOrderly:
+	default:
+		return nil, fmt.Errorf("upgrade path %q: want %s, %s or %s", cfg.UpgradePath, PathAuto, PathDirect, PathOrderly)
+	}
 	d := &Daemon{
 		cfg:       cfg,
 		log:       cfg.Log,
@@ -210,6 +226,7 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		conns:     map[*conn]bool{},
 		overdue:   map[string]bool{},
 		diskDirty: make(chan struct{}, 1),
+		stopping:  make(chan struct{}),
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
 		d.log.Warn("state directory unusable; the manifest copy will not be written", "dir", cfg.StateDir, "err", err)
@@ -218,12 +235,12 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.dev = dev
+	d.slot = &devSlot{dev: dev}
 	d.boot = readBootInfo()
 	if cfg.BootID != "" {
 		d.boot.bootID = cfg.BootID
 	}
-	d.custody = session.New(session.FromIoctl(dev), session.Config{
+	d.custody = session.New(d.slot, session.Config{
 		MaxSessionsPerUID:  cfg.MaxSessionsPerUID,
 		MaxFilesPerSession: cfg.MaxFilesPerSession,
 		Release:            d.boot.release,
@@ -281,7 +298,8 @@ func (d *Daemon) openDevice(ctx context.Context) (*ioctl.Device, error) {
 // other open fd are dropped by the kernel: only call it at shutdown.
 func (d *Daemon) Close() error {
 	d.custody.Close()
-	return d.dev.Close()
+	d.slot.release()
+	return nil
 }
 
 type bootInfo struct {

@@ -44,14 +44,22 @@ func (d *Daemon) recover() error {
 		d.saveDisk()
 		return nil
 	}
-	for name, f := range d.cfg.Inherited.Sessions {
-		// Not a restart within this boot: nothing stored is ours to take.
-		d.log.Warn("fd store holds a session fd from another boot; removing it", "session", name)
-		d.unstoreSession(name)
-		f.Close()
+	// Not a restart within this boot: session fds in the store can only
+	// have crossed a kexec through systemd's kexec.target (the orderly
+	// path, systemd >= 261), which retrieved them in this kernel and
+	// handed them back. Recover takes them instead of RETRIEVE_SESSION,
+	// which the kernel would refuse for a session already retrieved; a
+	// session not among them (the direct path) is retrieved as usual.
+	carried := d.carriedSessions(d.cfg.Inherited.Sessions)
+	if len(carried) > 0 {
+		d.log.Info("the fd store came back with session fds across the kexec: systemd carried them",
+			"sessions", len(carried))
 	}
+	d.slot.setCarried(carried, func(name string) {
+		d.log.Info("session handed back by systemd's fd store after the kexec, already retrieved", "session", name)
+	})
 	if f := d.cfg.Inherited.Record; f != nil {
-		f.Close()
+		f.Close() // the record of another boot; storeRecord replaces it
 	}
 
 	if err := kho.MountDebugFS(); err != nil {
@@ -108,6 +116,23 @@ func (d *Daemon) recover() error {
 	in.Disk = disk
 
 	rep, err := d.custody.Recover(in)
+	if _, ok := carried[session.ReservedName]; ok {
+		// Read (and finished) by Recover: systemd's copy must go too.
+		d.unstoreSession(session.ReservedName)
+	}
+	for _, h := range d.slot.takeCarried() {
+		if rep != nil && rep.Continuity == session.ContinuityNoManifest {
+			// Nobody's ownership is known; closing the last fd would
+			// finish the session and free its memory. systemd's copy
+			// keeps it for an admin.
+			d.log.Error("session from the fd store kept there: no manifest says whose it is", "session", h.Name())
+			h.Close()
+			continue
+		}
+		d.log.Warn("session from the fd store that luod's manifest does not name; removing it", "session", h.Name())
+		d.unstoreSession(h.Name())
+		h.Close()
+	}
 	if err != nil {
 		return err
 	}

@@ -49,6 +49,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	go func() {
 		<-ctx.Done()
+		close(d.stopping)
 		l.Close()
 	}()
 	go d.diskWriter(ctx)

@@ -85,6 +85,10 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	if loaded == nil {
 		return nil, proto.Errorf(proto.CodeNoKernelLoaded, "no kernel is loaded: run luoctl load first")
 	}
+	path, why, err := d.choosePath()
+	if err != nil {
+		return nil, proto.Errorf(proto.CodeKexecFailed, "%v", err)
+	}
 	timeout := time.Duration(a.TimeoutMS) * time.Millisecond
 	if timeout <= 0 {
 		timeout = d.cfg.UpgradeTimeout
@@ -94,7 +98,8 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		d.setPhase(phase)
 		req.event(proto.EventProgress, proto.ProgressEvent{Upgrade: id, Phase: phase})
 	}
-	d.log.Info("upgrade requested", "upgrade", id, "release", loaded.Release, "dry_run", a.DryRun, "timeout", timeout)
+	d.log.Info("upgrade requested", "upgrade", id, "release", loaded.Release, "dry_run", a.DryRun, "timeout", timeout,
+		"path", path, "why", why)
 
 	// Barrier: every subscriber must answer ready in time.
 	progress(proto.PhaseBarrier)
@@ -153,6 +158,9 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 
 	// Reboot.
 	progress(proto.PhaseReboot)
+	if path == PathOrderly {
+		return d.orderlyReboot(id, req, subs, loaded.Release, unfreeze, abort)
+	}
 	for _, c := range append(subs, req) {
 		c.event(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
 	}
@@ -163,10 +171,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", "upgrade", id, "release", loaded.Release,
 		"since_ready", time.Since(passed), "manifest", manifestTime, "sync", syncTime, "sessions", len(m.Sessions))
 	t0 = time.Now()
-	if d.rebootsFailed < d.cfg.FaultRebootFails {
-		d.rebootsFailed++
-		err = fmt.Errorf("kexec reboot: EIO: test fault switch --test.fault-reboot (%d of %d)", d.rebootsFailed, d.cfg.FaultRebootFails)
-	} else {
+	if err = d.faultReboot("kexec reboot: EIO"); err == nil {
 		err = d.cfg.Kexec.Reboot()
 	}
 	res.Phases[proto.PhaseReboot] = time.Since(t0).Milliseconds()
@@ -234,4 +239,52 @@ func (d *Daemon) runBarrier(id string, req *conn, timeout time.Duration) ([]*con
 	}
 	d.log.Info("barrier passed: every subscriber is ready", "upgrade", id, "clients", len(subs))
 	return subs, b.passed, ""
+}
+
+// faultReboot is the test-only switch --test.fault-reboot: it fails the
+// first FaultRebootFails reboot attempts (either path) with an error
+// starting with what, and lets the later ones through (nil). Called with
+// upgradeMu held.
+func (d *Daemon) faultReboot(what string) error {
+	if d.rebootsFailed >= d.cfg.FaultRebootFails {
+		return nil
+	}
+	d.rebootsFailed++
+	return fmt.Errorf("%s: test fault switch --test.fault-reboot (%d of %d)", what, d.rebootsFailed, d.cfg.FaultRebootFails)
+}
+
+// orderlyReboot commits an upgrade on the orderly path: luod hands its
+// sessions to systemd's fd store and starts kexec.target (handOverToSystemd).
+// Then it stays frozen, with the manifest written, until systemd stops it:
+// the requester and the subscribers got EventCommitted and see their
+// connection close, as on the direct path. If systemd refuses the job,
+// the upgrade fails with every session intact.
+func (d *Daemon) orderlyReboot(id string, req *conn, subs []*conn, release string, unfreeze func(), abort func(string)) (*proto.UpgradeResult, error) {
+	d.log.Info("starting kexec.target: systemd stops every service, luod too, and kexecs with the fd stores",
+		"upgrade", id, "release", release)
+	t0 := time.Now()
+	err := d.faultReboot("kexec.target")
+	if err == nil {
+		err = d.handOverToSystemd()
+	}
+	d.metrics.ObservePhase(proto.PhaseReboot, time.Since(t0))
+	if err != nil {
+		d.metrics.Upgrade(metrics.UpgradeFailed)
+		unfreeze()
+		d.saveDisk()
+		abort("starting kexec.target failed: " + err.Error())
+		d.log.Error("starting kexec.target failed; back to normal with every session intact", "upgrade", id, "err", err)
+		return nil, proto.Errorf(proto.CodeKexecFailed, "starting kexec.target for %s failed: %v; every session is intact", release, err)
+	}
+	d.metrics.Upgrade(metrics.UpgradeCommitted)
+	for _, c := range append(subs, req) {
+		c.event(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
+	}
+	d.log.Info("kexec.target queued: waiting for systemd to stop luod", "upgrade", id)
+	<-d.stopping
+	// As on the direct path the requester sees its connection end, not
+	// an answer.
+	req.closed.Store(true)
+	req.c.Close()
+	return nil, proto.Errorf(proto.CodeKexecFailed, "luod stopped for the kexec")
 }

@@ -25,11 +25,11 @@ type Inherited struct {
 	// (KindSession); wrap it with ioctl.NewSession. Within one boot, after
 	// a restart of luod, it is the very session luod held, open, incoming
 	// or claimed alike (which one, and its owner and tokens, only luod's
-	// manifest says). After a kexec through systemd 261 or later it is the
-	// session as systemd retrieved it in the new kernel, so luod adopts it
-	// instead of retrieving it (to be confirmed on a systemd 261 host: the
-	// kernel should refuse a second RETRIEVE_SESSION). Compare GetName with
-	// the key before trusting it. luod's reserved session, when stored, is
+	// manifest says). After a kexec through kexec.target on systemd 261 or
+	// later it is the session as PID 1 retrieved it in the new kernel
+	// (docs/kernel-contract.md), so luod uses it instead of retrieving it,
+	// which the kernel would refuse. Compare GetName with the key before
+	// trusting it. luod's reserved session, when stored, is
 	// Sessions["luod"].
 	Sessions map[string]*os.File
 	// Manifest is the stored KindManifest memfd, nil if none.

@@ -2,6 +2,7 @@ package session
 
 import (
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -174,4 +175,19 @@ func (c *Custody) WriteManifest(expected uint64) (*Manifest, error) {
 	c.reserved = h
 	c.mu.Unlock()
 	return m, nil
+}
+
+// DupReserved returns a close-on-exec duplicate of the reserved session
+// written by WriteManifest, for systemd's fd store: on the orderly upgrade
+// path luod exits before the kexec, and only the store keeps the session
+// (and the manifest in it) open until the kernel serializes it. It fails
+// with internal when no manifest is written.
+func (c *Custody) DupReserved() (*os.File, error) {
+	c.mu.Lock()
+	h := c.reserved
+	c.mu.Unlock()
+	if h == nil {
+		return nil, errorf(CodeInternal, ReservedName, "no manifest written")
+	}
+	return dupFile(h.File())
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# mkrootfs.sh OUT BINDIR — the initramfs of the systemd VM run: a minimal
-# Debian bookworm root with systemd as PID 1, luod's units from
+# mkrootfs.sh OUT BINDIR [SUITE] — the initramfs of the systemd VM run: a
+# minimal Debian root of SUITE (default bookworm: systemd 252; sid: systemd
+# >= 261) with systemd as PID 1, luod's units from
 # deploy/systemd enabled, BINDIR/luod in /usr/local/sbin (the unit's
 # ExecStart=), BINDIR/luoctl and BINDIR/guestram in /usr/local/bin, and
 # luod-vmtest.service running vmtest-stage.sh once luod is up.
@@ -11,12 +12,12 @@
 # steps change); builds of one key wait for each other (flock). Each run
 # copies the base and adds what changes per run.
 set -euo pipefail
-out=${1:?usage: mkrootfs.sh OUT BINDIR}
-bindir=${2:?usage: mkrootfs.sh OUT BINDIR}
+out=${1:?usage: mkrootfs.sh OUT BINDIR [SUITE]}
+bindir=${2:?usage: mkrootfs.sh OUT BINDIR [SUITE]}
+suite=${3:-bookworm}
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
 cache=${LUOD_CACHE:-/var/cache/luod}
-suite=bookworm
 pkgs=systemd,systemd-sysv,dbus,curl,kmod,procps
 recipe=1
 

@@ -2,10 +2,12 @@
 # vmtest-stage.sh — one boot of the systemd VM run, started by
 # luod-vmtest.service (After=luod.service) with systemd as PID 1. The stage
 # comes from luod.stage=N on the kernel command line: 1 on the "from"
-# kernel, 2 on the "to" kernel after luod's live update.
+# kernel, 2 on the "to" kernel after luod's live update; luod.suite= names
+# the Debian root and luod.path= the upgrade path luod must pick by itself:
+# direct (systemd < 261) or orderly (kexec.target, systemd >= 261).
 #
 # Verdict lines go straight to /dev/console, like deploy/qemu/init's:
-#   LUOD-VM-SUITE: PASS|FAIL stage=N NAME
+#   LUOD-VM-SUITE: PASS|FAIL stage=N SUITE/NAME
 #   LUOD-VM-RESULT: PASS | FAIL <why>
 # Everything else goes to stdout (journal+console). The VM is powered off
 # at the end, on success and on failure alike.
@@ -30,6 +32,12 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host "$share" ||
 
 stage=$(sed -n 's/.*luod\.stage=\([0-9]*\).*/\1/p' /proc/cmdline)
 [ -n "$stage" ] || stage=1
+suite=$(sed -n 's/.*luod\.suite=\([a-z]*\).*/\1/p' /proc/cmdline)
+[ -n "$suite" ] || suite=bookworm
+path=$(sed -n 's/.*luod\.path=\([a-z]*\).*/\1/p' /proc/cmdline)
+[ -n "$path" ] || path=direct
+# Marks a stop of this unit as the kexec's doing (see luod-vmtest.service).
+kexec_marker=/run/luod-vmtest.kexec
 vm "LUOD-VM: boot stage=$stage kernel=$(uname -r) accel=$(cat $share/accel 2>/dev/null) systemd=$(systemctl --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p') uptime=$(cut -d' ' -f1 /proc/uptime)s"
 dmesg | grep -E 'KHO: exec from|liveupdate number|luo:' | sed 's/^/LUOD-VM: kernel: /' >/dev/console
 
@@ -37,7 +45,7 @@ say() { echo "vmsd[$stage]: $*"; }
 die() {
 	say "FAIL: $*"
 	journalctl -b -u luod -u luod.socket --no-pager -o short-monotonic 2>&1 | tail -60 | sed 's/^/    journal| /'
-	vm "LUOD-VM-SUITE: FAIL stage=$stage systemd ($*)"
+	vm "LUOD-VM-SUITE: FAIL stage=$stage $suite/systemd ($*)"
 	finish "FAIL stage $stage"
 }
 indent() { sed 's/^/    | /'; }
@@ -116,7 +124,7 @@ case "$stage" in
 	st=$(luoctl status) || die "luoctl status failed"
 	echo "$st" | indent
 	expect "luoctl status" "$st" 'continuity: +fresh' 'liveupdate number: +0'
-	vm "LUOD-VM-SUITE: PASS stage=1 ready"
+	vm "LUOD-VM-SUITE: PASS stage=1 $suite/ready"
 
 	probe_metrics || die "metrics endpoint $metrics_url does not answer under luod.service: $(luodlog | grep -i 'metrics endpoint failed' | tail -1)"
 
@@ -126,7 +134,7 @@ case "$stage" in
 	[ $rc = 0 ] || die "guestram run exited $rc"
 	wait_sessions "^$sess +0 +open +1 " 60
 	pid1=$(systemctl show -p MainPID --value luod)
-	vm "LUOD-VM-SUITE: PASS stage=1 preserve"
+	vm "LUOD-VM-SUITE: PASS stage=1 $suite/preserve"
 
 	say "systemctl kill -s KILL luod (pid $pid1): systemd must restart it with its fd store"
 	systemctl kill -s KILL luod
@@ -148,10 +156,10 @@ case "$stage" in
 	expect "journal of the restarted luod" "$adopt" 'restarted within this boot' "session taken back from systemd's fd store"
 	st=$(luoctl status) || die "luoctl status failed after the restart"
 	echo "$st" | indent
-	vm "LUOD-VM-SUITE: PASS stage=1 restart-keeps-sessions"
+	vm "LUOD-VM-SUITE: PASS stage=1 $suite/restart-keeps-sessions"
 
 	check_metrics '^luod_boot_continuity\{continuity="fresh"\} 1' '^luod_boot_liveupdate_number 0'
-	vm "LUOD-VM-SUITE: PASS stage=1 metrics"
+	vm "LUOD-VM-SUITE: PASS stage=1 $suite/metrics"
 
 	# A hung main loop (test fault switch, enabled by the test drop-in):
 	# luod stops feeding the watchdog, systemd kills and restarts it, and
@@ -169,20 +177,37 @@ case "$stage" in
 	journalctl -b -u luod --no-pager -o cat 2>/dev/null | grep -E 'TEST FAULT|[Ww]atchdog' | indent
 	journalctl -b --no-pager -o cat 2>/dev/null | grep -q -i 'watchdog timeout' || die "systemd did not report a watchdog timeout"
 	wait_sessions "^$sess +0 +open +1 " 30
-	vm "LUOD-VM-SUITE: PASS stage=1 watchdog-restarts-hung-luod"
+	vm "LUOD-VM-SUITE: PASS stage=1 $suite/watchdog-restarts-hung-luod"
 
 	next=$share/boot2
 	cmdline=$(sed "s/luod\.stage=[0-9]*/luod.stage=2/" /proc/cmdline)
 	say "luoctl load $(cat "$next/release") --cmdline '$cmdline'"
-	out=$(luoctl load "$next/vmlinuz" --initrd "$share/initrd.img" --cmdline "$cmdline" 2>&1) && rc=0 || rc=$?
+	out=$(luoctl --timeout 600s load "$next/vmlinuz" --initrd "$share/initrd.img" --cmdline "$cmdline" 2>&1) && rc=0 || rc=$?
 	echo "$out" | indent
 	[ $rc = 0 ] || die "luoctl load exited $rc"
 	evidence
-	say "luoctl upgrade: barrier, manifest, reboot(LINUX_REBOOT_CMD_KEXEC) from inside luod.service"
-	vm "LUOD-VM: stage=1 upgrading at uptime=$(cut -d' ' -f1 /proc/uptime)s"
+	vm "LUOD-VM: stage=1 upgrading at uptime=$(cut -d' ' -f1 /proc/uptime)s path=$path"
 	sync
-	luoctl upgrade --timeout 60s 2>&1 | indent
-	die "luoctl upgrade returned: the kexec did not happen"
+	if [ "$path" = direct ]; then
+		say "luoctl upgrade: barrier, manifest, reboot(LINUX_REBOOT_CMD_KEXEC) from inside luod.service"
+		luoctl upgrade --timeout 60s 2>&1 | indent
+		die "luoctl upgrade returned: the kexec did not happen"
+	fi
+	say "luoctl upgrade: barrier, manifest, fd store, kexec.target: systemd stops every service and kexecs"
+	# This unit is stopped with the rest; its ExecStopPost= must not power
+	# the VM off then. The shutdown step logs to the kernel log: show it.
+	: >"$kexec_marker"
+	dmesg -n 7
+	# luoctl gets "committed" and then waits for its connection to end,
+	# which happens only when systemd stops luod — after this unit, which
+	# is ordered after luod: so it runs in the background. What the
+	# shutdown did is checked on the host, from the console
+	# (vm-systemd.sh), and in boot 2.
+	luoctl upgrade --timeout 60s >/dev/console 2>&1 &
+	sync
+	sleep 600
+	rm -f "$kexec_marker"
+	die "systemd did not kexec within 600 s of kexec.target"
 	;;
 2)
 	prev=$(cat "$share/boot1/release")
@@ -194,22 +219,35 @@ case "$stage" in
 	st=$(luoctl status) || die "luoctl status failed"
 	echo "$st" | indent
 	expect "luoctl status" "$st" 'liveupdate number: +1' 'continuity: +ok' "previous kernel: +$prev" '1 incoming'
-	vm "LUOD-VM-SUITE: PASS stage=2 recovered"
+	vm "LUOD-VM-SUITE: PASS stage=2 $suite/recovered"
+
+	# Which way did the sessions come? Orderly: systemd retrieved them in
+	# this kernel and handed them back through the fd store; direct: luod
+	# retrieved them itself.
+	back=$(luodlog | grep -E 'fd store came back|handed back by systemd')
+	echo "$back" | indent
+	if [ "$path" = orderly ]; then
+		expect "luod's journal after the orderly kexec" "$back" 'fd store came back with session fds' \
+			"handed back by systemd.*SESSION=$sess" 'handed back by systemd.*SESSION=luod( |$)'
+	else
+		[ -z "$back" ] || die "sessions came back through the fd store on the direct path"
+	fi
+	vm "LUOD-VM-SUITE: PASS stage=2 $suite/$path-path"
 
 	check_metrics '^luod_boot_liveupdate_number 1' '^luod_boot_continuity\{continuity="ok"\} 1'
-	vm "LUOD-VM-SUITE: PASS stage=2 metrics"
+	vm "LUOD-VM-SUITE: PASS stage=2 $suite/metrics"
 
 	say "workload: reclaiming its memory from luod"
 	out=$(guestram verify --session "$sess" --finish 2>&1) && rc=0 || rc=$?
 	echo "$out" | indent
 	[ $rc = 0 ] || die "guestram verify exited $rc: memory not byte-exact or not reclaimed"
 	luoctl sessions 2>&1 | indent
-	vm "LUOD-VM-SUITE: PASS stage=2 guestram-verify"
+	vm "LUOD-VM-SUITE: PASS stage=2 $suite/guestram-verify"
 	evidence
 	capbnd=$(grep CapBnd "/proc/$(systemctl show -p MainPID --value luod)/status")
 	say "luod's capability bounding set: $capbnd"
 	[ "$capbnd" = "CapBnd:	0000000400400000" ] || die "luod runs with capabilities beyond CAP_SYS_BOOT CAP_SYSLOG: $capbnd"
-	echo "vmsd: VERDICT: PASS: luod under systemd $(systemctl --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p'): restart kept $sess via the fd store, live update $prev -> $(uname -r), $size byte-exact" >/dev/console
+	echo "vmsd: VERDICT: PASS: luod under systemd $(systemctl --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p') ($suite): restart kept $sess via the fd store, live update $prev -> $(uname -r) by the $path path, $size byte-exact" >/dev/console
 	finish "PASS after 2 boot(s)"
 	;;
 *)
