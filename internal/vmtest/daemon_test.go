@@ -173,7 +173,7 @@ func TestDaemon(t *testing.T) {
 	})
 
 	t.Run("failed_kexec_load_kernel_refuses", func(t *testing.T) {
-		reliability(t, "kexec load refused by the kernel's loader", "VM: a whole bzImage without XLF_KERNEL_64, through kexec_file_load", "kexec_failed with the kernel's ENOEXEC, naming the file; the kept session intact")
+		reliability(t, "kexec load refused by the kernel's loader", "VM: a whole bzImage without XLF_KERNEL_64, through kexec_file_load", "kexec_failed with the kernel's ENOEXEC and its logged reason (XLF_KERNEL_64 not set), naming the file; the kept session intact")
 		// A whole bzImage without XLF_KERNEL_64 passes the preflight; the
 		// kernel's bzImage64 loader refuses it with ENOEXEC.
 		b := append([]byte(nil), bzImage...)
@@ -181,6 +181,11 @@ func TestDaemon(t *testing.T) {
 		err := loadBytes(t, "bzImage-not-64bit", b)
 		if !isCode(err, proto.CodeKexecFailed) || !strings.Contains(err.Error(), "ENOEXEC") {
 			t.Fatalf("load of a kernel the loader refuses = %v, want kexec_failed with ENOEXEC", err)
+		}
+		// The errno says little; the loader's own reason comes from the
+		// kernel log, read by luod around the call.
+		if !strings.Contains(err.Error(), "the kernel logged: kexec-bzImage64: Not a bzImage64. XLF_KERNEL_64 is not set.") {
+			t.Fatalf("the refusal lacks the kernel's own reason: %v", err)
 		}
 		t.Logf("refused by the kernel: %v", err)
 		intact(t)

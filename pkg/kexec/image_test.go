@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func bzImage(release string) []byte {
@@ -152,6 +154,15 @@ func TestErrorNamesFilesAndErrno(t *testing.T) {
 	var ke *Error
 	if !errors.As(err, &ke) || ke.Kernel != "/dev/null" || !strings.Contains(err.Error(), "/dev/null") {
 		t.Errorf("LoadFiles error %v does not name the kernel", err)
+	}
+}
+
+func TestErrorCarriesKernelLog(t *testing.T) {
+	e := &Error{Op: "load", Kernel: "/boot/Image", Err: unix.EBUSY,
+		KernelLog: []string{"Can't kexec: CPUs are stuck in the kernel."}}
+	want := "kexec load kernel /boot/Image: EBUSY: another kexec load is in progress, or the image cannot be replaced now; the kernel logged: Can't kexec: CPUs are stuck in the kernel."
+	if e.Error() != want {
+		t.Errorf("Error() = %q\nwant      %q", e.Error(), want)
 	}
 }
 

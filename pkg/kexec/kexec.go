@@ -21,6 +21,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/internal/klog"
 )
 
 // LoadedPath reports whether a kexec image is loaded ("1") or not ("0").
@@ -32,6 +34,9 @@ type Error struct {
 	Kernel string // kernel image path, for load
 	Initrd string // initrd path, for load, may be empty
 	Err    error  // usually a unix.Errno
+	// KernelLog is what the kernel logged (warning or worse) during the
+	// call, when it could be read: often the only account of why.
+	KernelLog []string
 }
 
 func (e *Error) Error() string {
@@ -48,6 +53,9 @@ func (e *Error) Error() string {
 		fmt.Fprintf(&b, ": %s: %s", unix.ErrnoName(errno), explain(e.Op, errno))
 	} else {
 		fmt.Fprintf(&b, ": %v", e.Err)
+	}
+	if len(e.KernelLog) > 0 {
+		fmt.Fprintf(&b, "; the kernel logged: %s", strings.Join(e.KernelLog, "; "))
 	}
 	return b.String()
 }
@@ -99,11 +107,19 @@ func Load(kernel, initrd, cmdline string) error {
 }
 
 // LoadFiles loads already-open kernel and initrd files (initrd may be nil).
+// If the kernel refuses them, the error carries what it logged meanwhile.
 func LoadFiles(kernel, initrd *os.File, cmdline string) error {
+	kmsg, kerr := klog.Follow()
+	if kerr == nil {
+		defer kmsg.Close()
+	}
 	if err := fileLoad(kernel, initrd, cmdline); err != nil {
 		e := &Error{Op: "load", Kernel: kernel.Name(), Err: err}
 		if initrd != nil {
 			e.Initrd = initrd.Name()
+		}
+		if kerr == nil {
+			e.KernelLog = kmsg.Lines()
 		}
 		return e
 	}
