@@ -7,7 +7,7 @@ import (
 )
 
 func TestValidateSessionName(t *testing.T) {
-	for _, name := range []string{"a", "vm-42", "0", "A.b_c:d-e", strings.Repeat("x", 63), "lu", "Luod-x", "xluod"} {
+	for _, name := range []string{"a", "vm-42", "0", "A.b_c:d-e", strings.Repeat("x", 63), "lu", "Luod-x", "xluod", "systemd-vm", "Systemd"} {
 		if err := ValidateSessionName(name); err != nil {
 			t.Errorf("ValidateSessionName(%q) = %v, want nil", name, err)
 		}
@@ -17,6 +17,7 @@ func TestValidateSessionName(t *testing.T) {
 		{strings.Repeat("x", 64), "64 bytes long, at most 63"},
 		{"luod", "reserved"},
 		{"luod-manifest", "reserved"},
+		{"systemd", "systemd's own"},
 		{"-vm", `byte 0x2d ('-') at position 0 is not allowed first`},
 		{".vm", `position 0`},
 		{"vm 42", "byte 0x20 at position 2 is not allowed"},
