@@ -68,7 +68,7 @@ func (h *host) kexec(dir string, expected uint64, cfg Config) (*host, *Manifest)
 	h.t.Helper()
 	unfreeze := h.c.Freeze()
 	_ = unfreeze // a committed upgrade never thaws
-	m, err := h.c.WriteManifest(expected)
+	m, _, err := h.c.WriteManifest(expected)
 	if err != nil {
 		h.t.Fatalf("WriteManifest: %v", err)
 	}

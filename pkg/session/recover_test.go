@@ -63,7 +63,7 @@ func TestRecover(t *testing.T) {
 		run: func(t *testing.T, h *host) (*host, RecoverInput) {
 			u := h.c.Freeze()
 			defer u()
-			m, err := h.c.WriteManifest(1)
+			m, _, err := h.c.WriteManifest(1)
 			if err != nil {
 				t.Fatal(err)
 			}
