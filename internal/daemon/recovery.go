@@ -166,14 +166,14 @@ func (d *Daemon) saveDisk() {
 // changed follows a change of session name in the custody: the record in
 // systemd's fd store is brought up to date at once, so that a luod killed
 // right after still leaves the truth behind, and the disk copy is
-// refreshed in the background.
+// refreshed in the background (diskWriter).
 func (d *Daemon) changed(name string) {
 	d.recordChange(name)
 	d.markDirty()
 }
 
 // markDirty asks the background writer to refresh the disk copy; writes
-// are coalesced so that preserving many files costs one write.
+// are coalesced so that a burst of changes costs one write.
 func (d *Daemon) markDirty() {
 	select {
 	case d.diskDirty <- struct{}{}:
