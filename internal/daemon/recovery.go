@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"time"
 
 	"github.com/luod/luod/internal/klog"
 	"github.com/luod/luod/pkg/kho"
@@ -54,6 +55,7 @@ func (d *Daemon) recover() error {
 		f.Close()
 	}
 
+	t0 := time.Now()
 	if err := kho.MountDebugFS(); err != nil {
 		d.log.Warn("cannot mount debugfs; the handover is read from the kernel log only", "err", err)
 	}
@@ -81,8 +83,11 @@ func (d *Daemon) recover() error {
 		}
 	}
 
+	tHandover := time.Since(t0)
+
 	// The kernel's own log is the witness: it printed the number it took
 	// over. Use it when the blob did not decode, and flag any disagreement.
+	t0 = time.Now()
 	if log, err := klog.Read(); err == nil {
 		kl := klog.Parse(log)
 		switch {
@@ -99,15 +104,19 @@ func (d *Daemon) recover() error {
 		}
 	}
 
-	disk, err := session.LoadFile(d.cfg.StateDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		r.warnings = append(r.warnings, "manifest copy on disk: "+err.Error())
-		d.log.Warn("cannot read the manifest copy on disk", "dir", d.cfg.StateDir, "err", err)
-		disk = nil
+	tKlog := time.Since(t0)
+	in.Disk = func() *session.Manifest {
+		disk, err := session.LoadFile(d.cfg.StateDir)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			r.warnings = append(r.warnings, "manifest copy on disk: "+err.Error())
+			d.log.Warn("cannot read the manifest copy on disk", "dir", d.cfg.StateDir, "err", err)
+		}
+		return disk
 	}
-	in.Disk = disk
 
+	t0 = time.Now()
 	rep, err := d.custody.Recover(in)
+	tRetrieve := time.Since(t0)
 	if err != nil {
 		return err
 	}
@@ -118,6 +127,7 @@ func (d *Daemon) recover() error {
 	if r.previousRelease == "" {
 		r.previousRelease = rep.PreviousRelease
 	}
+	t0 = time.Now()
 	d.setRecovery(r)
 	d.saveBootState()
 	for _, name := range rep.Recovered {
@@ -127,10 +137,17 @@ func (d *Daemon) recover() error {
 		}
 	}
 	d.storeRecord()
+	tStore := time.Since(t0)
 
+	// Where the time to READY goes, step by step (the step before, opening
+	// the device, and the steps after, the disk copy and listening, are
+	// short): handover = debugfs mounted and the KHO tree decoded, klog =
+	// the kernel log read and parsed, retrieve = the manifest decoded and
+	// every session retrieved, store = boot state, fd store and record.
 	attrs := []any{"continuity", r.continuity, "liveupdate_number", r.got,
 		"expected", r.expected, "previous_release", r.previousRelease,
-		"recovered", len(rep.Recovered), "lost", len(rep.Lost)}
+		"recovered", len(rep.Recovered), "lost", len(rep.Lost),
+		"handover", tHandover, "klog", tKlog, "retrieve", tRetrieve, "store", tStore}
 	switch rep.Continuity {
 	case session.ContinuityOK, session.ContinuityFresh:
 		d.log.Info("recovery finished", attrs...)

@@ -95,6 +95,9 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		req.event(proto.EventProgress, proto.ProgressEvent{Upgrade: id, Phase: phase})
 	}
 	d.log.Info("upgrade requested", "upgrade", id, "release", loaded.Release, "dry_run", a.DryRun, "timeout", timeout)
+	if d.cfg.BeforeUpgrade != nil {
+		d.cfg.BeforeUpgrade()
+	}
 
 	// Barrier: every subscriber must answer ready in time.
 	progress(proto.PhaseBarrier)
