@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"runtime/pprof"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -36,6 +38,7 @@ func main() {
 		webPath    = flag.String("web.telemetry-path", "/metrics", "path of the metrics endpoint")
 		faultHang  = flag.Bool("test.fault-hang-on-sigusr2", false, "TEST ONLY: hang the main loop on SIGUSR2, to exercise systemd's watchdog")
 		faultBoot  = flag.Int("test.fault-reboot", 0, "TEST ONLY: make the first N reboot calls fail, to exercise the recovery path")
+		cpuProfile = flag.String("debug.cpuprofile", "", "write a CPU profile (pprof) of luod to this file, from start until exit or the first upgrade request")
 		version    = flag.Bool("version", false, "print the version and exit")
 	)
 	flag.StringVar(&cfg.SocketPath, "socket.path", proto.DefaultSocket, "unix socket to listen on (ignored under socket activation)")
@@ -53,6 +56,15 @@ func main() {
 	if *version {
 		fmt.Println(daemon.Version)
 		return
+	}
+
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			fatal("--debug.cpuprofile: %v", err)
+		}
+		defer stop()
+		cfg.BeforeUpgrade = stop
 	}
 
 	// What systemd hands over (the activated socket, stored fds) is taken
@@ -171,4 +183,24 @@ func lookupGroup(name string) (int, error) {
 func fatal(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "luod: "+format+"\n", args...)
 	os.Exit(2)
+}
+
+// startCPUProfile profiles luod into path until the returned function is
+// first called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		})
+	}, nil
 }

@@ -455,8 +455,11 @@ func startLuod(t *testing.T, e env) *luod {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Its CPU profile goes to the share too (stopped at the upgrade
+	// request), to see where luod's time goes in the VM.
 	cmd := exec.Command("./luod", "--socket.path", luodSocket, "--web.listen-address", "",
-		"--reclaim.grace", "1h", "--limits.sessions-per-uid", "4096")
+		"--reclaim.grace", "1h", "--limits.sessions-per-uid", "4096",
+		"--debug.cpuprofile", filepath.Join(e.dir, fmt.Sprintf("luod-%d.cpu.pprof", e.stage)))
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifySocket)
 	// luod writes its log into a pipe, as into journald's socket; a relay
 	// copies it to the share, where the next boot reads the reboot line.

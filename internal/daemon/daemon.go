@@ -86,6 +86,10 @@ type Config struct {
 	// Status, if set, receives the status line whenever it may have
 	// changed (systemd's STATUS=).
 	Status func(status string)
+	// BeforeUpgrade, if set, is called when an upgrade is requested,
+	// before its barrier (cmd/luod ends a CPU profile there, which the
+	// reboot would otherwise cut off).
+	BeforeUpgrade func()
 	// FDStore keeps session fds across luod's own restarts (systemd's fd
 	// store); nil for none. Inherited is what it passed back at start.
 	FDStore   FDStore

@@ -5,6 +5,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/luod/luod/internal/systemd"
 	"github.com/luod/luod/pkg/client"
 	"github.com/luod/luod/pkg/ioctl"
 	"github.com/luod/luod/pkg/ioctl/ioctltest"
@@ -245,4 +247,133 @@ func BenchmarkPreserveDirect1MiB(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N), "ns/file")
+}
+
+// benchSessions is how many sessions the per-session benchmarks hold at
+// once: a hypervisor with 1000 VMs.
+const benchSessions = 1000
+
+// asUnderSystemd runs luod as the VM bench does (systemd's Type=notify):
+// an fd store and status lines reaching a service manager's socket (a
+// sink here that closes what it gets), its log written at info level.
+func asUnderSystemd(tb testing.TB) func(*Config) {
+	sock := tb.TempDir() + "/notify.sock"
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := unix.Bind(s, &unix.SockaddrUnix{Name: sock}); err != nil {
+		tb.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 4096)
+		oob := make([]byte, unix.CmsgSpace(4*proto.MaxFDs))
+		for {
+			_, oobn, _, _, err := unix.Recvmsg(s, buf, oob, unix.MSG_CMSG_CLOEXEC)
+			if err != nil {
+				return
+			}
+			msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+			for _, m := range msgs {
+				fds, _ := unix.ParseUnixRights(&m)
+				for _, fd := range fds {
+					unix.Close(fd)
+				}
+			}
+		}
+	}()
+	tb.Cleanup(func() { unix.Shutdown(s, unix.SHUT_RDWR); unix.Close(s) })
+	tb.Setenv("NOTIFY_SOCKET", sock)
+	return func(c *Config) {
+		var n systemd.Notifier
+		c.FDStore = n
+		c.Status = func(s string) { n.Status(s) }
+		c.Log = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+}
+
+// BenchmarkSessions1000 creates benchSessions sessions one by one through
+// a live luod run as under systemd, preserving one memfd of 64 KiB into
+// each (create, then preserve: two requests a session), as VMs starting
+// one after another would. It reports the time per session; deleting
+// them is not timed.
+func BenchmarkSessions1000(b *testing.B) {
+	fake := ioctltest.New()
+	b.Cleanup(func() { fake.Close() })
+	h := boot(b, b.TempDir(), fake, false, asUnderSystemd(b))
+	c := h.dial()
+	cx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	data := make([]byte, 64<<10)
+	files := make([]*os.File, benchSessions)
+	for i := range files {
+		files[i] = memfd(b, data)
+	}
+	b.ReportAllocs()
+	var timed time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		for i, f := range files {
+			name := fmt.Sprintf("vm-%04d", i)
+			s, err := c.CreateSession(cx, name, map[string]string{"vm": name})
+			if err != nil {
+				b.Fatal(err)
+			}
+			s.Close()
+			got, err := c.Preserve(cx, name, []client.FileToPreserve{{File: f, Token: 1, Label: "ram"}})
+			if err != nil || len(got) != 1 || got[0].Size != int64(len(data)) {
+				b.Fatalf("preserve %s = %+v, %v", name, got, err)
+			}
+		}
+		timed += time.Since(t0)
+		b.StopTimer()
+		if st := h.d.custody.Snapshot(); st.Open != benchSessions {
+			b.Fatalf("luod holds %d open sessions, want %d", st.Open, benchSessions)
+		}
+		for i := range files {
+			if err := c.DeleteSession(cx, fmt.Sprintf("vm-%04d", i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		fake.Sessions() // the fake frees the dropped sessions now, untimed
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N*benchSessions), "ns/session")
+}
+
+// BenchmarkManifestPhase1000 is upgrade's manifest phase, the workloads
+// paused, with benchSessions sessions of 10 files held: freeze, the
+// manifest into luod's reserved session, the readable copy on disk (the
+// sync(2) left out: the kernel's flush, not luod's work), unfreeze.
+func BenchmarkManifestPhase1000(b *testing.B) {
+	fake := ioctltest.New()
+	b.Cleanup(func() { fake.Close() })
+	h := boot(b, b.TempDir(), fake, false, quiet)
+	c := h.dial()
+	cx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	for i := range benchSessions {
+		name := fmt.Sprintf("vm-%04d", i)
+		if _, err := c.CreateSession(cx, name, map[string]string{"vm": name}); err != nil {
+			b.Fatal(err)
+		}
+		decl := make([]proto.FileSpec, 10)
+		for j := range decl {
+			decl[j] = proto.FileSpec{Token: uint64(j + 1), Label: fmt.Sprintf("ram-%d", j)}
+		}
+		if err := c.Declare(cx, name, decl); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		m, unfreeze, err := h.d.writeManifest()
+		if err != nil {
+			b.Fatal(err)
+		}
+		unfreeze()
+		if len(m.Sessions) != benchSessions {
+			b.Fatalf("manifest of %d sessions, want %d", len(m.Sessions), benchSessions)
+		}
+	}
 }

@@ -898,23 +898,29 @@ func TestConnectionLimit(t *testing.T) {
 }
 
 // TestTooLargeAnswerIsAnError: an answer over the protocol's message size
-// (sessions of a thousand sessions) comes back as a "limit" error, not as
-// silence, and the connection goes on.
+// (the listing of one session of thousands of files: a page holds whole
+// sessions) comes back as a "limit" error, not as silence, and the
+// connection goes on.
 func TestTooLargeAnswerIsAnError(t *testing.T) {
 	dir := t.TempDir()
 	fake := ioctltest.New()
 	h := boot(t, dir, fake, false, nil)
 	c := h.dial()
-	for i := range 1000 {
-		s, err := c.CreateSession(ctx(t), fmt.Sprintf("vm-%04d", i), map[string]string{"vmm": "a label to make it long"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.Close()
+	s, err := c.CreateSession(ctx(t), "vm-big", nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	_, err := c.Sessions(ctx(t))
+	s.Close()
+	decl := make([]proto.FileSpec, 4000)
+	for i := range decl {
+		decl[i] = proto.FileSpec{Token: uint64(i + 1), Label: fmt.Sprintf("guest-ram-%d", i)}
+	}
+	if err := c.Declare(ctx(t), "vm-big", decl); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Sessions(ctx(t))
 	if !isCode(err, proto.CodeLimit) || !strings.Contains(err.Error(), "does not fit") {
-		t.Fatalf("sessions of 1000 sessions = %v, want a limit error", err)
+		t.Fatalf("sessions of a session of 4000 files = %v, want a limit error", err)
 	}
 	if _, err := c.Status(ctx(t)); err != nil {
 		t.Fatalf("status after the refused answer: %v", err)

@@ -3,6 +3,8 @@ package daemon
 import (
 	"encoding/json"
 	"os"
+	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -28,7 +30,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		}
 	}
 	switch req.Op {
-	case proto.OpHello, proto.OpListSessions, proto.OpSessions, proto.OpSubscribe, proto.OpStatus, proto.OpUnload:
+	case proto.OpHello, proto.OpSubscribe, proto.OpStatus, proto.OpUnload:
 		if err := decode(req, &struct{}{}); err != nil {
 			return nil, nil, err
 		}
@@ -112,14 +114,19 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		return struct{}{}, nil, nil
 
 	case proto.OpListSessions, proto.OpSessions:
-		if err := nofds(); err != nil {
+		var a proto.SessionsArgs
+		if err := decode(req, &a); err != nil {
 			return nil, nil, err
+		}
+		if a.Limit < 0 {
+			return nil, nil, proto.Errorf(proto.CodeBadRequest, "limit %d is negative", a.Limit)
 		}
 		who := caller
 		if req.Op == proto.OpListSessions {
 			who.Admin = false // a workload's own view, even for root
 		}
-		return proto.SessionsResult{Sessions: infos(d.custody.List(who))}, nil, nil
+		res, err := sessionsPage(d.custody.List(who), a)
+		return res, nil, err
 
 	case proto.OpDeleteSession:
 		var a proto.DeleteSessionArgs
@@ -232,6 +239,45 @@ func decode(req *proto.Request, v any) error {
 		return err
 	}
 	return nil
+}
+
+// pageBudget is how many bytes of sessions a page holds: a message less
+// room for the envelope and the page's own fields.
+const pageBudget = proto.MaxMessageSize - 1024
+
+// sessionsPage is the page of ss (sorted by name) that a.After and
+// a.Limit ask for, as many sessions as fit one message. A single session
+// too large for a message on its own (thousands of files) is a limit
+// error naming it.
+func sessionsPage(ss []session.Session, a proto.SessionsArgs) (*proto.SessionsResult, error) {
+	i, _ := slices.BinarySearchFunc(ss, a.After, func(s session.Session, name string) int { return strings.Compare(s.Name, name) })
+	if i < len(ss) && ss[i].Name == a.After {
+		i++
+	}
+	res := &proto.SessionsResult{Sessions: []proto.SessionInfo{}}
+	size := 0
+	for ; i < len(ss); i++ {
+		if a.Limit > 0 && len(res.Sessions) == a.Limit {
+			break
+		}
+		info := infos(ss[i : i+1])[0]
+		b, err := json.Marshal(info)
+		if err != nil {
+			return nil, err
+		}
+		if size+len(b)+1 > pageBudget {
+			if len(res.Sessions) == 0 {
+				return nil, proto.Errorf(proto.CodeLimit, "session %q alone (%d bytes) does not fit the protocol's %d-byte message", info.Name, len(b), proto.MaxMessageSize)
+			}
+			break
+		}
+		size += len(b) + 1
+		res.Sessions = append(res.Sessions, info)
+	}
+	if i < len(ss) {
+		res.Next = res.Sessions[len(res.Sessions)-1].Name
+	}
+	return res, nil
 }
 
 func infos(ss []session.Session) []proto.SessionInfo {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"time"
 
 	"github.com/luod/luod/internal/klog"
 	"github.com/luod/luod/pkg/kho"
@@ -62,6 +63,7 @@ func (d *Daemon) recover() error {
 		f.Close() // the record of another boot; storeRecord replaces it
 	}
 
+	t0 := time.Now()
 	if err := kho.MountDebugFS(); err != nil {
 		d.log.Warn("cannot mount debugfs; the handover is read from the kernel log only", "err", err)
 	}
@@ -89,8 +91,11 @@ func (d *Daemon) recover() error {
 		}
 	}
 
+	tHandover := time.Since(t0)
+
 	// The kernel's own log is the witness: it printed the number it took
 	// over. Use it when the blob did not decode, and flag any disagreement.
+	t0 = time.Now()
 	if log, err := klog.Read(); err == nil {
 		kl := klog.Parse(log)
 		switch {
@@ -107,15 +112,19 @@ func (d *Daemon) recover() error {
 		}
 	}
 
-	disk, err := session.LoadFile(d.cfg.StateDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		r.warnings = append(r.warnings, "manifest copy on disk: "+err.Error())
-		d.log.Warn("cannot read the manifest copy on disk", "dir", d.cfg.StateDir, "err", err)
-		disk = nil
+	tKlog := time.Since(t0)
+	in.Disk = func() *session.Manifest {
+		disk, err := session.LoadFile(d.cfg.StateDir)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			r.warnings = append(r.warnings, "manifest copy on disk: "+err.Error())
+			d.log.Warn("cannot read the manifest copy on disk", "dir", d.cfg.StateDir, "err", err)
+		}
+		return disk
 	}
-	in.Disk = disk
 
+	t0 = time.Now()
 	rep, err := d.custody.Recover(in)
+	tRetrieve := time.Since(t0)
 	if _, ok := carried[session.ReservedName]; ok {
 		// Read (and finished) by Recover: systemd's copy must go too.
 		d.unstoreSession(session.ReservedName)
@@ -143,6 +152,7 @@ func (d *Daemon) recover() error {
 	if r.previousRelease == "" {
 		r.previousRelease = rep.PreviousRelease
 	}
+	t0 = time.Now()
 	d.setRecovery(r)
 	d.saveBootState()
 	for _, name := range rep.Recovered {
@@ -152,10 +162,17 @@ func (d *Daemon) recover() error {
 		}
 	}
 	d.storeRecord()
+	tStore := time.Since(t0)
 
+	// Where the time to READY goes, step by step (the step before, opening
+	// the device, and the steps after, the disk copy and listening, are
+	// short): handover = debugfs mounted and the KHO tree decoded, klog =
+	// the kernel log read and parsed, retrieve = the manifest decoded and
+	// every session retrieved, store = boot state, fd store and record.
 	attrs := []any{"continuity", r.continuity, "liveupdate_number", r.got,
 		"expected", r.expected, "previous_release", r.previousRelease,
-		"recovered", len(rep.Recovered), "lost", len(rep.Lost)}
+		"recovered", len(rep.Recovered), "lost", len(rep.Lost),
+		"handover", tHandover, "klog", tKlog, "retrieve", tRetrieve, "store", tStore}
 	switch rep.Continuity {
 	case session.ContinuityOK, session.ContinuityFresh:
 		d.log.Info("recovery finished", attrs...)
@@ -191,14 +208,14 @@ func (d *Daemon) saveDisk() {
 // changed follows a change of session name in the custody: the record in
 // systemd's fd store is brought up to date at once, so that a luod killed
 // right after still leaves the truth behind, and the disk copy is
-// refreshed in the background.
+// refreshed in the background (diskWriter).
 func (d *Daemon) changed(name string) {
 	d.recordChange(name)
 	d.markDirty()
 }
 
 // markDirty asks the background writer to refresh the disk copy; writes
-// are coalesced so that preserving many files costs one write.
+// are coalesced so that a burst of changes costs one write.
 func (d *Daemon) markDirty() {
 	select {
 	case d.diskDirty <- struct{}{}:

@@ -100,6 +100,9 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	}
 	d.log.Info("upgrade requested", "upgrade", id, "release", loaded.Release, "dry_run", a.DryRun, "timeout", timeout,
 		"path", path, "why", why)
+	if d.cfg.BeforeUpgrade != nil {
+		d.cfg.BeforeUpgrade()
+	}
 
 	// Barrier: every subscriber must answer ready in time.
 	progress(proto.PhaseBarrier)
@@ -123,18 +126,12 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	// session, keep a readable copy, sync.
 	progress(proto.PhaseManifest)
 	t0 = time.Now()
-	unfreeze := d.custody.Freeze()
-	m, err := d.custody.WriteManifest(d.expectedNext())
+	m, unfreeze, err := d.writeManifest()
 	if err != nil {
 		d.metrics.ObservePhase(proto.PhaseManifest, time.Since(t0))
 		d.metrics.Upgrade(metrics.UpgradeFailed)
-		unfreeze()
 		abort("writing the manifest failed: " + err.Error())
 		return nil, err
-	}
-	if err := session.SaveFile(d.cfg.StateDir, m); err != nil {
-		d.log.Warn("cannot write the manifest copy; the in-memory manifest still crosses the kexec",
-			"dir", d.cfg.StateDir, "err", err)
 	}
 	tSync := time.Now()
 	unix.Sync()
@@ -287,4 +284,23 @@ func (d *Daemon) orderlyReboot(id string, req *conn, subs []*conn, release strin
 	req.closed.Store(true)
 	req.c.Close()
 	return nil, proto.Errorf(proto.CodeKexecFailed, "luod stopped for the kexec")
+}
+
+// writeManifest freezes the custody and writes the manifest into luod's
+// reserved session, with its readable copy on disk: the manifest phase
+// but for the sync(2), which the caller runs to make the copy durable.
+// On success the custody stays frozen until unfreeze.
+func (d *Daemon) writeManifest() (*session.Manifest, func(), error) {
+	unfreeze := d.custody.Freeze()
+	m, b, err := d.custody.WriteManifest(d.expectedNext())
+	if err != nil {
+		unfreeze()
+		return nil, nil, err
+	}
+	// The same bytes, not fsynced: the caller's sync(2) follows.
+	if err := session.WriteFile(d.cfg.StateDir, b, false); err != nil {
+		d.log.Warn("cannot write the manifest copy; the in-memory manifest still crosses the kexec",
+			"dir", d.cfg.StateDir, "err", err)
+	}
+	return m, unfreeze, nil
 }

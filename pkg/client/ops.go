@@ -176,13 +176,48 @@ func (c *Client) Declare(ctx context.Context, session string, files []proto.File
 	return nil
 }
 
-// ListSessions lists the caller's sessions.
+// ListSessions lists the caller's sessions, sorted by name, asking luod
+// page after page (SessionsPage) until it has them all.
 func (c *Client) ListSessions(ctx context.Context) ([]proto.SessionInfo, error) {
+	return c.allPages(ctx, proto.OpListSessions)
+}
+
+// SessionsPage asks for one page of a listing, op being
+// proto.OpListSessions (the caller's sessions) or proto.OpSessions (every
+// user's, admin): the sessions after args.After in name order, at most
+// args.Limit if not 0. res.Next, if not empty, is the After of the next
+// page.
+func (c *Client) SessionsPage(ctx context.Context, op string, args proto.SessionsArgs) (*proto.SessionsResult, error) {
 	var res proto.SessionsResult
-	if _, err := c.do(ctx, proto.OpListSessions, nil, nil, &res, 0); err != nil {
+	if _, err := c.do(ctx, op, args, nil, &res, 0); err != nil {
 		return nil, err
 	}
-	return res.Sessions, nil
+	return &res, nil
+}
+
+// allPages is every page of listing op, joined. Sessions created or
+// deleted meanwhile may or may not appear; none appears twice, since each
+// page starts after the last name of the one before.
+func (c *Client) allPages(ctx context.Context, op string) ([]proto.SessionInfo, error) {
+	var all []proto.SessionInfo
+	var args proto.SessionsArgs
+	for {
+		res, err := c.SessionsPage(ctx, op, args)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, res.Sessions...)
+		if res.Next == "" {
+			if all == nil {
+				all = []proto.SessionInfo{}
+			}
+			return all, nil
+		}
+		if res.Next <= args.After {
+			return nil, fmt.Errorf("luod: listing %s: page after %q ends at %q, not further", op, args.After, res.Next)
+		}
+		args.After = res.Next
+	}
 }
 
 // DeleteSession has luod close its fd of the caller's session name; the
@@ -265,13 +300,10 @@ func (c *Client) Status(ctx context.Context) (*proto.Status, error) {
 	return &res, nil
 }
 
-// Sessions lists every user's sessions (admin).
+// Sessions lists every user's sessions (admin), sorted by name, page
+// after page as ListSessions does.
 func (c *Client) Sessions(ctx context.Context) ([]proto.SessionInfo, error) {
-	var res proto.SessionsResult
-	if _, err := c.do(ctx, proto.OpSessions, nil, nil, &res, 0); err != nil {
-		return nil, err
-	}
-	return res.Sessions, nil
+	return c.allPages(ctx, proto.OpSessions)
 }
 
 // Inspect returns the decoded KHO handover of the running kernel, or of a

@@ -165,9 +165,25 @@ type FinishSessionArgs struct {
 	Name string `json:"name"`
 }
 
-// SessionsResult is the result of OpListSessions and OpSessions.
+// SessionsArgs are the optional arguments of OpListSessions and
+// OpSessions: a page of the listing, which is sorted by name. Without
+// them the answer is the first page.
+type SessionsArgs struct {
+	// After lists only sessions whose names sort after it: the Next of the
+	// previous page.
+	After string `json:"after,omitempty"`
+	// Limit caps the sessions in the page; 0 leaves it to luod, which
+	// fills a page up to what one message holds.
+	Limit int `json:"limit,omitempty"`
+}
+
+// SessionsResult is the result of OpListSessions and OpSessions: one page
+// of sessions, in name order.
 type SessionsResult struct {
 	Sessions []SessionInfo `json:"sessions"`
+	// Next, when not empty, is the last name of this page and says that
+	// more sessions follow: ask again with After set to it.
+	Next string `json:"next,omitempty"`
 }
 
 // SessionInfo describes a session.

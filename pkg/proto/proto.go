@@ -30,7 +30,7 @@ const (
 	OpCreateSession   = "create_session"   // CreateSessionArgs; CreateSessionResult + 1 fd
 	OpPreserve        = "preserve"         // PreserveArgs + 1 fd per file; PreserveResult
 	OpDeclare         = "declare"          // DeclareArgs; empty result
-	OpListSessions    = "list_sessions"    // no args; SessionsResult
+	OpListSessions    = "list_sessions"    // SessionsArgs (optional); SessionsResult, one page
 	OpDeleteSession   = "delete_session"   // DeleteSessionArgs; empty result
 	OpSubscribe       = "subscribe"        // no args; empty result, then events
 	OpReady           = "ready"            // ReadyArgs; empty result
@@ -40,7 +40,7 @@ const (
 
 	// Admin operations: uid 0 or members of luod's admin group.
 	OpStatus   = "status"   // no args; Status
-	OpSessions = "sessions" // no args; SessionsResult (every user's)
+	OpSessions = "sessions" // SessionsArgs (optional); SessionsResult, one page (every user's)
 	OpInspect  = "inspect"  // InspectArgs; the decoded handover (JSON)
 	OpLoad     = "load"     // LoadArgs + kernel [, initrd][, config] fds; LoadResult
 	OpUnload   = "unload"   // no args; empty result

@@ -108,7 +108,7 @@ func TestFullCycle(t *testing.T) {
 	if _, _, err := c.Create(alice, "vm-c", nil); CodeOf(err) != CodeBusy {
 		t.Fatalf("Create while frozen: %v", err)
 	}
-	m, err := c.WriteManifest(h.fake.LiveUpdateNum() + 1)
+	m, _, err := c.WriteManifest(h.fake.LiveUpdateNum() + 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +491,7 @@ func TestFreeze(t *testing.T) {
 	h := newHost(t, Config{})
 	c := h.c
 	mustCreate(t, c, alice, "vm")
-	if _, err := c.WriteManifest(1); CodeOf(err) != CodeInternal {
+	if _, _, err := c.WriteManifest(1); CodeOf(err) != CodeInternal {
 		t.Fatalf("WriteManifest outside Freeze: %v", err)
 	}
 	unfreeze := c.Freeze()
@@ -519,10 +519,10 @@ func TestFreeze(t *testing.T) {
 	if len(c.List(alice)) != 1 || !c.Frozen() {
 		t.Fatal("List or Frozen while frozen")
 	}
-	if _, err := c.WriteManifest(1); err != nil {
+	if _, _, err := c.WriteManifest(1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.WriteManifest(1); err != nil { // replaces the first
+	if _, _, err := c.WriteManifest(1); err != nil { // replaces the first
 		t.Fatalf("second WriteManifest: %v", err)
 	}
 	if _, ok := h.kernelSession(ReservedName); !ok {

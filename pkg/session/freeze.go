@@ -126,19 +126,20 @@ func (c *Custody) sessionsOf(es []*entry, withState bool) []ManifestSession {
 // session ReservedName under ManifestToken, which luod keeps open so the
 // kernel carries it over with the workloads' sessions. A reserved session
 // from an earlier call of this freeze is dropped first. It returns the
-// manifest, for the readable copy on disk (SaveFile).
+// manifest and its encoding, the bytes in the memfd, from which the
+// readable copy on disk is written (WriteFile) without encoding it again.
 //
 // It must be called between Freeze and unfreeze (else internal). A
 // manifest larger than MaxManifestSize gives limit; the kernel refusing
 // gives kernel; in both cases no reserved session remains, and the upgrade
 // must abort.
-func (c *Custody) WriteManifest(expected uint64) (*Manifest, error) {
+func (c *Custody) WriteManifest(expected uint64) (*Manifest, []byte, error) {
 	c.commitMu.Lock()
 	defer c.commitMu.Unlock()
 	c.mu.Lock()
 	if c.frozen == 0 || c.closed {
 		c.mu.Unlock()
-		return nil, errorf(CodeInternal, ReservedName, "WriteManifest outside Freeze")
+		return nil, nil, errorf(CodeInternal, ReservedName, "WriteManifest outside Freeze")
 	}
 	m := c.manifestLocked(expected)
 	old := c.reserved
@@ -148,18 +149,22 @@ func (c *Custody) WriteManifest(expected uint64) (*Manifest, error) {
 		old.Close()
 	}
 
-	f, err := WriteMemfd(m)
+	b, err := m.Encode()
+	var f *os.File
+	if err == nil {
+		f, err = sealedMemfd(b)
+	}
 	if err != nil {
 		code := CodeInternal
 		if isTooLarge(err) {
 			code = CodeLimit
 		}
-		return nil, &Error{Code: code, Session: ReservedName, Err: err}
+		return nil, nil, &Error{Code: code, Session: ReservedName, Err: err}
 	}
 	defer f.Close() // once preserved, the kernel holds its own reference
 	h, err := c.dev.CreateSession(ReservedName)
 	if err != nil {
-		return nil, kernelError("CREATE_SESSION", ReservedName, 0, false, err)
+		return nil, nil, kernelError("CREATE_SESSION", ReservedName, 0, false, err)
 	}
 	var perr error
 	if err := withFD(f, func(fd int) { perr = h.PreserveFD(fd, ManifestToken) }); err != nil {
@@ -169,12 +174,12 @@ func (c *Custody) WriteManifest(expected uint64) (*Manifest, error) {
 		h.Close()
 		e := kernelError("PRESERVE_FD", ReservedName, ManifestToken, true, perr)
 		e.Code = CodeKernel
-		return nil, e
+		return nil, nil, e
 	}
 	c.mu.Lock()
 	c.reserved = h
 	c.mu.Unlock()
-	return m, nil
+	return m, b, nil
 }
 
 // DupReserved returns a close-on-exec duplicate of the reserved session

@@ -68,7 +68,7 @@ func (h *host) kexec(dir string, expected uint64, cfg Config) (*host, *Manifest)
 	h.t.Helper()
 	unfreeze := h.c.Freeze()
 	_ = unfreeze // a committed upgrade never thaws
-	m, err := h.c.WriteManifest(expected)
+	m, _, err := h.c.WriteManifest(expected)
 	if err != nil {
 		h.t.Fatalf("WriteManifest: %v", err)
 	}
@@ -94,7 +94,7 @@ func (h *host) reboot(cfg Config) *host {
 
 // handover is the RecoverInput the KHO decoders would give after a kexec.
 func (h *host) handover(disk *Manifest) RecoverInput {
-	return RecoverInput{Handover: true, LiveUpdateNumber: h.fake.LiveUpdateNum(), Disk: disk}
+	return RecoverInput{Handover: true, LiveUpdateNumber: h.fake.LiveUpdateNum(), Disk: func() *Manifest { return disk }}
 }
 
 // kernelSession returns the fake kernel's view of a session.

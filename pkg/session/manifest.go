@@ -280,18 +280,25 @@ func ReadMemfd(f *os.File) (*Manifest, error) {
 	return DecodeManifest(b)
 }
 
-// SaveFile writes m, indented, to dir/manifest.json atomically: a
-// temporary file in dir, fsync, rename over the old copy, fsync of dir.
-// The file is mode 0600: it names every user's sessions.
-func SaveFile(dir string, m *Manifest) (err error) {
+// SaveFile writes m to dir/manifest.json as Encode writes it, durably
+// (WriteFile with durable set).
+func SaveFile(dir string, m *Manifest) error {
 	b, err := m.Encode()
 	if err != nil {
 		return err
 	}
-	var buf bytes.Buffer
-	if err := json.Indent(&buf, b, "", "  "); err != nil {
-		return err
-	}
+	return WriteFile(dir, b, true)
+}
+
+// WriteFile writes b, a manifest as Encode wrote it, to dir/manifest.json
+// atomically: a temporary file in dir, renamed over the old copy. The
+// copy is the very bytes that cross the kexec, compact JSON on one line
+// (jq shows it indented); encoding it once more, or indenting it, would
+// only add to the workloads' pause. With durable, the file is fsynced
+// before the rename and dir after it; without, the caller makes it
+// durable (the upgrade's sync(2) right after). The file is mode 0600: it
+// names every user's sessions.
+func WriteFile(dir string, b []byte, durable bool) (err error) {
 	tmp, err := os.CreateTemp(dir, "."+ManifestFileName+".tmp-*")
 	if err != nil {
 		return err
@@ -302,17 +309,22 @@ func SaveFile(dir string, m *Manifest) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	if _, err = tmp.Write(buf.Bytes()); err != nil {
+	if _, err = tmp.Write(b); err != nil {
 		return err
 	}
-	if err = tmp.Sync(); err != nil {
-		return err
+	if durable {
+		if err = tmp.Sync(); err != nil {
+			return err
+		}
 	}
 	if err = tmp.Close(); err != nil {
 		return err
 	}
 	if err = os.Rename(tmp.Name(), filepath.Join(dir, ManifestFileName)); err != nil {
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	d, err := os.Open(dir)
 	if err != nil {

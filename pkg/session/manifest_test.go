@@ -148,8 +148,8 @@ func TestSaveLoadFile(t *testing.T) {
 		t.Fatalf("mode %v", fi.Mode())
 	}
 	raw, _ := os.ReadFile(filepath.Join(dir, ManifestFileName))
-	if !bytes.Contains(raw, []byte("\n  \"release\": \"7.2.0\"")) {
-		t.Fatalf("disk copy is not indented:\n%s", raw)
+	if enc, _ := m.Encode(); !bytes.Equal(raw, enc) {
+		t.Fatalf("disk copy is not the manifest's encoding:\n%s\nwant\n%s", raw, enc)
 	}
 	os.WriteFile(filepath.Join(dir, ManifestFileName), []byte(`{"format":"x"}`), 0o600)
 	if _, err := LoadFile(dir); err == nil || !strings.Contains(err.Error(), ManifestFileName) {

@@ -22,6 +22,11 @@ func WriteMemfd(m *Manifest) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	return sealedMemfd(b)
+}
+
+// sealedMemfd is WriteMemfd of an encoded manifest b.
+func sealedMemfd(b []byte) (*os.File, error) {
 	f, err := newMemfd("luod-manifest", b)
 	if err != nil {
 		return nil, err

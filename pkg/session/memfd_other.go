@@ -16,6 +16,9 @@ func WriteMemfd(m *Manifest) (*os.File, error) {
 	return nil, ioctl.ErrNotSupported
 }
 
+// sealedMemfd needs memfd_create, which only Linux has.
+func sealedMemfd([]byte) (*os.File, error) { return nil, ioctl.ErrNotSupported }
+
 // NewRecordFile needs memfd_create, which only Linux has.
 func NewRecordFile(m *Manifest) (*RecordFile, error) {
 	if _, err := m.Encode(); err != nil {

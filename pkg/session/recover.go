@@ -41,8 +41,12 @@ type RecoverInput struct {
 	// liveupdate number they decoded.
 	Handover         bool
 	LiveUpdateNumber uint64
-	// Disk is the readable copy of the last manifest (LoadFile), or nil.
-	Disk *Manifest
+	// Disk reads the readable copy of the last manifest (LoadFile); nil,
+	// or a nil result, for none. Recover calls it only when the handover
+	// brought no readable manifest, the one case the copy is needed: after
+	// a live update it would decode every session a second time on the
+	// way to serving.
+	Disk func() *Manifest
 }
 
 // LostSession is a session the last boot handed over (by the manifest)
@@ -117,17 +121,24 @@ func (c *Custody) Recover(in RecoverInput) (*Report, error) {
 	}()
 
 	r := &Report{Lost: []LostSession{}, Recovered: []string{}}
+	disk := func() *Manifest {
+		if in.Disk == nil {
+			return nil
+		}
+		return in.Disk()
+	}
 	if !in.Handover {
-		if in.Disk == nil || len(in.Disk.Sessions) == 0 {
+		disk := disk()
+		if disk == nil || len(disk.Sessions) == 0 {
 			r.Continuity = ContinuityFresh
-			if in.Disk != nil {
-				r.Expected, r.PreviousRelease, r.PreviousBootID = in.Disk.ExpectedLiveUpdateNumber, in.Disk.Release, in.Disk.BootID
+			if disk != nil {
+				r.Expected, r.PreviousRelease, r.PreviousBootID = disk.ExpectedLiveUpdateNumber, disk.Release, disk.BootID
 			}
 			return r, nil
 		}
 		r.Continuity = ContinuityColdBoot
-		r.Expected, r.PreviousRelease, r.PreviousBootID = in.Disk.ExpectedLiveUpdateNumber, in.Disk.Release, in.Disk.BootID
-		r.Lost = lostAll(in.Disk, "no live update handed over to this boot (cold boot, or a kexec without the live update orchestrator)")
+		r.Expected, r.PreviousRelease, r.PreviousBootID = disk.ExpectedLiveUpdateNumber, disk.Release, disk.BootID
+		r.Lost = lostAll(disk, "no live update handed over to this boot (cold boot, or a kexec without the live update orchestrator)")
 		return r, nil
 	}
 
@@ -136,9 +147,9 @@ func (c *Custody) Recover(in RecoverInput) (*Report, error) {
 	if err != nil {
 		r.Continuity = ContinuityNoManifest
 		r.ManifestError = err.Error()
-		if in.Disk != nil {
-			r.Expected, r.PreviousRelease, r.PreviousBootID = in.Disk.ExpectedLiveUpdateNumber, in.Disk.Release, in.Disk.BootID
-			r.Lost = lostAll(in.Disk, "the live update carried no readable luod manifest, so nobody's ownership can be proven; left unretrieved in the kernel")
+		if disk := disk(); disk != nil {
+			r.Expected, r.PreviousRelease, r.PreviousBootID = disk.ExpectedLiveUpdateNumber, disk.Release, disk.BootID
+			r.Lost = lostAll(disk, "the live update carried no readable luod manifest, so nobody's ownership can be proven; left unretrieved in the kernel")
 		}
 		return r, nil
 	}

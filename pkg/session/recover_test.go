@@ -63,7 +63,7 @@ func TestRecover(t *testing.T) {
 		run: func(t *testing.T, h *host) (*host, RecoverInput) {
 			u := h.c.Freeze()
 			defer u()
-			m, err := h.c.WriteManifest(1)
+			m, _, err := h.c.WriteManifest(1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,7 +77,7 @@ func TestRecover(t *testing.T) {
 			}
 			// A cold boot: a new machine, nothing handed over.
 			h2 := newHost(t, Config{})
-			return h2, RecoverInput{Disk: disk}
+			return h2, RecoverInput{Disk: func() *Manifest { return disk }}
 		},
 		want: ContinuityColdBoot, expected: 1, got: 0, lost: []string{"vm-a", "vm-b"}, errText: "cold boot",
 	}, {
@@ -90,7 +90,7 @@ func TestRecover(t *testing.T) {
 		name: "fresh with empty disk manifest",
 		run: func(t *testing.T, h *host) (*host, RecoverInput) {
 			h2 := newHost(t, Config{})
-			return h2, RecoverInput{Disk: h2.c.Manifest(3)}
+			return h2, RecoverInput{Disk: func() *Manifest { return h2.c.Manifest(3) }}
 		},
 		want: ContinuityFresh, expected: 3,
 	}, {
