@@ -239,6 +239,18 @@ func fakeKernel(t *testing.T, dir string) string {
 	return p
 }
 
+// sessionAndKernel creates session name through c and loads a fake kernel:
+// what every upgrade test starts from.
+func sessionAndKernel(t *testing.T, c *client.Client, dir, name string) {
+	t.Helper()
+	if _, err := c.CreateSession(ctx(t), name, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func load(t *testing.T, c *client.Client, kernel string) (*proto.LoadResult, error) {
 	k, err := os.Open(kernel)
 	if err != nil {
@@ -429,12 +441,7 @@ func TestRebootFailureKeepsSessions_FaultSwitch(t *testing.T) {
 	fake := ioctltest.New()
 	h := boot(t, dir, fake, false, func(c *Config) { c.FaultRebootFails = 1 })
 	c := h.dial()
-	if _, err := c.CreateSession(ctx(t), "vm-4", nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
-		t.Fatal(err)
-	}
+	sessionAndKernel(t, c, dir, "vm-4")
 	_, err := c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil)
 	if !isCode(err, proto.CodeKexecFailed) || !strings.Contains(err.Error(), "intact") {
 		t.Fatalf("upgrade with a failing reboot = %v, want kexec_failed", err)

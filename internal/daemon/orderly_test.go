@@ -181,12 +181,7 @@ func TestOrderlyUpgradeRefusedBySystemd(t *testing.T) {
 		startErr: errors.New("Access denied")}
 	h := boot(t, dir, fake, false, func(c *Config) { c.FDStore = store; c.Manager = mgr })
 	c := h.dial()
-	if _, err := c.CreateSession(ctx(t), "vm-r", nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
-		t.Fatal(err)
-	}
+	sessionAndKernel(t, c, dir, "vm-r")
 	_, err := c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil)
 	var pe *proto.Error
 	if !errors.As(err, &pe) || pe.Code != proto.CodeKexecFailed || !strings.Contains(err.Error(), "Access denied") {
