@@ -45,7 +45,8 @@ type Config struct {
 	// AdminGID may run admin operations besides uid 0; -1 for none.
 	AdminGID int
 
-	// StateDir holds the readable manifest copy (manifest.json).
+	// StateDir holds the readable manifest copy (manifest.json) and,
+	// without FDStore, the custody record log (record.log).
 	StateDir string
 	// DevicePath is /dev/liveupdate; KHODir the incoming handover
 	// (kho.DefaultDir); KHOOutLUO the outgoing LUO blob, which holds the
@@ -201,10 +202,13 @@ type Daemon struct {
 
 	beat atomic.Int64 // unix nanos of the last heartbeat, see Healthy
 
-	// record is the custody record in systemd's fd store, which changes
-	// are appended to; recordMu orders them.
-	recordMu sync.Mutex
-	record   *session.RecordFile
+	// record is the custody record (storeRecord), in systemd's fd store or
+	// the state directory, which changes are appended to; recordMu orders
+	// them. recordFailed: the last write of the one in the state
+	// directory failed, and the disk writer tries again.
+	recordMu     sync.Mutex
+	record       *session.RecordFile
+	recordFailed bool
 
 	upgradeMu     sync.Mutex // one upgrade at a time (TryLock)
 	rebootsFailed int        // by the fault switch; guarded by upgradeMu
@@ -301,6 +305,12 @@ func (d *Daemon) openDevice(ctx context.Context) (*ioctl.Device, error) {
 // Close releases the device and every session luod holds. Sessions with no
 // other open fd are dropped by the kernel: only call it at shutdown.
 func (d *Daemon) Close() error {
+	d.recordMu.Lock()
+	if d.record != nil {
+		d.record.Close()
+		d.record = nil
+	}
+	d.recordMu.Unlock()
 	d.custody.Close()
 	d.slot.release()
 	return nil

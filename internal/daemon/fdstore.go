@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -52,23 +54,48 @@ func (d *Daemon) unstoreSession(name string) {
 	}
 }
 
-// storeRecord puts a whole new custody record into the fd store, in place
-// of the last one; changes are then appended to it (recordChange).
+// storeRecord writes a whole new custody record, in place of the last
+// one; changes are then appended to it (recordChange). With systemd's fd
+// store it is a memfd in the store. Without one it is the record log in
+// the state directory (session.CreateRecordFile): luod's only record
+// across its own crash, which the next luod of this boot reads to name
+// what was lost (loadDisk).
 func (d *Daemon) storeRecord() {
-	if d.cfg.FDStore == nil {
-		return
-	}
 	d.recordMu.Lock()
 	defer d.recordMu.Unlock()
+	if d.cfg.FDStore != nil {
+		// A log left by a luod of this machine that ran without the
+		// store would be stale; only the store's record is kept up to date.
+		if err := os.Remove(d.recordPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			d.log.Warn("cannot remove the stale record log", "file", d.recordPath(), "err", err)
+		}
+	}
 	d.storeRecordLocked()
 }
+
+func (d *Daemon) recordPath() string { return filepath.Join(d.cfg.StateDir, session.RecordFileName) }
 
 func (d *Daemon) storeRecordLocked() {
 	if d.record != nil {
 		d.record.Close()
 		d.record = nil
 	}
-	r, err := session.NewRecordFile(d.custody.Record(d.expectedNext()))
+	m := d.custody.Record(d.expectedNext())
+	if d.cfg.FDStore == nil {
+		r, err := session.CreateRecordFile(d.cfg.StateDir, m)
+		if err != nil {
+			// A full or read-only state directory: the manifest that
+			// matters crosses the kexec in memory. The disk writer tries
+			// again (saveDisk), not every change: rewriting the whole
+			// record for each would cost O(sessions) a change.
+			d.recordFailed = true
+			d.log.Warn("cannot write the manifest copy", "file", d.recordPath(), "err", err)
+			return
+		}
+		d.record, d.recordFailed = r, false
+		return
+	}
+	r, err := session.NewRecordFile(m)
 	if err != nil {
 		d.log.Error("cannot write the custody record", "err", err)
 		return
@@ -82,17 +109,19 @@ func (d *Daemon) storeRecordLocked() {
 	d.record = r
 }
 
-// recordChange brings the stored record up to date with session name by
-// appending one line to it, before the client hears back: a luod killed
-// after answering leaves the truth behind. The whole record is rewritten
-// only when the appended changes outweigh it, so a change costs O(1)
-// amortized, not O(sessions).
+// recordChange brings the record (storeRecord) up to date with session
+// name by appending one line to it, with one write, before the client
+// hears back: a luod killed after answering leaves the truth behind. No
+// fsync: a SIGKILL loses no written page, and a power loss ends the
+// sessions anyway. The whole record is rewritten only when the appended
+// changes outweigh it, so a change costs O(1) amortized, not
+// O(sessions).
 func (d *Daemon) recordChange(name string) {
-	if d.cfg.FDStore == nil {
-		return
-	}
 	d.recordMu.Lock()
 	defer d.recordMu.Unlock()
+	if d.record == nil && d.recordFailed {
+		return // the disk writer tries again
+	}
 	if d.record == nil || d.record.Stale() {
 		d.storeRecordLocked()
 		return
@@ -102,8 +131,29 @@ func (d *Daemon) recordChange(name string) {
 		err = d.record.Append(line)
 	}
 	if err != nil {
-		d.log.Warn("cannot append to the custody record; rewriting it whole", "session", name, "err", err)
+		d.log.Warn("cannot append to the custody record; rewriting it whole", "session", name, "file", d.record.Name(), "err", err)
 		d.storeRecordLocked()
+	}
+}
+
+// syncRecord makes the record log as durable as the manifest copy about to
+// be written, or writes it again after a failure (recordFailed). It runs
+// in the disk writer, off the request path.
+func (d *Daemon) syncRecord() {
+	if d.cfg.FDStore != nil {
+		return
+	}
+	d.recordMu.Lock()
+	if d.record == nil {
+		d.storeRecordLocked()
+	}
+	r := d.record
+	d.recordMu.Unlock()
+	if r != nil {
+		// Safe beside appends; a compaction closing r meanwhile leaves
+		// its successor to the next write. After a power loss the newer
+		// of the two files names the lost sessions (loadDisk).
+		r.Sync()
 	}
 }
 
@@ -156,11 +206,10 @@ func (d *Daemon) adopt(in Inherited) {
 		in.Record.Close()
 	}
 	if rec == nil {
-		// Without a record nobody's ownership is known; fall back to the
-		// disk copy, which lists the open sessions.
-		if disk, err := session.LoadFile(d.cfg.StateDir); err == nil {
-			rec = disk
-		}
+		// Without the store's record: the record log in the state
+		// directory (luod ran without the store), else the disk copy,
+		// which lists the open sessions.
+		rec = d.loadDisk(nil)
 	}
 	// A stored session the record does not name (luod died between storing
 	// its fd and its record) is kept, owned by root, for an admin to look

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/luod/luod/internal/klog"
@@ -114,12 +115,11 @@ func (d *Daemon) recover() error {
 
 	tKlog := time.Since(t0)
 	in.Disk = func() *session.Manifest {
-		disk, err := session.LoadFile(d.cfg.StateDir)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			r.warnings = append(r.warnings, "manifest copy on disk: "+err.Error())
-			d.log.Warn("cannot read the manifest copy on disk", "dir", d.cfg.StateDir, "err", err)
+		// What the last boot would have handed over: the open sessions.
+		if m := d.loadDisk(&r.warnings); m != nil {
+			return m.OpenSessions()
 		}
-		return disk
+		return nil
 	}
 
 	t0 = time.Now()
@@ -195,10 +195,51 @@ func (d *Daemon) recover() error {
 	return nil
 }
 
+// loadDisk reads what luod last wrote down in the state directory: the
+// newer of the record log (kept before every answer without systemd's fd
+// store) and the manifest copy (written in the background, and by an
+// upgrade). A file missing is no problem; one that does not read is a
+// warning, into warnings if not nil, and the other file is used.
+func (d *Daemon) loadDisk(warnings *[]string) *session.Manifest {
+	type source struct {
+		path string
+		load func(string) (*session.Manifest, error)
+		mod  time.Time
+	}
+	srcs := []source{
+		{path: d.recordPath(), load: session.LoadRecordFile},
+		{path: filepath.Join(d.cfg.StateDir, session.ManifestFileName), load: session.LoadFile},
+	}
+	for i := range srcs {
+		if fi, err := os.Stat(srcs[i].path); err == nil {
+			srcs[i].mod = fi.ModTime()
+		}
+	}
+	if srcs[1].mod.After(srcs[0].mod) {
+		srcs[0], srcs[1] = srcs[1], srcs[0]
+	}
+	for _, s := range srcs {
+		m, err := s.load(d.cfg.StateDir)
+		if err == nil {
+			d.log.Debug("read what the last luod wrote down", "file", s.path, "sessions", len(m.Sessions))
+			return m
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		d.log.Warn("cannot read the manifest copy on disk", "file", s.path, "err", err)
+		if warnings != nil {
+			*warnings = append(*warnings, "manifest copy on disk: "+err.Error())
+		}
+	}
+	return nil
+}
+
 // saveDisk writes the readable manifest copy of the open sessions. A
 // failure (full or read-only state directory) is a warning: the manifest
 // that matters crosses the kexec in memory.
 func (d *Daemon) saveDisk() {
+	d.syncRecord()
 	m := d.custody.Manifest(d.expectedNext())
 	if err := session.SaveFile(d.cfg.StateDir, m); err != nil {
 		d.log.Warn("cannot write the manifest copy", "dir", d.cfg.StateDir, "err", err)

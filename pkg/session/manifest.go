@@ -298,10 +298,20 @@ func SaveFile(dir string, m *Manifest) error {
 // before the rename and dir after it; without, the caller makes it
 // durable (the upgrade's sync(2) right after). The file is mode 0600: it
 // names every user's sessions.
-func WriteFile(dir string, b []byte, durable bool) (err error) {
-	tmp, err := os.CreateTemp(dir, "."+ManifestFileName+".tmp-*")
+func WriteFile(dir string, b []byte, durable bool) error {
+	_, err := replaceFile(dir, ManifestFileName, b, durable, false)
+	return err
+}
+
+// replaceFile writes b to dir/name atomically: a temporary file in dir
+// (mode 0600), renamed over the old one, so that a luod killed at any
+// point leaves either the old file or the new one whole. With durable,
+// the file is fsynced before the rename and dir after it. With keep, the
+// new file is returned open for writing, else closed and nil.
+func replaceFile(dir, name string, b []byte, durable, keep bool) (_ *os.File, err error) {
+	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -310,28 +320,35 @@ func WriteFile(dir string, b []byte, durable bool) (err error) {
 		}
 	}()
 	if _, err = tmp.Write(b); err != nil {
-		return err
+		return nil, err
 	}
 	if durable {
 		if err = tmp.Sync(); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if err = tmp.Close(); err != nil {
-		return err
+	if !keep {
+		if err = tmp.Close(); err != nil {
+			return nil, err
+		}
 	}
-	if err = os.Rename(tmp.Name(), filepath.Join(dir, ManifestFileName)); err != nil {
-		return err
+	if err = os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+		return nil, err
 	}
-	if !durable {
-		return nil
+	if durable {
+		var d *os.File
+		if d, err = os.Open(dir); err != nil {
+			return nil, err
+		}
+		defer d.Close()
+		if err = d.Sync(); err != nil {
+			return nil, err
+		}
 	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
+	if !keep {
+		return nil, nil
 	}
-	defer d.Close()
-	return d.Sync()
+	return tmp, nil
 }
 
 // LoadFile reads dir/manifest.json as DecodeManifest does. A missing file

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 )
 
-// A custody record (Record) is kept in systemd's fd store as a log: its
-// first line is a whole record, as Encode writes it, and every line after
+// A custody record (Record) is kept as a log, in a memfd in systemd's fd
+// store (NewRecordFile) or, without one, in luod's state directory
+// (CreateRecordFile): its first line is a whole record, as Encode writes it, and every line after
 // it one change, RecordChange's: the new state of one session, or its
 // removal. A change costs one short append instead of rewriting every
 // session, so keeping the record costs O(1) a change, not O(sessions);
@@ -106,7 +108,7 @@ func DecodeRecord(b []byte) (*Manifest, error) {
 func ReadRecord(f *os.File) (*Manifest, error) {
 	b, err := io.ReadAll(io.LimitReader(io.NewSectionReader(f, 0, 4*MaxManifestSize), 4*MaxManifestSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("record memfd: %w", err)
+		return nil, fmt.Errorf("record %s: %w", f.Name(), err)
 	}
 	if len(b) > 4*MaxManifestSize {
 		return nil, &ManifestError{Err: fmt.Errorf("%w: record of more than %d bytes", ErrManifestTooLarge, 4*MaxManifestSize)}
@@ -114,23 +116,92 @@ func ReadRecord(f *os.File) (*Manifest, error) {
 	return DecodeRecord(b)
 }
 
-// RecordFile is a record log in a memfd, for systemd's fd store: luod
+// RecordFileName is the record log CreateRecordFile keeps in luod's state
+// directory.
+const RecordFileName = "record.log"
+
+// RecordFile is a record log, in a memfd for systemd's fd store (luod
 // stores File once and appends changes to it, and the stored fd, the same
-// open file, sees them.
+// open file, sees them) or in a file of luod's state directory
+// (CreateRecordFile).
 type RecordFile struct {
 	f           *os.File
+	name        string
 	size, whole int64 // bytes written; of them, the whole record's
+}
+
+// CreateRecordFile writes m, a Record, as the first line of a new record
+// log dir/RecordFileName, in place of the last one: written to a
+// temporary file and renamed over it, so that a luod killed meanwhile
+// leaves the old log or the new one, whole. Neither this nor Append
+// fsyncs: a SIGKILLed luod loses nothing it wrote (the page cache is the
+// kernel's), and a power loss ends every session anyway; the manifest
+// copy (SaveFile) is the durable one. The file is mode 0600: it names
+// every user's sessions.
+func CreateRecordFile(dir string, m *Manifest) (*RecordFile, error) {
+	b, err := m.Encode()
+	if err != nil {
+		return nil, err
+	}
+	f, err := replaceFile(dir, RecordFileName, b, false, true)
+	if err != nil {
+		return nil, err
+	}
+	return &RecordFile{f: f, name: filepath.Join(dir, RecordFileName), size: int64(len(b)), whole: int64(len(b))}, nil
+}
+
+// LoadRecordFile reads dir/RecordFileName as ReadRecord does. A missing
+// file gives an error matching fs.ErrNotExist.
+func LoadRecordFile(dir string) (*Manifest, error) {
+	f, err := os.Open(filepath.Join(dir, RecordFileName))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	m, err := ReadRecord(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	return m, nil
+}
+
+// OpenSessions is the manifest a record would have handed over: its open
+// sessions, without their State, as SaveFile writes them. A manifest
+// (no State) is itself.
+func (m *Manifest) OpenSessions() *Manifest {
+	out := *m
+	out.Sessions = nil
+	for _, s := range m.Sessions {
+		if s.State == StateOpen || s.State == "" {
+			s.State = ""
+			out.Sessions = append(out.Sessions, s)
+		}
+	}
+	if out.Sessions == nil {
+		out.Sessions = []ManifestSession{}
+	}
+	return &out
 }
 
 // File is the memfd to store.
 func (r *RecordFile) File() *os.File { return r.f }
 
-// Append adds one RecordChange line with a single write.
+// Name is the file's name, for messages.
+func (r *RecordFile) Name() string {
+	if r.name != "" {
+		return r.name
+	}
+	return r.f.Name()
+}
+
+// Append adds one RecordChange line with a single write (pwrite(2) at the
+// end), so that a luod killed while appending leaves at most a last line
+// cut short, which ReadRecord ignores.
 func (r *RecordFile) Append(line []byte) error {
 	n, err := r.f.WriteAt(line, r.size)
 	r.size += int64(n)
 	if err != nil {
-		return fmt.Errorf("appending to the record memfd: %w", err)
+		return fmt.Errorf("appending to the record %s: %w", r.Name(), err)
 	}
 	return nil
 }
@@ -140,5 +211,9 @@ func (r *RecordFile) Append(line []byte) error {
 // record's size and the cost of a change, amortized, bounded.
 func (r *RecordFile) Stale() bool { return r.size-r.whole > max(r.whole, 64<<10) }
 
-// Close closes luod's fd of the memfd.
+// Sync flushes the record to disk (fsync). luod calls it off the request
+// path, before it writes the durable manifest copy.
+func (r *RecordFile) Sync() error { return r.f.Sync() }
+
+// Close closes luod's fd of the record.
 func (r *RecordFile) Close() error { return r.f.Close() }
