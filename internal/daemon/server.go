@@ -279,9 +279,11 @@ func supplementaryGroups(pid int) []int {
 // The disk copy is refreshed once changes pause for diskQuiet, or
 // diskMaxDelay after the first unsaved change while they keep coming. It
 // encodes every open session: at 5 writes a second, as it was, 1000 VMs
-// starting one after another kept a CPU busy re-encoding them. The copy
-// only reports what a luod without systemd's fd store lost (the fd-store
-// record is written before each answer), so a few seconds late is fine.
+// starting one after another kept a CPU busy re-encoding them. What a
+// killed luod lost comes from the custody record, appended to before each
+// answer (in systemd's fd store, or else record.log in the state
+// directory); the copy is the durable one for a power loss, so a few
+// seconds late is fine.
 const (
 	diskQuiet    = 500 * time.Millisecond
 	diskMaxDelay = 5 * time.Second
