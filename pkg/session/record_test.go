@@ -1,6 +1,8 @@
 package session
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -51,4 +53,42 @@ func mustJSON(t *testing.T, s ManifestSession) string {
 	js := string(b)
 	i := strings.Index(js, `"sessions":[`) + len(`"sessions":[`)
 	return js[i : len(js)-len("]}\n")]
+}
+
+// TestRecordFileOnDisk: CreateRecordFile writes the whole record, Append
+// adds changes LoadRecordFile replays, and a second CreateRecordFile
+// (compaction) replaces the log whole, leaving no temporary file.
+func TestRecordFileOnDisk(t *testing.T) {
+	dir := t.TempDir()
+	m := benchManifest(2, 1)
+	r, err := CreateRecordFile(dir, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Append([]byte(`{"del":"` + m.Sessions[0].Name + `"}` + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadRecordFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Sessions) != 1 || got.Sessions[0].Name != m.Sessions[1].Name {
+		t.Fatalf("replayed %+v, want only %s", got.Sessions, m.Sessions[1].Name)
+	}
+	r.Close()
+	r2, err := CreateRecordFile(dir, got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	again, err := LoadRecordFile(dir)
+	if err != nil || !reflect.DeepEqual(again, got) {
+		t.Fatalf("after compaction: %+v, %v", again, err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("files left in %s: %v", dir, ents)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, RecordFileName)); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("record log mode %v, want 0600", fi.Mode().Perm())
+	}
 }
