@@ -297,10 +297,20 @@ func asUnderSystemd(tb testing.TB) func(*Config) {
 // each (create, then preserve: two requests a session), as VMs starting
 // one after another would. It reports the time per session; deleting
 // them is not timed.
-func BenchmarkSessions1000(b *testing.B) {
+func BenchmarkSessions1000(b *testing.B) { benchSessionsOneByOne(b, asUnderSystemd(b)) }
+
+// BenchmarkSessions1000NoFDStore is BenchmarkSessions1000 without an fd
+// store: each change is appended to record.log in the state directory.
+func BenchmarkSessions1000NoFDStore(b *testing.B) {
+	benchSessionsOneByOne(b, func(c *Config) {
+		c.Log = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	})
+}
+
+func benchSessionsOneByOne(b *testing.B, mod func(*Config)) {
 	fake := ioctltest.New()
 	b.Cleanup(func() { fake.Close() })
-	h := boot(b, b.TempDir(), fake, false, asUnderSystemd(b))
+	h := boot(b, b.TempDir(), fake, false, mod)
 	c := h.dial()
 	cx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
