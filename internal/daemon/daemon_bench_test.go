@@ -297,7 +297,14 @@ func asUnderSystemd(tb testing.TB) func(*Config) {
 // each (create, then preserve: two requests a session), as VMs starting
 // one after another would. It reports the time per session; deleting
 // them is not timed.
-func BenchmarkSessions1000(b *testing.B) {
+func BenchmarkSessions1000(b *testing.B) { benchSessions1000(b, false) }
+
+// BenchmarkSessions1000OneRequest is BenchmarkSessions1000 with the memfd
+// carried by the create_session request itself (CreateSessionWithFiles):
+// one request a session.
+func BenchmarkSessions1000OneRequest(b *testing.B) { benchSessions1000(b, true) }
+
+func benchSessions1000(b *testing.B, oneRequest bool) {
 	fake := ioctltest.New()
 	b.Cleanup(func() { fake.Close() })
 	h := boot(b, b.TempDir(), fake, false, asUnderSystemd(b))
@@ -315,12 +322,24 @@ func BenchmarkSessions1000(b *testing.B) {
 		t0 := time.Now()
 		for i, f := range files {
 			name := fmt.Sprintf("vm-%04d", i)
-			s, err := c.CreateSession(cx, name, map[string]string{"vm": name})
-			if err != nil {
-				b.Fatal(err)
+			labels := map[string]string{"vm": name}
+			req := []client.FileToPreserve{{File: f, Token: 1, Label: "ram"}}
+			var got []proto.PreservedFile
+			var err error
+			if oneRequest {
+				var s *client.Session
+				s, got, err = c.CreateSessionWithFiles(cx, name, labels, req)
+				if s != nil {
+					s.Close()
+				}
+			} else {
+				var s *client.Session
+				if s, err = c.CreateSession(cx, name, labels); err != nil {
+					b.Fatal(err)
+				}
+				s.Close()
+				got, err = c.Preserve(cx, name, req)
 			}
-			s.Close()
-			got, err := c.Preserve(cx, name, []client.FileToPreserve{{File: f, Token: 1, Label: "ram"}})
 			if err != nil || len(got) != 1 || got[0].Size != int64(len(data)) {
 				b.Fatalf("preserve %s = %+v, %v", name, got, err)
 			}
