@@ -256,19 +256,17 @@ func measurePreserveLuod(t *testing.T, l *luod, res *Results) {
 		t0 := time.Now()
 		for i := range s {
 			name := fmt.Sprintf("bench-p-%04d", i)
-			cs, err := l.c.CreateSession(ctx, name, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cs.Close() // luod holds the session
 			req := make([]client.FileToPreserve, f)
 			for j := range f {
 				req[j] = client.FileToPreserve{File: pfiles[i*f+j], Token: uint64(j + 1), Label: fmt.Sprintf("ram-%d", j)}
 			}
-			got, err := l.c.Preserve(ctx, name, req)
+			// The files ride with create_session (one request a session
+			// of up to 253 files), the rest as preserve requests.
+			cs, got, err := l.c.CreateSessionWithFiles(ctx, name, nil, req)
 			if err != nil {
 				t.Fatal(err)
 			}
+			cs.Close() // luod holds the session
 			// luod answers each file with the size it found.
 			if len(got) != f {
 				t.Fatalf("session %s: luod preserved %d files, want %d", name, len(got), f)
@@ -336,19 +334,16 @@ func carryLuod(t *testing.T, l *luod, stage, n int) {
 	buf := make([]byte, carrySize)
 	for i := range n {
 		name := luodName(stage, i)
-		cs, err := l.c.CreateSession(ctx, name, map[string]string{"bench": "carry"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs.Close()
 		req := make([]client.FileToPreserve, carryFiles)
 		for j := range req {
 			fill(buf, 'l', stage, i, uint64(j+1))
 			req[j] = client.FileToPreserve{File: memfd(t, buf), Token: uint64(j + 1), Label: fmt.Sprintf("ram-%d", j)}
 		}
-		if _, err := l.c.Preserve(ctx, name, req); err != nil {
+		cs, _, err := l.c.CreateSessionWithFiles(ctx, name, map[string]string{"bench": "carry"}, req)
+		if err != nil {
 			t.Fatal(err)
 		}
+		cs.Close()
 		for _, r := range req {
 			r.File.Close()
 		}

@@ -216,7 +216,7 @@ func (r *Results) Markdown() string {
 	}
 
 	p("\n### (a), (d), (e) Preserve: sessions created and memfds preserved\n\n")
-	p("Direct: CREATE_SESSION and PRESERVE_FD on /dev/liveupdate. luod: `CreateSession` and `Preserve` over the socket (up to %d fds a message), luod doing the ioctls.\n\n", 253)
+	p("Direct: CREATE_SESSION and PRESERVE_FD on /dev/liveupdate. luod: `CreateSessionWithFiles` over the socket (the files ride with create_session, up to %d fds a message, more as preserve requests), luod doing the ioctls.\n\n", 253)
 	p("| sessions × files | file size | direct ms | luod ms | luod/direct | luod per session µs | luod RSS MiB |\n|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Preserve {
 		p("| %d × %d | %s | %s | %s | %.2f× | %.0f | %.1f |\n", x.Sessions, x.Files, size(x.FileSize), ms(x.Direct), ms(x.Luod),

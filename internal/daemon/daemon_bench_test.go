@@ -297,17 +297,24 @@ func asUnderSystemd(tb testing.TB) func(*Config) {
 // each (create, then preserve: two requests a session), as VMs starting
 // one after another would. It reports the time per session; deleting
 // them is not timed.
-func BenchmarkSessions1000(b *testing.B) { benchSessionsOneByOne(b, asUnderSystemd(b)) }
+func BenchmarkSessions1000(b *testing.B) { benchSessionsOneByOne(b, asUnderSystemd(b), false) }
+
+// BenchmarkSessions1000OneRequest is BenchmarkSessions1000 with the memfd
+// carried by the create_session request itself (CreateSessionWithFiles):
+// one request a session.
+func BenchmarkSessions1000OneRequest(b *testing.B) {
+	benchSessionsOneByOne(b, asUnderSystemd(b), true)
+}
 
 // BenchmarkSessions1000NoFDStore is BenchmarkSessions1000 without an fd
 // store: each change is appended to record.log in the state directory.
 func BenchmarkSessions1000NoFDStore(b *testing.B) {
 	benchSessionsOneByOne(b, func(c *Config) {
 		c.Log = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	})
+	}, false)
 }
 
-func benchSessionsOneByOne(b *testing.B, mod func(*Config)) {
+func benchSessionsOneByOne(b *testing.B, mod func(*Config), oneRequest bool) {
 	fake := ioctltest.New()
 	b.Cleanup(func() { fake.Close() })
 	h := boot(b, b.TempDir(), fake, false, mod)
@@ -325,12 +332,24 @@ func benchSessionsOneByOne(b *testing.B, mod func(*Config)) {
 		t0 := time.Now()
 		for i, f := range files {
 			name := fmt.Sprintf("vm-%04d", i)
-			s, err := c.CreateSession(cx, name, map[string]string{"vm": name})
-			if err != nil {
-				b.Fatal(err)
+			labels := map[string]string{"vm": name}
+			req := []client.FileToPreserve{{File: f, Token: 1, Label: "ram"}}
+			var got []proto.PreservedFile
+			var err error
+			if oneRequest {
+				var s *client.Session
+				s, got, err = c.CreateSessionWithFiles(cx, name, labels, req)
+				if s != nil {
+					s.Close()
+				}
+			} else {
+				var s *client.Session
+				if s, err = c.CreateSession(cx, name, labels); err != nil {
+					b.Fatal(err)
+				}
+				s.Close()
+				got, err = c.Preserve(cx, name, req)
 			}
-			s.Close()
-			got, err := c.Preserve(cx, name, []client.FileToPreserve{{File: f, Token: 1, Label: "ram"}})
 			if err != nil || len(got) != 1 || got[0].Size != int64(len(data)) {
 				b.Fatalf("preserve %s = %+v, %v", name, got, err)
 			}

@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -22,9 +24,10 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		}
 		return nil
 	}
-	// docs/protocol.md: only preserve and load take fds, and an op without
-	// args refuses any field; the cases below check only their own.
-	if req.Op != proto.OpPreserve && req.Op != proto.OpLoad {
+	// docs/protocol.md: only create_session, preserve and load take fds,
+	// and an op without args refuses any field; the cases below check only
+	// their own.
+	if req.Op != proto.OpCreateSession && req.Op != proto.OpPreserve && req.Op != proto.OpLoad {
 		if err := nofds(); err != nil {
 			return nil, nil, err
 		}
@@ -47,17 +50,15 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		if err := decode(req, &a); err != nil {
 			return nil, nil, err
 		}
-		if err := nofds(); err != nil {
-			return nil, nil, err
+		if len(a.Files) == 0 && len(files) > 0 {
+			return nil, nil, proto.Errorf(proto.CodeBadRequest,
+				"create_session without files takes no file descriptors, got %d", len(files))
 		}
-		s, dup, err := d.custody.Create(caller, a.Name, a.Labels)
-		if err != nil {
-			return nil, nil, err
+		if len(a.Files) != len(files) {
+			return nil, nil, proto.Errorf(proto.CodeBadRequest,
+				"create_session names %d files but %d file descriptors came with it", len(a.Files), len(files))
 		}
-		d.log.Info("session created", "session", s.Name, "uid", s.UID, "pid", cred.Pid)
-		d.storeSession(s.Name, dup)
-		d.changed(s.Name)
-		return proto.CreateSessionResult{Name: s.Name}, []*os.File{dup}, nil
+		return d.createSession(caller, cred, a, files)
 
 	case proto.OpPreserve:
 		var a proto.PreserveArgs
@@ -77,22 +78,14 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			d.changed(a.Session)
 			// One line a request, not a file: a request carries up to
 			// proto.MaxFDs files, and the log is on the preserve path.
-			var bytes int64
-			for _, f := range done {
-				bytes += f.Size
-				d.log.Debug("file preserved", "session", a.Session, "uid", caller.UID, "token", f.Token, "bytes", f.Size)
-			}
+			bytes := d.logPreserved(a.Session, caller, done)
 			d.log.Info("files preserved", "session", a.Session, "uid", caller.UID, "count", len(done), "bytes", bytes,
 				"first_token", done[0].Token, "last_token", done[len(done)-1].Token)
 		}
 		if err != nil {
 			return nil, nil, err
 		}
-		res := proto.PreserveResult{Files: make([]proto.PreservedFile, len(done))}
-		for i, f := range done {
-			res.Files[i] = proto.PreservedFile{Token: f.Token, Size: f.Size}
-		}
-		return res, nil, nil
+		return proto.PreserveResult{Files: preserved(done)}, nil, nil
 
 	case proto.OpDeclare:
 		var a proto.DeclareArgs
@@ -230,6 +223,74 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		return res, nil, err
 	}
 	return nil, nil, proto.Errorf(proto.CodeUnknownOp, "unknown operation %q", req.Op)
+}
+
+// createSession creates a session and preserves files into it, the files
+// of the request if any, all or nothing: when a file cannot be preserved
+// the session is deleted again (no client holds a duplicate yet, so the
+// kernel drops it with luod's fd). The fd store and the custody record
+// learn of the session once, holding its files.
+func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionArgs, files []*os.File) (any, []*os.File, error) {
+	s, dup, err := d.custody.Create(caller, a.Name, a.Labels)
+	if err != nil {
+		return nil, nil, err
+	}
+	var done []session.File
+	if len(files) > 0 {
+		pf := make([]session.PreserveFile, len(files))
+		for i, f := range files {
+			pf[i] = session.PreserveFile{File: f, Token: a.Files[i].Token, Label: a.Files[i].Label}
+		}
+		done, err = d.custody.Preserve(caller, s.Name, pf)
+		if err != nil {
+			derr := d.custody.Delete(caller, s.Name)
+			if derr != nil {
+				// Still held by luod, with the files it took: say so,
+				// and keep it like any session.
+				d.log.Warn("cannot delete the session whose files failed to preserve", "session", s.Name, "err", derr)
+				d.storeSession(s.Name, dup)
+				d.changed(s.Name)
+			}
+			dup.Close()
+			pe := toProto(err).(*proto.Error)
+			if derr == nil {
+				pe = proto.Errorf(pe.Code, "%s; create_session undone: session %q was deleted again, with every file it held", pe.Message, s.Name)
+			}
+			return nil, nil, pe
+		}
+	}
+	var bytes int64
+	if len(done) > 0 {
+		bytes = d.logPreserved(s.Name, caller, done)
+	}
+	// One line for the request, files and all.
+	d.log.Info("session created", "session", s.Name, "uid", s.UID, "pid", cred.Pid, "files", len(done), "bytes", bytes)
+	d.storeSession(s.Name, dup)
+	d.changed(s.Name)
+	return proto.CreateSessionResult{Name: s.Name, Files: preserved(done)}, []*os.File{dup}, nil
+}
+
+// logPreserved logs each preserved file at debug level and returns their
+// bytes.
+func (d *Daemon) logPreserved(name string, caller session.Caller, done []session.File) int64 {
+	var bytes int64
+	debug := d.log.Enabled(context.Background(), slog.LevelDebug)
+	for _, f := range done {
+		bytes += f.Size
+		if debug {
+			d.log.Debug("file preserved", "session", name, "uid", caller.UID, "token", f.Token, "bytes", f.Size)
+		}
+	}
+	return bytes
+}
+
+// preserved is the protocol's account of done.
+func preserved(done []session.File) []proto.PreservedFile {
+	out := make([]proto.PreservedFile, len(done))
+	for i, f := range done {
+		out[i] = proto.PreservedFile{Token: f.Token, Size: f.Size}
+	}
+	return out
 }
 
 // decode decodes a request's args; it exists so that a nil *proto.Error

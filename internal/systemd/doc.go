@@ -39,9 +39,9 @@
 // NotifyAccess=main in luod.service makes systemd accept these only from
 // luod's main process. systemd never answers: a datagram that was sent may
 // still have been refused (FileDescriptorStoreMax= reached or 0, an invalid
-// name), which systemd only logs. go-systemd's daemon.SdNotify sends the
-// plain notifications; it cannot attach fds, so StoreFD carries its own
-// small SCM_RIGHTS sender.
+// name), which systemd only logs. go-systemd's daemon.SdNotify cannot
+// attach fds and dials a new socket for every message, so luod has its
+// own small sender (SCM_RIGHTS for StoreFD) on one socket kept connected.
 //
 // # What happens to the store
 //

@@ -6,18 +6,41 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
 
+// notifySocket is luod's one socket to $NOTIFY_SOCKET, connected once and
+// kept for the life of the process: each message is then one sendmsg(2)
+// rather than socket, setsockopt, sendmsg and close (under TCG every
+// system call costs tens of µs, and the fd store sends one message per
+// session change). It is shared by every Notifier, as the environment
+// variable is; mu also orders a re-dial against the sends.
+var notifySocket notifyConn
+
+type notifyConn struct {
+	mu   sync.Mutex
+	addr string // what fd is connected to; "" without a socket
+	fd   int
+}
+
+// dials counts the sockets made, for the tests.
+var dials atomic.Int64
+
 // send writes state as one datagram to $NOTIFY_SOCKET, with f attached as
 // SCM_RIGHTS when not nil. It does nothing without $NOTIFY_SOCKET.
 //
-// It uses an unbound, unconnected AF_UNIX datagram socket and sendmsg(2)
-// with the address, as sd_pid_notify_with_fds does; golang.org/x/sys/unix
-// turns a leading '@' into an abstract address. The kernel attaches luod's
-// credentials (systemd's socket has SO_PASSCRED), which is how systemd
-// checks NotifyAccess=main.
+// The socket is an unbound AF_UNIX datagram socket connected to the
+// address, made at the first message and again whenever $NOTIFY_SOCKET
+// changes; golang.org/x/sys/unix turns a leading '@' into an abstract
+// address. The kernel attaches luod's credentials to each datagram
+// (systemd's socket has SO_PASSCRED), which is how systemd checks
+// NotifyAccess=main, connected or not. When systemd re-executes itself
+// (daemon-reexec) it binds a new socket at the same address: the old
+// connection then fails with ECONNREFUSED (ENOTCONN after that), and send
+// dials again and sends the message once more, to the new socket.
 func send(op, name, state string, f *os.File) error {
 	addr := os.Getenv("NOTIFY_SOCKET")
 	if addr == "" {
@@ -27,18 +50,9 @@ func send(op, name, state string, f *os.File) error {
 	if !strings.HasPrefix(addr, "/") && !strings.HasPrefix(addr, "@") {
 		return fail(errors.New("NOTIFY_SOCKET " + addr + ": only a path or an @abstract name is supported"))
 	}
-	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fail(os.NewSyscallError("socket", err))
-	}
-	defer unix.Close(s)
-	tv := unix.NsecToTimeval(sendTimeout.Nanoseconds())
-	if err := unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
-		return fail(os.NewSyscallError("setsockopt SO_SNDTIMEO", err))
-	}
-	sa := &unix.SockaddrUnix{Name: addr}
+	var err error
 	if f == nil {
-		err = unix.Sendmsg(s, []byte(state), nil, sa, 0)
+		err = notifySocket.send(addr, []byte(state), nil)
 	} else {
 		// Control rather than Fd: Fd would switch f to blocking mode and
 		// Control keeps f alive across the call.
@@ -47,18 +61,70 @@ func send(op, name, state string, f *os.File) error {
 			return fail(cerr)
 		}
 		if cerr = rc.Control(func(fd uintptr) {
-			err = unix.Sendmsg(s, []byte(state), unix.UnixRights(int(fd)), sa, 0)
+			err = notifySocket.send(addr, []byte(state), unix.UnixRights(int(fd)))
 		}); cerr != nil {
 			return fail(cerr)
 		}
 	}
 	if err != nil {
-		if errors.Is(err, unix.EAGAIN) {
-			err = errors.New("sendmsg: systemd did not take the message within " + sendTimeout.String())
-		} else {
-			err = os.NewSyscallError("sendmsg", err)
-		}
 		return fail(err)
 	}
 	return nil
+}
+
+// send sends one datagram to addr, dialing first if needed, and once more
+// on a fresh socket if the connection is gone.
+func (s *notifyConn) send(addr string, state, oob []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		if s.addr != addr {
+			if err := s.dial(addr); err != nil {
+				return err
+			}
+		}
+		err := unix.Sendmsg(s.fd, state, oob, nil, 0)
+		if err == nil {
+			return nil
+		}
+		if attempt == 0 && (errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.ENOTCONN) ||
+			errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE)) {
+			s.close()
+			continue
+		}
+		if errors.Is(err, unix.EAGAIN) {
+			return errors.New("sendmsg: systemd did not take the message within " + sendTimeout.String())
+		}
+		return os.NewSyscallError("sendmsg", err)
+	}
+}
+
+// dial replaces the socket by one connected to addr; mu is held. On
+// failure there is no socket, and the next message dials again.
+func (s *notifyConn) dial(addr string) error {
+	s.close()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	dials.Add(1)
+	tv := unix.NsecToTimeval(sendTimeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return os.NewSyscallError("setsockopt SO_SNDTIMEO", err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: addr}); err != nil {
+		unix.Close(fd)
+		return os.NewSyscallError("connect", err)
+	}
+	s.addr, s.fd = addr, fd
+	return nil
+}
+
+// close drops the socket; mu is held.
+func (s *notifyConn) close() {
+	if s.addr != "" {
+		unix.Close(s.fd)
+		s.addr, s.fd = "", -1
+	}
 }

@@ -5,13 +5,22 @@ package systemd
 import (
 	"errors"
 	"os"
+
+	"github.com/coreos/go-systemd/v22/daemon"
 )
 
-// send is the fd store's sender; the store exists only on Linux. Without
-// $NOTIFY_SOCKET it does nothing, like everywhere else.
+// send sends plain notifications with go-systemd's daemon.SdNotify; the
+// fd store exists only on Linux. Without $NOTIFY_SOCKET it does nothing,
+// like everywhere else.
 func send(op, name, state string, f *os.File) error {
 	if os.Getenv("NOTIFY_SOCKET") == "" {
 		return nil
 	}
-	return &Error{Op: op, FDName: name, Err: errors.ErrUnsupported}
+	if f != nil {
+		return &Error{Op: op, FDName: name, Err: errors.ErrUnsupported}
+	}
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		return &Error{Op: op, FDName: name, Err: err}
+	}
+	return nil
 }

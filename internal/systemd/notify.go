@@ -12,8 +12,9 @@ import (
 )
 
 // Notifier sends sd_notify(3) messages to the service manager: state
-// changes through go-systemd's daemon.SdNotify, fds through StoreFD and
-// RemoveFD. The zero value is ready to use.
+// changes, and fds through StoreFD and RemoveFD. The zero value is ready to
+// use. On Linux every Notifier shares one socket, connected at the first
+// message and kept (see send), so a message is one sendmsg(2).
 //
 // Every call reads $NOTIFY_SOCKET afresh and leaves it set (go-systemd's
 // unsetEnv=false), because luod notifies for as long as it runs; luod
@@ -27,12 +28,7 @@ type Notifier struct{}
 // notifications, and the fd store, reach anyone.
 func (Notifier) Enabled() bool { return os.Getenv("NOTIFY_SOCKET") != "" }
 
-func (Notifier) notify(op, state string) error {
-	if _, err := daemon.SdNotify(false, state); err != nil {
-		return &Error{Op: op, Err: err}
-	}
-	return nil
-}
+func (Notifier) notify(op, state string) error { return send(op, "", state, nil) }
 
 // oneLine makes s fit a single VAR=value line of the protocol.
 func oneLine(s string) string {

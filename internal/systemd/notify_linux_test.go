@@ -318,3 +318,88 @@ func TestFDStoreMax(t *testing.T) {
 		}
 	}
 }
+
+// openFDs counts this process's open fds.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	return len(ents)
+}
+
+// TestOneSocket: every message, plain or carrying an fd, goes out on one
+// socket connected once, not a socket of its own.
+func TestOneSocket(t *testing.T) {
+	sd := fakeSystemd(t, false)
+	var n Notifier
+	f := memfd(t, "x")
+	if err := n.Status("first"); err != nil { // dials
+		t.Fatal(err)
+	}
+	recv(t, sd)
+	before, fds := dials.Load(), openFDs(t)
+	const msgs = 200
+	for i := range msgs {
+		var err error
+		switch i % 4 {
+		case 0:
+			err = n.StoreFD("session-x", f)
+		case 1:
+			err = n.RemoveFD("session-x")
+		case 2:
+			err = n.Status(fmt.Sprint(i, " sessions held"))
+		case 3:
+			err = n.Watchdog()
+		}
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if _, got := recv(t, sd); len(got) > 0 {
+			for _, g := range got {
+				g.Close()
+			}
+		}
+	}
+	if got := dials.Load() - before; got != 0 {
+		t.Errorf("%d messages dialed %d new sockets, want none", msgs, got)
+	}
+	if got := openFDs(t); got != fds {
+		t.Errorf("%d open fds after %d messages, %d before", got, msgs, fds)
+	}
+}
+
+// TestRedialAfterReexec: systemd re-executing binds a new socket at the
+// same path; the next message reaches it on a new connection, and nothing
+// is lost.
+func TestRedialAfterReexec(t *testing.T) {
+	sd := fakeSystemd(t, false)
+	var n Notifier
+	if err := n.Status("before"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := recv(t, sd); got != "STATUS=before" {
+		t.Fatalf("got %q", got)
+	}
+	path := os.Getenv("NOTIFY_SOCKET")
+	sd.Close()
+	os.Remove(path)
+	sd2, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sd2.Close()
+	before := dials.Load()
+	for _, s := range []string{"after", "again"} {
+		if err := n.Status(s); err != nil {
+			t.Fatalf("status %q after the re-exec: %v", s, err)
+		}
+		if got, _ := recv(t, sd2); got != "STATUS="+s {
+			t.Errorf("the new systemd got %q, want STATUS=%s", got, s)
+		}
+	}
+	if got := dials.Load() - before; got != 1 {
+		t.Errorf("%d dials after the re-exec, want 1", got)
+	}
+}

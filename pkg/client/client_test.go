@@ -687,3 +687,68 @@ func TestSendBlocked(t *testing.T) {
 		}
 	}
 }
+
+// CreateSessionWithFiles sends the first proto.MaxFDs files with
+// create_session, fds attached in order, and the rest as preserve.
+func TestCreateSessionWithFiles(t *testing.T) {
+	type request struct {
+		op     string
+		name   string
+		tokens []uint64
+		fds    int
+	}
+	reqs := make(chan request, 10)
+	srv := newServer(t, func(conn *proto.Conn, req *proto.Request, files []*os.File, cred *unix.Ucred) {
+		defer closeFiles(files)
+		var specs []proto.FileSpec
+		var name string
+		switch req.Op {
+		case proto.OpCreateSession:
+			var args proto.CreateSessionArgs
+			if perr := req.DecodeArgs(&args); perr != nil {
+				conn.Send(proto.ErrorResponse(req.ID, perr))
+				return
+			}
+			specs, name = args.Files, args.Name
+		case proto.OpPreserve:
+			var args proto.PreserveArgs
+			if perr := req.DecodeArgs(&args); perr != nil {
+				conn.Send(proto.ErrorResponse(req.ID, perr))
+				return
+			}
+			specs, name = args.Files, args.Session
+		}
+		r := request{op: req.Op, name: name, fds: len(files)}
+		var done []proto.PreservedFile
+		for i, s := range specs {
+			r.tokens = append(r.tokens, s.Token)
+			done = append(done, proto.PreservedFile{Token: s.Token, Size: int64(len(content(t, files[i])))})
+		}
+		reqs <- r
+		if req.Op == proto.OpCreateSession {
+			answer(t, conn, req.ID, proto.CreateSessionResult{Name: name, Files: done}, memfd(t, "session"))
+		} else {
+			answer(t, conn, req.ID, proto.PreserveResult{Files: done})
+		}
+	})
+	c := srv.dial(t)
+	f := memfd(t, "guest-ram")
+	var files []FileToPreserve
+	for i := range 300 {
+		files = append(files, FileToPreserve{File: f, Token: uint64(i + 1)})
+	}
+	s, done, err := c.CreateSessionWithFiles(ctxT(t), "vm-1", nil, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if len(done) != 300 || done[299].Token != 300 || done[0].Size != int64(len("guest-ram")) {
+		t.Errorf("returned %d files, last %+v", len(done), done[len(done)-1])
+	}
+	if r := <-reqs; r.op != proto.OpCreateSession || r.name != "vm-1" || r.fds != proto.MaxFDs || len(r.tokens) != proto.MaxFDs || r.tokens[0] != 1 {
+		t.Errorf("first request: %s of %q, %d fds, %d tokens", r.op, r.name, r.fds, len(r.tokens))
+	}
+	if r := <-reqs; r.op != proto.OpPreserve || r.name != "vm-1" || r.fds != 300-proto.MaxFDs || r.tokens[0] != proto.MaxFDs+1 {
+		t.Errorf("second request: %s of %q, %d fds", r.op, r.name, r.fds)
+	}
+}

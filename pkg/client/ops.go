@@ -76,6 +76,66 @@ func (c *Client) CreateSession(ctx context.Context, name string, labels map[stri
 	return &Session{Session: ioctl.NewSession(c.backend, files[0], res.Name, false)}, nil
 }
 
+// CreateSessionWithFiles creates a session as CreateSession does and has
+// luod preserve files into it as Preserve does, in one request when they
+// fit one (at most proto.MaxFDs files and proto.MaxMessageSize bytes):
+// one round trip instead of two. That first request is all or nothing: if
+// luod cannot preserve one of its files, it answers the error and no
+// session is left. Files past the first request follow in preserve
+// requests, with Preserve's partial-failure rules; then the session
+// exists, and it is returned with the error and the files preserved.
+//
+// It needs a luod that knows the files of create_session (a luod from
+// before answers bad_request and creates nothing); with no files it is
+// CreateSession.
+func (c *Client) CreateSessionWithFiles(ctx context.Context, name string, labels map[string]string, files []FileToPreserve) (*Session, []proto.PreservedFile, error) {
+	if len(files) == 0 {
+		s, err := c.CreateSession(ctx, name, labels)
+		return s, nil, err
+	}
+	if err := proto.ValidateSessionName(name); err != nil {
+		return nil, nil, err
+	}
+	for i, f := range files {
+		if f.File == nil {
+			return nil, nil, fmt.Errorf("luod create_session: file %d (token %#x) has no File", i, f.Token)
+		}
+	}
+	base := baseSize(proto.OpCreateSession, proto.CreateSessionArgs{Name: name, Labels: labels, Files: []proto.FileSpec{}})
+	runs, err := batches(base, files, proto.MaxFDs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("luod create_session: %w", err)
+	}
+	first := runs[0]
+	args := proto.CreateSessionArgs{Name: name, Labels: labels, Files: make([]proto.FileSpec, len(first))}
+	fds := make([]*os.File, len(first))
+	for i, f := range first {
+		args.Files[i] = proto.FileSpec{Token: f.Token, Label: f.Label}
+		fds[i] = f.File
+	}
+	var res proto.CreateSessionResult
+	got, err := c.do(ctx, proto.OpCreateSession, args, fds, &res, 1)
+	if err != nil {
+		return nil, nil, err
+	}
+	if res.Name == "" {
+		res.Name = name
+	}
+	s := &Session{Session: ioctl.NewSession(c.backend, got[0], res.Name, false)}
+	done := res.Files
+	if len(done) != len(first) {
+		return s, done, fmt.Errorf("luod create_session: %d files preserved, %d sent", len(done), len(first))
+	}
+	if len(first) < len(files) {
+		more, err := c.Preserve(ctx, res.Name, files[len(first):])
+		done = append(done, more...)
+		if err != nil {
+			return s, done, err
+		}
+	}
+	return s, done, nil
+}
+
 // batches splits items into runs that each fit one request: at most
 // maxItems items (no limit if 0) and, with the envelope's base size, at
 // most proto.MaxMessageSize bytes of JSON.

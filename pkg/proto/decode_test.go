@@ -107,7 +107,7 @@ func TestDecodeArgs(t *testing.T) {
 		v        any
 		substr   string
 	}{
-		{OpCreateSession, `{"nmae":"x"}`, &CreateSessionArgs{}, `no argument "nmae" (known: name, labels)`},
+		{OpCreateSession, `{"nmae":"x"}`, &CreateSessionArgs{}, `no argument "nmae" (known: name, labels, files)`},
 		{OpCreateSession, `{"Name":"x"}`, &CreateSessionArgs{}, `no argument "Name"`},
 		{OpCreateSession, `{"name":"x","name":"y"}`, &CreateSessionArgs{}, `field "name" twice`},
 		{OpCreateSession, `{"name":5}`, &CreateSessionArgs{}, `argument "name" of create_session: got number, want string`},

@@ -73,11 +73,19 @@ type CreateSessionArgs struct {
 	// Labels are free-form key/value pairs kept in luod's manifest and
 	// shown by OpListSessions.
 	Labels map[string]string `json:"labels,omitempty"`
+	// Files, if any, are preserved into the new session as by OpPreserve,
+	// one fd attached per entry in the same order (at most MaxFDs): one
+	// round trip instead of two. Either the session is created holding
+	// every file, or the request fails and no session is left.
+	Files []FileSpec `json:"files,omitempty"`
 }
 
 // CreateSessionResult is the result of OpCreateSession.
 type CreateSessionResult struct {
 	Name string `json:"name"`
+	// Files are the files preserved with the request, in request order;
+	// absent when it carried none.
+	Files []PreservedFile `json:"files,omitempty"`
 }
 
 // FileSpec names one file to preserve or declare.

@@ -27,7 +27,7 @@ const (
 	// Workload operations: any user who can open the socket, acting on
 	// the sessions of its own uid.
 	OpHello           = "hello"            // no args; HelloResult
-	OpCreateSession   = "create_session"   // CreateSessionArgs; CreateSessionResult + 1 fd
+	OpCreateSession   = "create_session"   // CreateSessionArgs + 1 fd per file; CreateSessionResult + 1 fd
 	OpPreserve        = "preserve"         // PreserveArgs + 1 fd per file; PreserveResult
 	OpDeclare         = "declare"          // DeclareArgs; empty result
 	OpListSessions    = "list_sessions"    // SessionsArgs (optional); SessionsResult, one page
