@@ -250,8 +250,8 @@ func (d *Daemon) saveDisk() {
 // systemd's fd store is brought up to date at once, so that a luod killed
 // right after still leaves the truth behind, and the disk copy is
 // refreshed in the background (diskWriter).
-func (d *Daemon) changed(name string) {
-	d.recordChange(name)
+func (d *Daemon) changed(names ...string) {
+	d.recordChange(names...)
 	d.markDirty()
 }
 

@@ -575,6 +575,17 @@ func handedOver(e *entry) error {
 	}
 }
 
+// FileCount is how many files Reclaim of the caller's session name would
+// hand back now; 0 for a session the caller cannot see.
+func (c *Custody) FileCount(caller Caller, name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.byName[name]; e != nil && caller.sees(e.s.UID) {
+		return len(e.s.Files)
+	}
+	return 0
+}
+
 // Reclaimed is what Reclaim hands back.
 type Reclaimed struct {
 	// Session is the entry after the reclaim; Files[i] is the retrieved
