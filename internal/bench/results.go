@@ -47,7 +47,8 @@ type Retrieve struct {
 	// file, FINISH, for every session.
 	Direct time.Duration
 	// Ready is luod's exec to its READY=1; Reclaim is every session
-	// reclaimed through luod with finish, by reclaim_sessions (as many a request as 253 fds allow).
+	// reclaimed through luod with finish, by reclaim_sessions (as many
+	// a request as 253 fds allow).
 	Ready, Reclaim time.Duration
 	// RSSKiB is luod's VmRSS after recovery, holding every session.
 	RSSKiB int64
