@@ -194,10 +194,12 @@ func (d *Daemon) recover() error {
 	for _, w := range r.warnings {
 		d.log.Warn("recovery warning", "warning", w)
 	}
-	// The disk copy now describes this boot: what the next update would
-	// carry (nothing yet). A cold boot must not report the same losses
-	// twice.
-	d.saveDisk()
+	// The disk copy must now describe this boot: what the next update
+	// would carry (nothing yet), so that a cold boot does not report the
+	// same losses twice. The disk writer writes it once changes pause,
+	// after READY: the record written above is what a successor of this
+	// boot reads first, and READY waits for it, not for this copy.
+	d.markDirty()
 	return nil
 }
 
