@@ -155,12 +155,7 @@ func (d *Daemon) recover() error {
 	t0 = time.Now()
 	d.setRecovery(r)
 	d.saveBootState()
-	for _, name := range rep.Recovered {
-		if f, err := d.custody.DupFile(name); err == nil {
-			d.storeSession(name, f)
-			f.Close()
-		}
-	}
+	d.custody.EachFile(rep.Recovered, d.storeSession)
 	d.storeRecord()
 	tStore := time.Since(t0)
 
