@@ -243,8 +243,13 @@ func (d *Daemon) loadDisk(warnings *[]string) *session.Manifest {
 // that matters crosses the kexec in memory.
 func (d *Daemon) saveDisk() {
 	d.syncRecord()
-	m := d.custody.Manifest(d.expectedNext())
-	if err := session.SaveFile(d.cfg.StateDir, m); err != nil {
+	// Encoded through the custody, which keeps each session's encoding
+	// for the manifest phase of an upgrade.
+	_, b, err := d.custody.EncodedManifest(d.expectedNext())
+	if err == nil {
+		err = session.WriteFile(d.cfg.StateDir, b, true)
+	}
+	if err != nil {
 		d.log.Warn("cannot write the manifest copy", "dir", d.cfg.StateDir, "err", err)
 	}
 }

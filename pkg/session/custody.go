@@ -149,6 +149,9 @@ type entry struct {
 	tokens   map[uint64]struct{}
 	busy     bool // an operation is running on it
 	creating bool // CREATE_SESSION not yet returned
+	// enc is the session's manifest entry as last encoded (encodeCached);
+	// used only while it still equals the session.
+	enc *encodedSession
 }
 
 func (e *entry) snapshot() Session {
