@@ -104,6 +104,13 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		d.cfg.BeforeUpgrade()
 	}
 
+	// Each session's manifest encoding is brought up to date while the
+	// workloads still run (the disk writer may not have run since the
+	// last change): in the pause, the manifest phase then joins bytes,
+	// encoding only a session changed during the barrier. An error is the
+	// manifest phase's to report.
+	d.custody.EncodedManifest(d.expectedNext())
+
 	// Barrier: every subscriber must answer ready in time.
 	progress(proto.PhaseBarrier)
 	t0 := time.Now()
