@@ -58,14 +58,26 @@ func (d *Daemon) currentPhase() string {
 	return d.phase
 }
 
+// setPhase records the upgrade phase p ("" once over) for status. The
+// manifest and reboot phases run in the workloads' pause, where a log
+// line and a STATUS= datagram are each a write luod's share of it waits
+// for: they are logged at debug (the "manifest written" and reboot lines
+// say as much) and systemd's status line is left at the barrier, which
+// can last seconds, until the upgrade is over.
 func (d *Daemon) setPhase(p string) {
 	d.mu.Lock()
 	d.phase = p
 	d.mu.Unlock()
-	if p != "" {
+	inPause := p == proto.PhaseManifest || p == proto.PhaseReboot
+	switch {
+	case inPause:
+		d.log.Debug("upgrade phase", "phase", p)
+	case p != "":
 		d.log.Info("upgrade phase", "phase", p)
 	}
-	d.notifyStatus()
+	if !inPause {
+		d.notifyStatus()
+	}
 }
 
 // upgrade runs the live update: barrier, manifest, reboot. It returns only
