@@ -26,7 +26,7 @@ echo "bench: Go benchmarks on the host (the fake kernel for luod's own cost)"
 mkdir -p "$out.tmp"
 (cd "$repo" && go test -run '^$' -bench . -benchmem -count 1 ./pkg/proto ./pkg/session ./pkg/kho &&
 	go test -run '^$' -bench 'Hello|Preserve' -benchmem -count 1 -benchtime 3000x ./internal/daemon &&
-	go test -run '^$' -bench 'Sessions1000|ManifestPhase1000' -benchmem -count 1 -benchtime 5x ./internal/daemon) | tee "$out.tmp/gobench.txt"
+	go test -run '^$' -bench 'Sessions1000|ManifestPhase1000|Reclaim100' -benchmem -count 1 -benchtime 5x ./internal/daemon) | tee "$out.tmp/gobench.txt"
 
 echo "bench: installing what the VM needs and building (or reusing) the kernels"
 vm_prepare "$out"

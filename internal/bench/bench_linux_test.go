@@ -389,16 +389,16 @@ func retrieveDirect(t *testing.T, from, n int) (time.Duration, int) {
 
 func reclaimLuod(t *testing.T, l *luod, from, n int) (time.Duration, int) {
 	ctx := context.Background()
-	got := make([][]client.ReclaimedFile, n)
-	t0 := time.Now()
-	for i := range n {
-		rf, err := l.c.Reclaim(ctx, luodName(from, i), true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[i] = rf
+	names := make([]string, n)
+	for i := range names {
+		names[i] = luodName(from, i)
 	}
+	t0 := time.Now()
+	got, err := l.c.ReclaimSessions(ctx, names, true)
 	d := time.Since(t0)
+	if err != nil {
+		t.Fatal(err)
+	}
 	want, buf := make([]byte, carrySize), make([]byte, carrySize)
 	var verified int
 	for i, rf := range got {

@@ -47,7 +47,8 @@ type Retrieve struct {
 	// file, FINISH, for every session.
 	Direct time.Duration
 	// Ready is luod's exec to its READY=1; Reclaim is every session
-	// reclaimed through luod with finish, one request each.
+	// reclaimed through luod with finish, by reclaim_sessions (as many
+	// a request as 253 fds allow).
 	Ready, Reclaim time.Duration
 	// RSSKiB is luod's VmRSS after recovery, holding every session.
 	RSSKiB int64
@@ -224,7 +225,7 @@ func (r *Results) Markdown() string {
 	}
 
 	p("\n### (b), (c), (d), (e) Retrieve after the kexec\n\n")
-	p("Each live update carried the same sessions twice: held by a raw process, and through luod. Direct: RETRIEVE_SESSION, RETRIEVE_FD of each file, FINISH. luod: its exec to READY=1 (recovery: handover decoded, manifest read, every session retrieved), then every session reclaimed with finish, one request each. Every file of both was checked byte-exact.\n\n")
+	p("Each live update carried the same sessions twice: held by a raw process, and through luod. Direct: RETRIEVE_SESSION, RETRIEVE_FD of each file, FINISH. luod: its exec to READY=1 (recovery: handover decoded, manifest read, every session retrieved), then every session reclaimed with finish by reclaim_sessions, as many a request as 253 fds allow. Every file of both was checked byte-exact.\n\n")
 	p("| kernel | sessions × files | file size | direct ms | luod exec→READY ms | luod reclaim ms | luod total ms | luod/direct | per session µs | luod RSS MiB | files verified |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Retrieve {
 		p("| %s | %d × %d | %s | %s | %s | %s | %s | %.2f× | %.0f | %.1f | %d |\n", x.Release, x.Sessions, x.Files, size(x.FileSize),

@@ -4,6 +4,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -404,5 +405,140 @@ func BenchmarkManifestPhase1000(b *testing.B) {
 		if len(m.Sessions) != benchSessions {
 			b.Fatalf("manifest of %d sessions, want %d", len(m.Sessions), benchSessions)
 		}
+	}
+}
+
+// reclaimSessions and reclaimFiles are the VM bench's (b) layout: 100
+// sessions of 10 files carried over a live update.
+const reclaimSessions, reclaimFiles = 100, 10
+
+// BenchmarkReclaim100 is the far side of a live update on the fake
+// kernel: luod, run as under systemd, has recovered reclaimSessions
+// sessions of reclaimFiles memfds each, and a client reclaims them all
+// with finish, one request a session, as the VM bench does. The update
+// itself (create, preserve, upgrade, recovery) is not timed.
+func BenchmarkReclaim100(b *testing.B) { benchReclaim(b, false) }
+
+// BenchmarkReclaim100Sessions is BenchmarkReclaim100 with the sessions
+// reclaimed by ReclaimSessions: as many a request as 253 fds allow.
+func BenchmarkReclaim100Sessions(b *testing.B) { benchReclaim(b, true) }
+
+func benchReclaim(b *testing.B, batched bool) {
+	names := make([]string, reclaimSessions)
+	for i := range names {
+		names[i] = fmt.Sprintf("vm-%04d", i)
+	}
+	var timed time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		h := carried(b)
+		c := h.dial()
+		b.StartTimer()
+		t0 := time.Now()
+		all := make([][]client.ReclaimedFile, len(names))
+		if batched {
+			var err error
+			if all, err = c.ReclaimSessions(context.Background(), names, true); err != nil {
+				b.Fatal(err)
+			}
+		} else {
+			for i, name := range names {
+				rf, err := c.Reclaim(context.Background(), name, true)
+				if err != nil {
+					b.Fatal(err)
+				}
+				all[i] = rf
+			}
+		}
+		got := 0
+		for _, rf := range all {
+			for _, f := range rf {
+				f.File.Close()
+			}
+			got += len(rf)
+		}
+		timed += time.Since(t0)
+		b.StopTimer()
+		if got != reclaimSessions*reclaimFiles {
+			b.Fatalf("reclaimed %d files, want %d", got, reclaimSessions*reclaimFiles)
+		}
+		h.stop()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N*reclaimSessions), "ns/session")
+}
+
+// carried runs a live update on a new fake kernel with reclaimSessions
+// sessions of reclaimFiles memfds of 64 KiB, and returns the luod of the
+// new boot, recovered and serving as under systemd.
+func carried(tb testing.TB) *host {
+	fake := ioctltest.New()
+	tb.Cleanup(func() { fake.Close() })
+	dir := tb.TempDir()
+	h := boot(tb, dir, fake, false, quiet)
+	c := h.dial()
+	cx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	data := make([]byte, 64<<10)
+	for i := range reclaimSessions {
+		files := make([]client.FileToPreserve, reclaimFiles)
+		for j := range files {
+			files[j] = client.FileToPreserve{File: memfd(tb, data), Token: uint64(j + 1), Label: fmt.Sprintf("ram-%d", j)}
+		}
+		s, _, err := c.CreateSessionWithFiles(cx, fmt.Sprintf("vm-%04d", i), nil, files)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		s.Close()
+		for _, f := range files {
+			f.File.Close()
+		}
+	}
+	if _, err := load(tb, c, fakeKernel(tb, dir)); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := c.Upgrade(cx, proto.UpgradeArgs{}, nil); !errors.Is(err, client.ErrRebooting) {
+		tb.Fatalf("upgrade = %v, want ErrRebooting", err)
+	}
+	<-h.kx.rebooted
+	h.stop()
+	return boot(tb, dir, fake, true, asUnderSystemd(tb))
+}
+
+// TestReclaimSessions reclaims 100 sessions of 10 files, after a request
+// that stops at a session not found. The 990 fds take several answers:
+// one past proto.MaxFDs could not be sent at all.
+func TestReclaimSessions(t *testing.T) {
+	h := carried(t)
+	c := h.dial()
+	got, err := c.ReclaimSessions(ctx(t), []string{"vm-0000", "vm-none", "vm-0001"}, true)
+	if !isCode(err, proto.CodeNotFound) || len(got) != 3 || len(got[0]) != reclaimFiles || got[1] != nil || got[2] != nil {
+		t.Fatalf("reclaim of vm-0000, vm-none, vm-0001 = %d sessions, %v; want vm-0000's files and not_found", len(got), err)
+	}
+	names := make([]string, reclaimSessions-1)
+	for i := range names {
+		names[i] = fmt.Sprintf("vm-%04d", i+1)
+	}
+	got, err = c.ReclaimSessions(ctx(t), names, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, rf := range got {
+		if len(rf) != reclaimFiles {
+			t.Fatalf("%s: %d files, want %d", names[i], len(rf), reclaimFiles)
+		}
+		for j, f := range rf {
+			if f.Token != uint64(j+1) || f.Size != 64<<10 {
+				t.Fatalf("%s: file %d is token %d of %d bytes", names[i], j, f.Token, f.Size)
+			}
+			if fi, err := f.File.Stat(); err != nil || fi.Size() != 64<<10 {
+				t.Fatalf("%s: token %d: stat = %v, %v", names[i], f.Token, fi, err)
+			}
+			f.File.Close()
+		}
+	}
+	if st := h.d.custody.Snapshot(); st.Finished != reclaimSessions {
+		t.Fatalf("custody after the reclaims = %+v, want %d finished", st, reclaimSessions)
 	}
 }

@@ -218,7 +218,7 @@ func memfd(t testing.TB, data []byte) *os.File {
 // (the preflight refuses any other): an x86 bzImage header pointing at its
 // version string, or an arm64 Image carrying linux_banner; both of release
 // 7.3.4-test, with a config beside it.
-func fakeKernel(t *testing.T, dir string) string {
+func fakeKernel(t testing.TB, dir string) string {
 	b := make([]byte, 0x1000)
 	switch runtime.GOARCH {
 	case "amd64":
@@ -251,7 +251,7 @@ func sessionAndKernel(t *testing.T, c *client.Client, dir, name string) {
 	}
 }
 
-func load(t *testing.T, c *client.Client, kernel string) (*proto.LoadResult, error) {
+func load(t testing.TB, c *client.Client, kernel string) (*proto.LoadResult, error) {
 	k, err := os.Open(kernel)
 	if err != nil {
 		t.Fatal(err)

@@ -109,14 +109,14 @@ func (d *Daemon) storeRecordLocked() {
 	d.record = r
 }
 
-// recordChange brings the record (storeRecord) up to date with session
-// name by appending one line to it, with one write, before the client
+// recordChange brings the record (storeRecord) up to date with the named
+// sessions by appending one line each to it, with one write, before the client
 // hears back: a luod killed after answering leaves the truth behind. No
 // fsync: a SIGKILL loses no written page, and a power loss ends the
 // sessions anyway. The whole record is rewritten only when the appended
 // changes outweigh it, so a change costs O(1) amortized, not
 // O(sessions).
-func (d *Daemon) recordChange(name string) {
+func (d *Daemon) recordChange(names ...string) {
 	d.recordMu.Lock()
 	defer d.recordMu.Unlock()
 	if d.record == nil && d.recordFailed {
@@ -126,12 +126,20 @@ func (d *Daemon) recordChange(name string) {
 		d.storeRecordLocked()
 		return
 	}
-	line, err := d.custody.RecordChange(name)
+	var lines []byte
+	var err error
+	for _, name := range names {
+		var line []byte
+		if line, err = d.custody.RecordChange(name); err != nil {
+			break
+		}
+		lines = append(lines, line...)
+	}
 	if err == nil {
-		err = d.record.Append(line)
+		err = d.record.Append(lines)
 	}
 	if err != nil {
-		d.log.Warn("cannot append to the custody record; rewriting it whole", "session", name, "file", d.record.Name(), "err", err)
+		d.log.Warn("cannot append to the custody record; rewriting it whole", "sessions", names, "file", d.record.Name(), "err", err)
 		d.storeRecordLocked()
 	}
 }

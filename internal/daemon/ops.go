@@ -173,16 +173,25 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		if err := decode(req, &a); err != nil {
 			return nil, nil, err
 		}
-		r, err := d.custody.Reclaim(caller, a.Name, a.Finish)
+		res, files, err := d.reclaim(caller, []string{a.Name}, a.Finish)
 		if err != nil {
 			return nil, nil, err
 		}
-		d.log.Info("session reclaimed", "session", a.Name, "uid", caller.UID, "files", len(r.Files), "finished", r.Finished)
-		if r.Finished {
-			d.unstoreSession(a.Name)
+		return res.Sessions[0].ReclaimResult, files, nil
+
+	case proto.OpReclaimSessions:
+		var a proto.ReclaimSessionsArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
 		}
-		d.changed(a.Name)
-		return proto.ReclaimResult{Files: fileInfos(r.Session.Files), Finished: r.Finished}, r.Files, nil
+		if len(a.Names) == 0 {
+			return nil, nil, proto.Errorf(proto.CodeBadRequest, "reclaim_sessions names no session")
+		}
+		res, files, err := d.reclaim(caller, a.Names, a.Finish)
+		if err != nil {
+			return nil, nil, err
+		}
+		return res, files, nil
 
 	case proto.OpFinishSession:
 		var a proto.FinishSessionArgs
@@ -223,6 +232,49 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		return res, nil, err
 	}
 	return nil, nil, proto.Errorf(proto.CodeUnknownOp, "unknown operation %q", req.Op)
+}
+
+// reclaim reclaims names in order (reclaim and reclaim_sessions) while
+// their files fit one answer (proto.MaxFDs), stopping at the first it
+// cannot reclaim: that error is the answer only when nothing was
+// reclaimed before it. The sessions done are then recorded together: one
+// append to the custody record, one log line, before the answer, so a
+// luod killed before answering has recorded every session it finished.
+func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (proto.ReclaimSessionsResult, []*os.File, error) {
+	var res proto.ReclaimSessionsResult
+	var files []*os.File
+	var err error
+	for _, name := range names {
+		if len(res.Sessions) > 0 && len(files)+d.custody.FileCount(caller, name) > proto.MaxFDs {
+			break
+		}
+		var r session.Reclaimed
+		if r, err = d.custody.Reclaim(caller, name, finish); err != nil {
+			break
+		}
+		res.Sessions = append(res.Sessions, proto.ReclaimedSession{Name: name,
+			ReclaimResult: proto.ReclaimResult{Files: fileInfos(r.Session.Files), Finished: r.Finished}})
+		files = append(files, r.Files...)
+	}
+	if len(res.Sessions) == 0 {
+		return res, nil, err
+	}
+	done := make([]string, len(res.Sessions))
+	for i, s := range res.Sessions {
+		done[i] = s.Name
+		if s.Finished {
+			d.unstoreSession(s.Name)
+		}
+	}
+	if len(done) == 1 {
+		r := res.Sessions[0]
+		d.log.Info("session reclaimed", "session", r.Name, "uid", caller.UID, "files", len(r.Files), "finished", r.Finished)
+	} else {
+		d.log.Info("sessions reclaimed", "sessions", len(done), "first", done[0], "last", done[len(done)-1],
+			"uid", caller.UID, "files", len(files), "finish", finish, "stopped_by", err)
+	}
+	d.changed(done...)
+	return res, files, nil
 }
 
 // createSession creates a session and preserves files into it, the files

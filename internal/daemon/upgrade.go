@@ -58,14 +58,26 @@ func (d *Daemon) currentPhase() string {
 	return d.phase
 }
 
+// setPhase records the upgrade phase p ("" once over) for status. The
+// manifest and reboot phases run in the workloads' pause, where a log
+// line and a STATUS= datagram are each a write luod's share of it waits
+// for: they are logged at debug (the "manifest written" and reboot lines
+// say as much) and systemd's status line is left at the barrier, which
+// can last seconds, until the upgrade is over.
 func (d *Daemon) setPhase(p string) {
 	d.mu.Lock()
 	d.phase = p
 	d.mu.Unlock()
-	if p != "" {
+	inPause := p == proto.PhaseManifest || p == proto.PhaseReboot
+	switch {
+	case inPause:
+		d.log.Debug("upgrade phase", "phase", p)
+	case p != "":
 		d.log.Info("upgrade phase", "phase", p)
 	}
-	d.notifyStatus()
+	if !inPause {
+		d.notifyStatus()
+	}
 }
 
 // upgrade runs the live update: barrier, manifest, reboot. It returns only
@@ -103,6 +115,13 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	if d.cfg.BeforeUpgrade != nil {
 		d.cfg.BeforeUpgrade()
 	}
+
+	// Each session's manifest encoding is brought up to date while the
+	// workloads still run (the disk writer may not have run since the
+	// last change): in the pause, the manifest phase then joins bytes,
+	// encoding only a session changed during the barrier. An error is the
+	// manifest phase's to report.
+	d.custody.EncodedManifest(d.expectedNext())
 
 	// Barrier: every subscriber must answer ready in time.
 	progress(proto.PhaseBarrier)

@@ -344,6 +344,65 @@ func (c *Client) Reclaim(ctx context.Context, name string, finish bool) ([]Recla
 	return out, nil
 }
 
+// ReclaimSessions is Reclaim of every session of names, in as few
+// requests as the fds allow (reclaim_sessions: up to proto.MaxFDs files
+// an answer); got[i] are the files of names[i]. On an error, got holds
+// the sessions reclaimed before it (nil for the others). With finish, a
+// session the kernel would not finish yet gives ErrNotFinished once all
+// are reclaimed. A luod without reclaim_sessions gets one Reclaim a
+// session.
+func (c *Client) ReclaimSessions(ctx context.Context, names []string, finish bool) (got [][]ReclaimedFile, err error) {
+	got = make([][]ReclaimedFile, len(names))
+	var unfinished []string
+	for done := 0; done < len(names); {
+		var res proto.ReclaimSessionsResult
+		files, err := c.do(ctx, proto.OpReclaimSessions, proto.ReclaimSessionsArgs{Names: names[done:], Finish: finish}, nil, &res, -1)
+		if errors.Is(err, proto.ErrUnknownOp) {
+			for ; done < len(names); done++ {
+				got[done], err = c.Reclaim(ctx, names[done], finish)
+				if errors.Is(err, ErrNotFinished) {
+					unfinished = append(unfinished, names[done])
+				} else if err != nil {
+					return got, err
+				}
+			}
+			break
+		}
+		if err != nil {
+			return got, err
+		}
+		n := 0
+		for _, s := range res.Sessions {
+			n += len(s.Files)
+		}
+		if len(res.Sessions) == 0 || len(res.Sessions) > len(names)-done || n != len(files) {
+			closeFiles(files)
+			return got, fmt.Errorf("luod reclaim_sessions: %w: %d sessions with %d files for %d names, %d fds",
+				ErrProtocol, len(res.Sessions), n, len(names)-done, len(files))
+		}
+		for _, s := range res.Sessions {
+			if s.Name != names[done] {
+				closeFiles(files)
+				return got, fmt.Errorf("luod reclaim_sessions: %w: answered %q for %q", ErrProtocol, s.Name, names[done])
+			}
+			out := make([]ReclaimedFile, len(s.Files))
+			for i, fi := range s.Files {
+				out[i] = ReclaimedFile{Token: fi.Token, Label: fi.Label, Size: fi.Size, File: files[i]}
+			}
+			files = files[len(s.Files):]
+			got[done] = out
+			if finish && !s.Finished {
+				unfinished = append(unfinished, s.Name)
+			}
+			done++
+		}
+	}
+	if len(unfinished) > 0 {
+		return got, fmt.Errorf("luod reclaim of sessions %q: %w", unfinished, ErrNotFinished)
+	}
+	return got, nil
+}
+
 // FinishSession has luod finish the caller's retrieved session name: the
 // kernel gets the preserved state back.
 func (c *Client) FinishSession(ctx context.Context, name string) error {

@@ -168,6 +168,32 @@ type ReclaimResult struct {
 	Finished bool `json:"finished"`
 }
 
+// ReclaimSessionsArgs are the arguments of OpReclaimSessions: OpReclaim
+// of several sessions in one request.
+type ReclaimSessionsArgs struct {
+	Names []string `json:"names"`
+	// Finish asks luod to finish each session once its files are
+	// retrieved.
+	Finish bool `json:"finish,omitempty"`
+}
+
+// ReclaimSessionsResult is the result of OpReclaimSessions: the sessions
+// reclaimed, a prefix of the names asked, in that order. luod stops
+// before a session whose files would take the response past MaxFDs, and
+// at a session it cannot reclaim (the error is the answer when it is the
+// first); the client asks again for the rest. The response carries one
+// fd per file, session after session, each in the order of its Files.
+type ReclaimSessionsResult struct {
+	Sessions []ReclaimedSession `json:"sessions"`
+}
+
+// ReclaimedSession is one session of a ReclaimSessionsResult: the
+// ReclaimResult of its name.
+type ReclaimedSession struct {
+	Name string `json:"name"`
+	ReclaimResult
+}
+
 // FinishSessionArgs are the arguments of OpFinishSession.
 type FinishSessionArgs struct {
 	Name string `json:"name"`

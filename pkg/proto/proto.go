@@ -36,6 +36,7 @@ const (
 	OpReady           = "ready"            // ReadyArgs; empty result
 	OpRetrieveSession = "retrieve_session" // RetrieveSessionArgs; RetrieveSessionResult + 1 fd
 	OpReclaim         = "reclaim"          // ReclaimArgs; ReclaimResult + 1 fd per file
+	OpReclaimSessions = "reclaim_sessions" // ReclaimSessionsArgs; ReclaimSessionsResult + 1 fd per file
 	OpFinishSession   = "finish_session"   // FinishSessionArgs; empty result
 
 	// Admin operations: uid 0 or members of luod's admin group.
@@ -51,7 +52,7 @@ var ops = map[string]bool{ // op → admin only
 	OpHello: false, OpCreateSession: false, OpPreserve: false,
 	OpDeclare: false, OpListSessions: false, OpDeleteSession: false,
 	OpSubscribe: false, OpReady: false, OpRetrieveSession: false,
-	OpReclaim: false, OpFinishSession: false,
+	OpReclaim: false, OpReclaimSessions: false, OpFinishSession: false,
 	OpStatus: true, OpSessions: true, OpInspect: true, OpLoad: true,
 	OpUnload: true, OpUpgrade: true,
 }

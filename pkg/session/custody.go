@@ -149,6 +149,9 @@ type entry struct {
 	tokens   map[uint64]struct{}
 	busy     bool // an operation is running on it
 	creating bool // CREATE_SESSION not yet returned
+	// enc is the session's manifest entry as last encoded (encodeCached);
+	// used only while it still equals the session.
+	enc *encodedSession
 }
 
 func (e *entry) snapshot() Session {
@@ -573,6 +576,17 @@ func handedOver(e *entry) error {
 	default:
 		return errorf(CodeBadRequest, e.s.Name, "session is %s", e.s.State)
 	}
+}
+
+// FileCount is how many files Reclaim of the caller's session name would
+// hand back now; 0 for a session the caller cannot see.
+func (c *Custody) FileCount(caller Caller, name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.byName[name]; e != nil && caller.sees(e.s.UID) {
+		return len(e.s.Files)
+	}
+	return 0
 }
 
 // Reclaimed is what Reclaim hands back.

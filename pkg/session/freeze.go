@@ -66,11 +66,50 @@ func (c *Custody) Frozen() bool {
 func (c *Custody) Manifest(expected uint64) *Manifest {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.manifestLocked(expected)
+	m, _ := c.manifestLocked(expected)
+	return m
 }
 
-func (c *Custody) manifestLocked(expected uint64) *Manifest {
-	return c.manifestOf(expected, c.sessionsLocked(func(e *entry) bool { return e.s.State == StateOpen }, false))
+// EncodedManifest is Manifest and its encoding (Encode), for the copy on
+// disk. Encoding it keeps each session's encoding for the next one, so
+// that the manifest phase, in the workloads' pause, encodes only the
+// sessions changed since the last copy.
+func (c *Custody) EncodedManifest(expected uint64) (*Manifest, []byte, error) {
+	c.mu.Lock()
+	m, es := c.manifestLocked(expected)
+	c.mu.Unlock()
+	b, err := c.encodeCached(m, es)
+	return m, b, err
+}
+
+// manifestLocked is the manifest of the open sessions and their entries,
+// in the manifest's order; c.mu is held.
+func (c *Custody) manifestLocked(expected uint64) (*Manifest, []*entry) {
+	es := c.sortedLocked(func(e *entry) bool { return e.s.State == StateOpen })
+	return c.manifestOf(expected, c.sessionsOf(es, false)), es
+}
+
+// encodeCached is m.Encode, m listing the sessions of es in order, with
+// the encoding of each session taken from its entry when the entry still
+// holds that very session (compared field by field, so no change can be
+// missed), and kept there otherwise. c.mu is not held.
+func (c *Custody) encodeCached(m *Manifest, es []*entry) ([]byte, error) {
+	cache := make([]*encodedSession, len(es))
+	c.mu.Lock()
+	for i, e := range es {
+		cache[i] = e.enc
+	}
+	c.mu.Unlock()
+	b, err := m.encode(cache)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	for i, e := range es {
+		e.enc = cache[i]
+	}
+	c.mu.Unlock()
+	return b, nil
 }
 
 // manifestOf is a manifest of this boot listing sessions.
@@ -89,15 +128,20 @@ func (c *Custody) manifestOf(expected uint64, sessions []ManifestSession) *Manif
 // name, as a manifest lists them (with their state if withState); c.mu is
 // held.
 func (c *Custody) sessionsLocked(keep func(*entry) bool, withState bool) []ManifestSession {
+	return c.sessionsOf(c.sortedLocked(keep), withState)
+}
+
+// sortedLocked is the settled entries that keep says to, sorted by name;
+// c.mu is held.
+func (c *Custody) sortedLocked(keep func(*entry) bool) []*entry {
 	var es []*entry
 	for _, e := range c.byName {
 		if !e.creating && keep(e) {
 			es = append(es, e)
 		}
 	}
-	out := c.sessionsOf(es, withState)
-	slices.SortFunc(out, func(a, b ManifestSession) int { return strings.Compare(a.Name, b.Name) })
-	return out
+	slices.SortFunc(es, func(a, b *entry) int { return strings.Compare(a.s.Name, b.s.Name) })
+	return es
 }
 
 // sessionsOf lists es as a manifest lists them; c.mu is held.
@@ -141,7 +185,7 @@ func (c *Custody) WriteManifest(expected uint64) (*Manifest, []byte, error) {
 		c.mu.Unlock()
 		return nil, nil, errorf(CodeInternal, ReservedName, "WriteManifest outside Freeze")
 	}
-	m := c.manifestLocked(expected)
+	m, es := c.manifestLocked(expected)
 	old := c.reserved
 	c.reserved = nil
 	c.mu.Unlock()
@@ -149,7 +193,7 @@ func (c *Custody) WriteManifest(expected uint64) (*Manifest, []byte, error) {
 		old.Close()
 	}
 
-	b, err := m.Encode()
+	b, err := c.encodeCached(m, es)
 	var f *os.File
 	if err == nil {
 		f, err = sealedMemfd(b)

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -115,7 +117,12 @@ func manifestErrorf(field, format string, args ...any) *ManifestError {
 // valid by ValidateName and unique; labels within MaxLabels,
 // MaxLabelKeyLen, MaxLabelValueLen and UTF-8; tokens unique in their
 // session; sizes not negative; times within years 0 to 9999.
-func (m *Manifest) validate() error {
+func (m *Manifest) validate() error { return m.validateBut(nil) }
+
+// validateBut is validate, taking the content of session i as valid
+// where known[i] (names are still checked unique): it was validated when
+// encoded the last time.
+func (m *Manifest) validateBut(known []bool) error {
 	if m.Format != FormatV1 {
 		return &UnknownFormatError{Format: m.Format}
 	}
@@ -134,6 +141,9 @@ func (m *Manifest) validate() error {
 			return manifestErrorf(at(".name"), "session %q listed twice", s.Name)
 		}
 		names[s.Name] = struct{}{}
+		if known != nil && known[i] {
+			continue
+		}
 		switch s.State {
 		case "", StateOpen, StateIncoming, StateClaimed:
 		default:
@@ -193,20 +203,85 @@ func (m *Manifest) normalized() *Manifest {
 // sorts sessions by name), times in UTC. It refuses a manifest that
 // DecodeManifest would refuse, so luod never hands over one it cannot
 // read back.
-func (m *Manifest) Encode() ([]byte, error) {
-	if err := m.validate(); err != nil {
+func (m *Manifest) Encode() ([]byte, error) { return m.encode(nil) }
+
+// encodedSession is a session of a manifest and its encoding.
+type encodedSession struct {
+	s ManifestSession // normalized
+	b []byte
+}
+
+// of reports whether x is the encoding of s, normalized.
+func (x *encodedSession) of(s *ManifestSession) bool {
+	return x != nil && x.s.State == s.State && x.s.Name == s.Name && x.s.UID == s.UID && x.s.GID == s.GID &&
+		x.s.Created.Equal(s.Created) && maps.Equal(x.s.Labels, s.Labels) && slices.Equal(x.s.Files, s.Files)
+}
+
+// encode is Encode, the sessions encoded one by one and joined: where
+// cache (if not nil; one per session) holds the encoding of the very
+// session, it is used; else cache is given the new one. The bytes are
+// those of the manifest encoded whole.
+func (m *Manifest) encode(cache []*encodedSession) ([]byte, error) {
+	n := m.normalized()
+	sessions := n.Sessions
+	var known []bool
+	size := 0
+	if cache != nil {
+		known = make([]bool, len(sessions))
+		for i := range sessions {
+			if known[i] = cache[i].of(&sessions[i]); known[i] {
+				size += len(cache[i].b) + 1
+			}
+		}
+	}
+	if err := m.validateBut(known); err != nil {
 		return nil, err
 	}
+	n.Sessions = nil
+	head, err := marshal(n)
+	if err != nil {
+		return nil, err
+	}
+	const tail = `null}`
+	if !bytes.HasSuffix(head, []byte(tail)) {
+		return nil, &ManifestError{Err: fmt.Errorf("manifest encoded as %.40q…, not ending in its sessions", head)}
+	}
+	buf := make([]byte, 0, len(head)+size+4)
+	buf = append(append(buf, head[:len(head)-len(tail)]...), '[')
+	for i := range sessions {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		s := &sessions[i]
+		if known != nil && known[i] {
+			buf = append(buf, cache[i].b...)
+			continue
+		}
+		b, err := marshal(s)
+		if err != nil {
+			return nil, err
+		}
+		if cache != nil {
+			cache[i] = &encodedSession{s: *s, b: b}
+		}
+		buf = append(buf, b...)
+	}
+	buf = append(buf, "]}\n"...)
+	if len(buf) > MaxManifestSize {
+		return nil, &ManifestError{Err: fmt.Errorf("%w: %d bytes encoded, at most %d", ErrManifestTooLarge, len(buf), MaxManifestSize)}
+	}
+	return buf, nil
+}
+
+// marshal is v as compact JSON, HTML characters as they are.
+func marshal(v any) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(m.normalized()); err != nil {
+	if err := enc.Encode(v); err != nil {
 		return nil, &ManifestError{Err: err}
 	}
-	if buf.Len() > MaxManifestSize {
-		return nil, &ManifestError{Err: fmt.Errorf("%w: %d bytes encoded, at most %d", ErrManifestTooLarge, buf.Len(), MaxManifestSize)}
-	}
-	return buf.Bytes(), nil
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // DecodeManifest reads a manifest strictly: at most MaxManifestSize bytes,

@@ -187,3 +187,69 @@ func FuzzDecodeManifest(f *testing.F) {
 		}
 	})
 }
+
+// wholeEncoding is the manifest encoded in one piece, as Encode did
+// before it joined sessions: what encode must still write, byte for byte.
+func wholeEncoding(t *testing.T, m *Manifest) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(m.normalized()); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestEncodeJoinsSessions(t *testing.T) {
+	for _, m := range []*Manifest{sampleManifest(), {Format: FormatV1, WrittenAt: t0}} {
+		b, err := m.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		equalBytes(t, "joined encoding", b, wholeEncoding(t, m))
+	}
+}
+
+// TestEncodedManifestCache changes sessions between encodings: each
+// encoding must be the whole manifest's, the unchanged sessions' taken
+// from the cache.
+func TestEncodedManifestCache(t *testing.T) {
+	h := newHost(t, Config{})
+	alice := Caller{UID: 1000, GID: 1000}
+	for _, name := range []string{"vm-a", "vm-b", "vm-c"} {
+		mustCreate(t, h.c, alice, name)
+	}
+	check := func(what string) []*encodedSession {
+		t.Helper()
+		m, b, err := h.c.EncodedManifest(7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		equalBytes(t, what, b, wholeEncoding(t, m))
+		h.c.mu.Lock()
+		defer h.c.mu.Unlock()
+		var encs []*encodedSession
+		for _, n := range []string{"vm-a", "vm-b", "vm-c"} {
+			if e := h.c.byName[n]; e != nil {
+				encs = append(encs, e.enc)
+			}
+		}
+		return encs
+	}
+	first := check("first encoding")
+	if err := h.c.Declare(alice, "vm-b", []FileDecl{{Token: 5, Label: "<ram>"}}); err != nil {
+		t.Fatal(err)
+	}
+	second := check("after a declare into vm-b")
+	if first[0] != second[0] || first[2] != second[2] {
+		t.Error("unchanged sessions were encoded again")
+	}
+	if first[1] == second[1] {
+		t.Error("vm-b's old encoding was used after its change")
+	}
+	if err := h.c.Delete(alice, "vm-a"); err != nil {
+		t.Fatal(err)
+	}
+	check("after a delete")
+}
