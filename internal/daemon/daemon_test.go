@@ -656,6 +656,13 @@ func (s *fakeStore) StoreFD(name string, f *os.File) error {
 	return nil
 }
 
+// has reports whether an fd is stored under name.
+func (s *fakeStore) has(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fds[name] != nil
+}
+
 func (s *fakeStore) RemoveFD(name string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

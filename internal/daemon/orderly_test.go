@@ -35,6 +35,14 @@ type fakeManager struct {
 
 func (m *fakeManager) Version(context.Context) (int, error) { return m.version, nil }
 
+// seen is how often kexec.target was started, and whether the device was
+// free at the last start.
+func (m *fakeManager) seen() (starts int, devFree bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.starts, m.devFree
+}
+
 func (m *fakeManager) StartKexecTarget(context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -121,11 +129,11 @@ func TestOrderlyUpgradeThroughSystemd(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("kexec.target never started")
 	}
-	if !mgr.devFree {
+	if _, free := mgr.seen(); !free {
 		t.Fatal("luod still held /dev/liveupdate when it started kexec.target")
 	}
 	for _, name := range []string{"session-vm-o", "session-luod", "manifest"} {
-		if store.fds[name] == nil {
+		if !store.has(name) {
 			t.Fatalf("fd store lacks %s before the kexec: %v", name, storeNames(store))
 		}
 	}
@@ -138,8 +146,8 @@ func TestOrderlyUpgradeThroughSystemd(t *testing.T) {
 	if err := <-upgraded; !errors.Is(err, client.ErrRebooting) {
 		t.Fatalf("upgrade = %v, want the connection to end as for a reboot", err)
 	}
-	if !strings.Contains(h.logs.String(), "path=orderly") {
-		t.Fatalf("luod did not log the orderly path:\n%s", h.logs)
+	if !strings.Contains(h.logText(), "path=orderly") {
+		t.Fatalf("luod did not log the orderly path:\n%s", h.logText())
 	}
 
 	store2, in := systemdCarries(t, fake, store)
@@ -149,14 +157,14 @@ func TestOrderlyUpgradeThroughSystemd(t *testing.T) {
 	if err != nil || st.Continuity != "ok" || st.LiveUpdateNumber != 1 || st.Sessions.Incoming != 1 || len(st.LostSessions) != 0 {
 		t.Fatalf("status after the orderly kexec = %+v, %v", st, err)
 	}
-	logs := h2.logs.String()
+	logs := h2.logText()
 	for _, want := range []string{"handed back by systemd's fd store after the kexec, already retrieved\" session=vm-o",
 		"handed back by systemd's fd store after the kexec, already retrieved\" session=luod"} {
 		if !strings.Contains(logs, want) {
 			t.Fatalf("log lacks %q:\n%s", want, logs)
 		}
 	}
-	if store2.fds["session-luod"] != nil {
+	if store2.has("session-luod") {
 		t.Fatal("the read reserved session stays in the fd store")
 	}
 	files, err := c2.Reclaim(ctx(t), "vm-o", true)
@@ -187,10 +195,10 @@ func TestOrderlyUpgradeRefusedBySystemd(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Code != proto.CodeKexecFailed || !strings.Contains(err.Error(), "Access denied") {
 		t.Fatalf("upgrade = %v, want kexec_failed naming systemd's refusal", err)
 	}
-	if mgr.starts != 1 || !mgr.devFree {
-		t.Fatalf("kexec.target started %d times, device free %v", mgr.starts, mgr.devFree)
+	if starts, free := mgr.seen(); starts != 1 || !free {
+		t.Fatalf("kexec.target started %d times, device free %v", starts, free)
 	}
-	if store.fds["session-luod"] != nil {
+	if store.has("session-luod") {
 		t.Fatal("the reserved session stays in the fd store after the refusal")
 	}
 	// The device is luod's again: a new session can be made.
