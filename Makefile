@@ -35,9 +35,9 @@ test: unit unit-arm64 vm-test
 bench:
 	deploy/qemu/bench.sh
 
-## unit: vet, gofmt check and the Go unit tests (no root, no VM).
+## unit: vet, gofmt check and the Go unit tests under the race detector (no root, no VM).
 unit: vet fmt-check
-	$(GO) test -count=1 ./...
+	$(GO) test -race -count=1 ./...
 	deploy/systemd/verify.sh
 	GOARCH=arm64 $(GO) build ./...
 	$(MAKE) fuzz-short
