@@ -34,8 +34,7 @@ mv "$out.tmp/gobench.txt" "$out/" && rmdir "$out.tmp"
 (cd "$repo" &&
 	CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod &&
 	CGO_ENABLED=0 go test -c -o "$out/bin/bench.test" ./internal/bench)
-"$here/mkinitramfs.sh" "$out/share/initrd.img" "$out/bin/"*
-vm_boots "$out" 4
+vm_share "$out" 4
 {
 	echo "# stage name command (run in /luod of the guest)"
 	for s in 1 2 3 4; do echo "$s bench ./bench.test -test.v -test.run TestBench"; done

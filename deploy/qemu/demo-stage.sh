@@ -1,6 +1,6 @@
 #!/bin/sh
 # demo-stage.sh — one boot of the luod demo, run by the VM's /init from
-# /luod with LUOD_STAGE set. Three boots: 7.2 (cold) -> 7.3 -> 7.3, each
+# /luod with LUOD_STAGE set. Three boots: 7.2 (cold) -> 7.3 -> 7.3 (7.2 on arm64), each
 # update driven by luod, a workload keeping 256 MiB of "guest RAM" in a
 # memfd across both. With LUOD_DEMO_TESTS=1 (make test) stage 1 also runs
 # the daemon's VM test cases against the live luod first.

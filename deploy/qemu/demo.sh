@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh — the luod demo in a VM (make demo): luod, luoctl and a demo
-# workload (examples/guestram) do two live updates, 7.2 -> 7.3 -> 7.3, with
+# workload (examples/guestram) do two live updates, 7.2 -> 7.3 -> 7.3 (on arm64
+# 7.2 -> 7.2 -> 7.2, see lib.sh), with
 # 256 MiB of guest RAM verified byte-exact after each. With --tests (make
 # test) stage 1 also runs the daemon's VM test cases first.
 # Output goes to ${LUOD_OUT:-_out}/vm/demo/.

@@ -14,7 +14,8 @@
 # vm_boots OUT N: lay out OUT/share/boot1..N: boot1 = the "from" kernel,
 # the others the "to" kernel, each with vmlinuz (the boot image: bzImage or
 # arm64 Image), release and config.
-# vm_share OUT: pack OUT/bin/* into the initramfs and lay out three boots.
+# vm_share OUT [N]: pack OUT/bin/* into the initramfs and lay out N boots
+# (default 3).
 lib_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export LUOD_ARCH=${LUOD_ARCH:-x86_64}
 case "$LUOD_ARCH" in
@@ -51,5 +52,5 @@ vm_boots() {
 
 vm_share() {
 	"$lib_dir/mkinitramfs.sh" "$1/share/initrd.img" "$1/bin/"*
-	vm_boots "$1" 3
+	vm_boots "$1" "${2:-3}"
 }

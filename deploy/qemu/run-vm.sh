@@ -51,28 +51,15 @@ echo "$accel" >"$share/accel"
 
 cmdline="console=$console quiet panic=-1 liveupdate=on kho=on luod.stage=$stage ${LUOD_VM_APPEND:-}"
 echo "run-vm: $arch boot$stage/vmlinuz ($(cat "$share/boot$stage/release")) accel=$accel mem=$mem timeout=${timeout_s}s log=$log"
-boot() {
-	start=$(date +%s)
-	set +e
-	timeout --foreground "$timeout_s" "${qemu[@]}" \
-		-kernel "$kernel" -initrd "$share/initrd.img" -append "$cmdline" \
-		-virtfs "local,path=$share,mount_tag=host,security_model=none,id=host" \
-		</dev/null 2>&1 | tr -d '\r' | tee "$log" | sed -u 's/^/  vm| /'
-	rc=${PIPESTATUS[0]}
-	set -e
-	elapsed=$(($(date +%s) - start))
-}
-boot
-# A kernel that dies before it runs /init ran nothing of ours: that is the
-# emulator or the kernel (seen once under TCG: a panic 1.7 s into boot 1),
-# not a test result. Boot once more, saying so and keeping the first console.
-if [ "$rc" != 124 ] && ! grep -q 'LUOD-VM: boot stage=' "$log"; then
-	mv "$log" "$log.first"
-	echo "run-vm: the kernel never reached /init (console in $log.first):"
-	grep -E -i 'panic|BUG|Oops' "$log.first" | head -5 | sed 's/^/  /' || true
-	echo "run-vm: booting once more"
-	boot
-fi
+start=$(date +%s)
+set +e
+timeout --foreground "$timeout_s" "${qemu[@]}" \
+	-kernel "$kernel" -initrd "$share/initrd.img" -append "$cmdline" \
+	-virtfs "local,path=$share,mount_tag=host,security_model=none,id=host" \
+	</dev/null 2>&1 | tr -d '\r' | tee "$log" | sed -u 's/^/  vm| /'
+rc=${PIPESTATUS[0]}
+set -e
+elapsed=$(($(date +%s) - start))
 
 echo "run-vm: qemu exited with $rc after ${elapsed}s"
 if [ "$rc" = 124 ]; then

@@ -4,7 +4,8 @@
 # under multi-threaded TCG ("Oops: int3": a vCPU ran a breakpoint the
 # kernel had already patched away; seen twice in early boot, once in a cold
 # boot, once after a kexec, both on a loaded host), run the whole suite
-# once more from scratch. Any other failure stands.
+# once more from scratch. Any other failure stands. It is the harness's only
+# retry: run-vm.sh itself boots once.
 #
 # The first try's suite lines are relabelled so that the closing count of
 # .ci/run reads only the try that stands; when there is no second try,
