@@ -224,7 +224,7 @@ func (d *Daemon) loadDisk(warnings *[]string) *session.Manifest {
 	for _, s := range srcs {
 		m, err := s.load(d.cfg.StateDir)
 		if err == nil {
-			d.log.Debug("read what the last luod wrote down", "file", s.path, "sessions", len(m.Sessions))
+			d.log.Info("read what the last luod wrote down", "file", s.path, "sessions", len(m.Sessions))
 			return m
 		}
 		if errors.Is(err, fs.ErrNotExist) {
