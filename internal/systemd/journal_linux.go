@@ -5,12 +5,9 @@ package systemd
 import (
 	"log/slog"
 	"net"
-	"os"
-	"strconv"
-	"strings"
 
+	"github.com/coreos/go-systemd/v22/journal"
 	slogjournal "github.com/systemd/slog-journal"
-	"golang.org/x/sys/unix"
 )
 
 // journalSocket is journald's native protocol socket; slog-journal sends
@@ -50,24 +47,11 @@ func NewLogger(level slog.Leveler) (*slog.Logger, bool) {
 	return slog.New(h), true
 }
 
-// stderrIsJournal reports whether $JOURNAL_STREAM ("<dev>:<ino>") names
-// the file on fd 2.
+// stderrIsJournal reports whether fd 2 is the journal stream
+// $JOURNAL_STREAM names (go-systemd's check).
 func stderrIsJournal() bool {
-	v := os.Getenv("JOURNAL_STREAM")
-	if v == "" {
-		return false
-	}
-	d, i, ok := strings.Cut(v, ":")
-	dev, err1 := strconv.ParseUint(d, 10, 64)
-	ino, err2 := strconv.ParseUint(i, 10, 64)
-	if !ok || err1 != nil || err2 != nil {
-		return false
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(2, &st); err != nil {
-		return false
-	}
-	return uint64(st.Dev) == dev && uint64(st.Ino) == ino
+	ok, err := journal.StderrIsJournalStream()
+	return err == nil && ok
 }
 
 func journalReachable() bool {
