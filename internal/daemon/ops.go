@@ -18,19 +18,11 @@ import (
 // dispatch runs one decoded request. It returns the result, the fds to
 // send with it (closed by the caller after sending) or an error.
 func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cred *unix.Ucred, files []*os.File) (any, []*os.File, error) {
-	nofds := func() error {
-		if len(files) > 0 {
-			return proto.Errorf(proto.CodeBadRequest, "%s takes no file descriptors, got %d", req.Op, len(files))
-		}
-		return nil
-	}
 	// docs/protocol.md: only create_session, preserve and load take fds,
 	// and an op without args refuses any field; the cases below check only
 	// their own.
-	if req.Op != proto.OpCreateSession && req.Op != proto.OpPreserve && req.Op != proto.OpLoad {
-		if err := nofds(); err != nil {
-			return nil, nil, err
-		}
+	if req.Op != proto.OpCreateSession && req.Op != proto.OpPreserve && req.Op != proto.OpLoad && len(files) > 0 {
+		return nil, nil, proto.Errorf(proto.CodeBadRequest, "%s takes no file descriptors, got %d", req.Op, len(files))
 	}
 	switch req.Op {
 	case proto.OpHello, proto.OpSubscribe, proto.OpStatus, proto.OpUnload:
@@ -40,9 +32,6 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 	}
 	switch req.Op {
 	case proto.OpHello:
-		if err := nofds(); err != nil {
-			return nil, nil, err
-		}
 		return proto.HelloResult{Version: proto.Version, Daemon: Version, Release: d.boot.release}, nil, nil
 
 	case proto.OpCreateSession:
@@ -90,9 +79,6 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 	case proto.OpDeclare:
 		var a proto.DeclareArgs
 		if err := decode(req, &a); err != nil {
-			return nil, nil, err
-		}
-		if err := nofds(); err != nil {
 			return nil, nil, err
 		}
 		decl := make([]session.FileDecl, len(a.Files))

@@ -21,8 +21,6 @@ type recovery struct {
 	warnings        []string
 	// handover is the decoded handover of this boot, nil on a cold boot.
 	handover *kho.Handover
-	// restarted: luod already took this boot's handover over before.
-	restarted bool
 }
 
 // recover decodes this boot's handover, cross-checks it with the kernel's
@@ -40,7 +38,7 @@ func (d *Daemon) recover() error {
 		d.log.Warn("luod restarted within this boot: taking back the sessions systemd's fd store kept",
 			"stored_sessions", len(d.cfg.Inherited.Sessions), "record", d.cfg.Inherited.Record != nil)
 		d.setRecovery(recovery{continuity: prev.Continuity, got: prev.Got, expected: prev.Expected,
-			previousRelease: prev.PreviousRelease, lost: prev.Lost, restarted: true})
+			previousRelease: prev.PreviousRelease, lost: prev.Lost})
 		d.adopt(d.cfg.Inherited)
 		d.storeRecord()
 		d.saveDisk()

@@ -5,30 +5,9 @@ package systemd
 import (
 	"context"
 	"fmt"
-	"os/exec"
-	"time"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 )
-
-// SystemdVersion returns the major version of the installed systemd, from
-// the first line of `systemctl --version` ("systemd 252 (252.38-1~deb12u1)"
-// → 252). It is the version of the systemctl binary: after a package
-// upgrade and before `systemctl daemon-reexec` the running manager can be
-// older, so decide the kexec path with ManagerVersion when D-Bus is up.
-func SystemdVersion() (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "systemctl", "--version").Output()
-	if err != nil {
-		return 0, &Error{Op: "systemctl --version", Err: err}
-	}
-	v, err := parseVersion(string(out))
-	if err != nil {
-		return 0, &Error{Op: "systemctl --version", Err: err}
-	}
-	return v, nil
-}
 
 // ManagerVersion returns the major version of the running service manager,
 // its org.freedesktop.systemd1.Manager Version property, over the system

@@ -7,11 +7,6 @@ import (
 	"errors"
 )
 
-// SystemdVersion fails outside Linux.
-func SystemdVersion() (int, error) {
-	return 0, &Error{Op: "systemctl --version", Err: errors.ErrUnsupported}
-}
-
 // ManagerVersion fails outside Linux.
 func ManagerVersion(ctx context.Context) (int, error) {
 	return 0, &Error{Op: "D-Bus Version", Err: errors.ErrUnsupported}

@@ -9,10 +9,6 @@ import (
 
 // systemd versions that change what the fd store can do for luod.
 const (
-	// FDStorePreserveVersion is the first systemd that knows
-	// FileDescriptorStorePreserve=: the store outlives a stop of luod.
-	// Older ones warn about the unknown setting and ignore it.
-	FDStorePreserveVersion = 254
 	// FDStoreKexecVersion is the first systemd whose kexec.target carries
 	// fd stores, LUO sessions included, across a kexec through the Live
 	// Update Orchestrator (systemd pull request 41683). From it on luod
