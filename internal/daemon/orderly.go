@@ -114,24 +114,26 @@ func (d *Daemon) storeAllForKexec() error {
 	if err != nil {
 		return fmt.Errorf("storing luod's reserved session: %w", err)
 	}
+	var open []string
 	for _, ss := range d.custody.List(session.Caller{Admin: true}) {
-		if ss.State != session.StateOpen {
-			continue // retrieved in this boot: the kernel cannot carry it again
-		}
-		name := ss.Name
-		f, err := d.custody.DupFile(name)
-		if err != nil {
-			continue // finished meanwhile: nothing to carry
-		}
-		err = d.cfg.FDStore.StoreFD(sessionFDName(name), f)
-		f.Close()
-		if err != nil {
-			d.unstoreSession(session.ReservedName)
-			return fmt.Errorf("storing session %s: %w", name, err)
+		if ss.State == session.StateOpen { // one retrieved in this boot cannot be carried again
+			open = append(open, ss.Name)
 		}
 	}
-	d.storeRecord()
-	return nil
+	// The record needs no rewrite here: every change was appended to it
+	// before its answer, and the next boot's luod reads the manifest.
+	d.custody.EachFile(open, func(name string, f *os.File) {
+		if err != nil {
+			return
+		}
+		if serr := d.cfg.FDStore.StoreFD(sessionFDName(name), f); serr != nil {
+			err = fmt.Errorf("storing session %s: %w", name, serr)
+		}
+	})
+	if err != nil {
+		d.unstoreSession(session.ReservedName)
+	}
+	return err
 }
 
 // devSlot is /dev/liveupdate as the custody sees it. The orderly path
