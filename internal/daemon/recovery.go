@@ -41,7 +41,7 @@ func (d *Daemon) recover() error {
 			previousRelease: prev.PreviousRelease, lost: prev.Lost})
 		d.adopt(d.cfg.Inherited)
 		d.storeRecord()
-		d.saveDisk()
+		d.markDirty() // the disk copy after READY, as below
 		return nil
 	}
 	// Not a restart within this boot: session fds in the store can only
