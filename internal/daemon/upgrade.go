@@ -172,10 +172,25 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		return res, nil
 	}
 
-	// Reboot.
+	// Reboot. Either path returns only on failure (the orderly one also
+	// when systemd stops luod for the kexec); a failure leaves every
+	// session as it was.
 	progress(proto.PhaseReboot)
+	fail := func(what string, err error) (*proto.UpgradeResult, error) {
+		d.metrics.Upgrade(metrics.UpgradeFailed)
+		unfreeze()
+		d.saveDisk()
+		abort(what + " failed: " + err.Error())
+		d.log.Error(what+" failed; back to normal with every session intact", "upgrade", id, "err", err)
+		return nil, proto.Errorf(proto.CodeKexecFailed, "%s into %s failed: %v; every session is intact", what, loaded.Release, err)
+	}
 	if path == PathOrderly {
-		return d.orderlyReboot(id, req, subs, loaded.Release, unfreeze, abort)
+		if err := d.orderlyCommit(id, req, subs, loaded.Release); err != nil {
+			return fail("starting kexec.target", err)
+		}
+		// As on the direct path the requester sees its connection end,
+		// not an answer.
+		return nil, proto.Errorf(proto.CodeKexecFailed, "luod stopped for the kexec")
 	}
 	for _, c := range append(subs, req) {
 		c.event(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
@@ -191,14 +206,8 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		err = d.cfg.Kexec.Reboot()
 	}
 	res.Phases[proto.PhaseReboot] = time.Since(t0).Milliseconds()
-	// Only a failure gets here.
 	d.metrics.ObservePhase(proto.PhaseReboot, time.Since(t0))
-	d.metrics.Upgrade(metrics.UpgradeFailed)
-	unfreeze()
-	d.saveDisk()
-	abort("reboot failed: " + err.Error())
-	d.log.Error("reboot failed; back to normal with every session intact", "upgrade", id, "err", err)
-	return nil, proto.Errorf(proto.CodeKexecFailed, "reboot into %s failed: %v; every session is intact", loaded.Release, err)
+	return fail("reboot", err)
 }
 
 // runBarrier sends prepare to every subscriber and waits until all answer
@@ -269,13 +278,13 @@ func (d *Daemon) faultReboot(what string) error {
 	return fmt.Errorf("%s: test fault switch --test.fault-reboot (%d of %d)", what, d.rebootsFailed, d.cfg.FaultRebootFails)
 }
 
-// orderlyReboot commits an upgrade on the orderly path: luod hands its
-// sessions to systemd's fd store and starts kexec.target (handOverToSystemd).
-// Then it stays frozen, with the manifest written, until systemd stops it:
-// the requester and the subscribers got EventCommitted and see their
-// connection close, as on the direct path. If systemd refuses the job,
-// the upgrade fails with every session intact.
-func (d *Daemon) orderlyReboot(id string, req *conn, subs []*conn, release string, unfreeze func(), abort func(string)) (*proto.UpgradeResult, error) {
+// orderlyCommit commits an upgrade on the orderly path: luod hands its
+// sessions to systemd's fd store and starts kexec.target
+// (handOverToSystemd), tells the requester and the subscribers, and stays
+// frozen, with the manifest written, until systemd stops it; then it
+// closes the requester's connection and returns nil. An error means
+// nothing was queued and the caller fails the upgrade.
+func (d *Daemon) orderlyCommit(id string, req *conn, subs []*conn, release string) error {
 	d.log.Info("starting kexec.target: systemd stops every service, luod too, and kexecs with the fd stores",
 		"upgrade", id, "release", release)
 	t0 := time.Now()
@@ -285,12 +294,7 @@ func (d *Daemon) orderlyReboot(id string, req *conn, subs []*conn, release strin
 	}
 	d.metrics.ObservePhase(proto.PhaseReboot, time.Since(t0))
 	if err != nil {
-		d.metrics.Upgrade(metrics.UpgradeFailed)
-		unfreeze()
-		d.saveDisk()
-		abort("starting kexec.target failed: " + err.Error())
-		d.log.Error("starting kexec.target failed; back to normal with every session intact", "upgrade", id, "err", err)
-		return nil, proto.Errorf(proto.CodeKexecFailed, "starting kexec.target for %s failed: %v; every session is intact", release, err)
+		return err
 	}
 	d.metrics.Upgrade(metrics.UpgradeCommitted)
 	for _, c := range append(subs, req) {
@@ -298,11 +302,9 @@ func (d *Daemon) orderlyReboot(id string, req *conn, subs []*conn, release strin
 	}
 	d.log.Info("kexec.target queued: waiting for systemd to stop luod", "upgrade", id)
 	<-d.stopping
-	// As on the direct path the requester sees its connection end, not
-	// an answer.
 	req.closed.Store(true)
 	req.c.Close()
-	return nil, proto.Errorf(proto.CodeKexecFailed, "luod stopped for the kexec")
+	return nil
 }
 
 // writeManifest freezes the custody and writes the manifest into luod's
