@@ -58,11 +58,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			return nil, nil, proto.Errorf(proto.CodeBadRequest,
 				"preserve names %d files but %d file descriptors came with it", len(a.Files), len(files))
 		}
-		pf := make([]session.PreserveFile, len(files))
-		for i, f := range files {
-			pf[i] = session.PreserveFile{File: f, Token: a.Files[i].Token, Label: a.Files[i].Label}
-		}
-		done, err := d.custody.Preserve(caller, a.Session, pf)
+		done, err := d.preserve(caller, a.Session, a.Files, files)
 		if len(done) > 0 {
 			d.changed(a.Session)
 			// One line a request, not a file: a request carries up to
@@ -263,6 +259,16 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 	return res, files, nil
 }
 
+// preserve preserves the received files into session name, each with
+// the token and label its spec (same index) gives.
+func (d *Daemon) preserve(caller session.Caller, name string, specs []proto.FileSpec, files []*os.File) ([]session.File, error) {
+	pf := make([]session.PreserveFile, len(files))
+	for i, f := range files {
+		pf[i] = session.PreserveFile{File: f, Token: specs[i].Token, Label: specs[i].Label}
+	}
+	return d.custody.Preserve(caller, name, pf)
+}
+
 // createSession creates a session and preserves files into it, the files
 // of the request if any, all or nothing: when a file cannot be preserved
 // the session is deleted again (no client holds a duplicate yet, so the
@@ -275,11 +281,7 @@ func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.
 	}
 	var done []session.File
 	if len(files) > 0 {
-		pf := make([]session.PreserveFile, len(files))
-		for i, f := range files {
-			pf[i] = session.PreserveFile{File: f, Token: a.Files[i].Token, Label: a.Files[i].Label}
-		}
-		done, err = d.custody.Preserve(caller, s.Name, pf)
+		done, err = d.preserve(caller, s.Name, a.Files, files)
 		if err != nil {
 			derr := d.custody.Delete(caller, s.Name)
 			if derr != nil {
