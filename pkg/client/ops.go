@@ -96,10 +96,8 @@ func (c *Client) CreateSessionWithFiles(ctx context.Context, name string, labels
 	if err := proto.ValidateSessionName(name); err != nil {
 		return nil, nil, err
 	}
-	for i, f := range files {
-		if f.File == nil {
-			return nil, nil, fmt.Errorf("luod create_session: file %d (token %#x) has no File", i, f.Token)
-		}
+	if err := checkFiles(proto.OpCreateSession, files); err != nil {
+		return nil, nil, err
 	}
 	base := baseSize(proto.OpCreateSession, proto.CreateSessionArgs{Name: name, Labels: labels, Files: []proto.FileSpec{}})
 	runs, err := batches(base, files, proto.MaxFDs)
@@ -107,12 +105,8 @@ func (c *Client) CreateSessionWithFiles(ctx context.Context, name string, labels
 		return nil, nil, fmt.Errorf("luod create_session: %w", err)
 	}
 	first := runs[0]
-	args := proto.CreateSessionArgs{Name: name, Labels: labels, Files: make([]proto.FileSpec, len(first))}
-	fds := make([]*os.File, len(first))
-	for i, f := range first {
-		args.Files[i] = proto.FileSpec{Token: f.Token, Label: f.Label}
-		fds[i] = f.File
-	}
+	specs, fds := wireFiles(first)
+	args := proto.CreateSessionArgs{Name: name, Labels: labels, Files: specs}
 	var res proto.CreateSessionResult
 	got, err := c.do(ctx, proto.OpCreateSession, args, fds, &res, 1)
 	if err != nil {
@@ -187,10 +181,8 @@ func (c *Client) Preserve(ctx context.Context, session string, files []FileToPre
 	if len(files) == 0 {
 		return nil, nil
 	}
-	for i, f := range files {
-		if f.File == nil {
-			return nil, fmt.Errorf("luod preserve: file %d (token %#x) has no File", i, f.Token)
-		}
+	if err := checkFiles(proto.OpPreserve, files); err != nil {
+		return nil, err
 	}
 	base := baseSize(proto.OpPreserve, proto.PreserveArgs{Session: session, Files: []proto.FileSpec{}})
 	runs, err := batches(base, files, proto.MaxFDs)
@@ -199,12 +191,8 @@ func (c *Client) Preserve(ctx context.Context, session string, files []FileToPre
 	}
 	var done []proto.PreservedFile
 	for _, run := range runs {
-		args := proto.PreserveArgs{Session: session, Files: make([]proto.FileSpec, len(run))}
-		fds := make([]*os.File, len(run))
-		for i, f := range run {
-			args.Files[i] = proto.FileSpec{Token: f.Token, Label: f.Label}
-			fds[i] = f.File
-		}
+		specs, fds := wireFiles(run)
+		args := proto.PreserveArgs{Session: session, Files: specs}
 		var res proto.PreserveResult
 		if _, err := c.do(ctx, proto.OpPreserve, args, fds, &res, 0); err != nil {
 			if len(done) > 0 {
@@ -529,4 +517,27 @@ func (c *Client) Upgrade(ctx context.Context, args proto.UpgradeArgs, progress f
 			return nil, fmt.Errorf("luod upgrade (request %d): %w; the upgrade goes on", cl.id, ctx.Err())
 		}
 	}
+}
+
+// checkFiles refuses a file to preserve that has no File, before anything
+// is sent.
+func checkFiles(op string, files []FileToPreserve) error {
+	for i, f := range files {
+		if f.File == nil {
+			return fmt.Errorf("luod %s: file %d (token %#x) has no File", op, i, f.Token)
+		}
+	}
+	return nil
+}
+
+// wireFiles splits files into what a request names (token, label) and the
+// fds that ride with it, in the same order.
+func wireFiles(files []FileToPreserve) ([]proto.FileSpec, []*os.File) {
+	specs := make([]proto.FileSpec, len(files))
+	fds := make([]*os.File, len(files))
+	for i, f := range files {
+		specs[i] = proto.FileSpec{Token: f.Token, Label: f.Label}
+		fds[i] = f.File
+	}
+	return specs, fds
 }
