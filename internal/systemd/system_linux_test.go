@@ -16,12 +16,12 @@ func TestStartKexecTargetNoBus(t *testing.T) {
 	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+filepath.Join(t.TempDir(), "no-bus"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := StartKexecTarget(ctx)
+	err := Manager{}.StartKexecTarget(ctx)
 	var e *Error
 	if !errors.As(err, &e) || e.Op != KexecTarget {
 		t.Errorf("StartKexecTarget without a bus = %v, want an *Error for %s", err, KexecTarget)
 	}
-	if _, err := ManagerVersion(ctx); err == nil {
-		t.Error("ManagerVersion without a bus succeeded")
+	if _, err := (Manager{}).Version(ctx); err == nil {
+		t.Error("Manager.Version without a bus succeeded")
 	}
 }

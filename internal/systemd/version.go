@@ -1,7 +1,6 @@
 package systemd
 
 import (
-	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -38,15 +37,3 @@ func parseVersion(s string) (int, error) {
 	}
 	return ver, nil
 }
-
-// Manager is the running service manager as luod's orderly upgrade path
-// uses it: ManagerVersion and StartKexecTarget over the system bus, each
-// call on a connection of its own (the bus is not up yet when luod starts
-// in early boot).
-type Manager struct{}
-
-// Version is ManagerVersion.
-func (Manager) Version(ctx context.Context) (int, error) { return ManagerVersion(ctx) }
-
-// StartKexecTarget is StartKexecTarget.
-func (Manager) StartKexecTarget(ctx context.Context) error { return StartKexecTarget(ctx) }

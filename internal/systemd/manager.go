@@ -1,5 +1,3 @@
-//go:build linux
-
 package systemd
 
 import (
@@ -9,10 +7,14 @@ import (
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 )
 
-// ManagerVersion returns the major version of the running service manager,
-// its org.freedesktop.systemd1.Manager Version property, over the system
-// bus.
-func ManagerVersion(ctx context.Context) (int, error) {
+// Manager is the running service manager as luod's orderly upgrade path
+// uses it, over the system bus: each call on a connection of its own (the
+// bus is not up yet when luod starts in early boot).
+type Manager struct{}
+
+// Version returns the major version of the running service manager, its
+// org.freedesktop.systemd1.Manager Version property.
+func (Manager) Version(ctx context.Context) (int, error) {
 	conn, err := sddbus.NewSystemConnectionContext(ctx)
 	if err != nil {
 		return 0, &Error{Op: "D-Bus", Err: err}
@@ -46,7 +48,7 @@ const KexecTarget = "kexec.target"
 // job's result: the job ends only after luod has been stopped, so luod
 // learns of its progress as SIGTERM. An error means nothing was queued and
 // luod keeps running with every session intact.
-func StartKexecTarget(ctx context.Context) error {
+func (Manager) StartKexecTarget(ctx context.Context) error {
 	conn, err := sddbus.NewSystemConnectionContext(ctx)
 	if err != nil {
 		return &Error{Op: KexecTarget, Err: fmt.Errorf("connecting to the system bus: %w", err)}
