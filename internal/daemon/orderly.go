@@ -142,10 +142,9 @@ func (d *Daemon) storeAllForKexec() error {
 // also answers RETRIEVE_SESSION with the sessions systemd already
 // retrieved and handed back through the fd store.
 type devSlot struct {
-	mu        sync.Mutex
-	dev       *ioctl.Device
-	carried   map[string]session.Handle
-	onCarried func(name string)
+	mu      sync.Mutex
+	dev     *ioctl.Device
+	carried map[string]session.Handle
 }
 
 var _ session.Device = (*devSlot)(nil)
@@ -171,12 +170,8 @@ func (s *devSlot) RetrieveSession(name string) (session.Handle, error) {
 	s.mu.Lock()
 	h, ok := s.carried[name]
 	delete(s.carried, name)
-	on := s.onCarried
 	s.mu.Unlock()
 	if ok {
-		if on != nil {
-			on(name)
-		}
 		return h, nil
 	}
 	dev, err := s.device("RETRIEVE_SESSION", name)
@@ -187,9 +182,9 @@ func (s *devSlot) RetrieveSession(name string) (session.Handle, error) {
 }
 
 // setCarried gives RetrieveSession the sessions systemd handed back.
-func (s *devSlot) setCarried(c map[string]session.Handle, on func(string)) {
+func (s *devSlot) setCarried(c map[string]session.Handle) {
 	s.mu.Lock()
-	s.carried, s.onCarried = maps.Clone(c), on
+	s.carried = maps.Clone(c)
 	s.mu.Unlock()
 }
 
@@ -202,7 +197,7 @@ func (s *devSlot) takeCarried() []session.Handle {
 	for _, name := range slices.Sorted(maps.Keys(s.carried)) {
 		out = append(out, s.carried[name])
 	}
-	s.carried, s.onCarried = nil, nil
+	s.carried = nil
 	return out
 }
 

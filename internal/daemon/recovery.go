@@ -3,8 +3,10 @@ package daemon
 import (
 	"errors"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/luod/luod/internal/klog"
@@ -55,9 +57,7 @@ func (d *Daemon) recover() error {
 		d.log.Info("the fd store came back with session fds across the kexec: systemd carried them",
 			"sessions", len(carried))
 	}
-	d.slot.setCarried(carried, func(name string) {
-		d.log.Info("session handed back by systemd's fd store after the kexec, already retrieved", "session", name)
-	})
+	d.slot.setCarried(carried)
 	if f := d.cfg.Inherited.Record; f != nil {
 		f.Close() // the record of another boot; storeRecord replaces it
 	}
@@ -127,7 +127,13 @@ func (d *Daemon) recover() error {
 		// Read (and finished) by Recover: systemd's copy must go too.
 		d.unstoreSession(session.ReservedName)
 	}
-	for _, h := range d.slot.takeCarried() {
+	left := d.slot.takeCarried()
+	for _, name := range slices.Sorted(maps.Keys(carried)) {
+		if !slices.ContainsFunc(left, func(h session.Handle) bool { return h.Name() == name }) {
+			d.log.Info("session handed back by systemd's fd store after the kexec, already retrieved", "session", name)
+		}
+	}
+	for _, h := range left {
 		if rep != nil && rep.Continuity == session.ContinuityNoManifest {
 			// Nobody's ownership is known; closing the last fd would
 			// finish the session and free its memory. systemd's copy
