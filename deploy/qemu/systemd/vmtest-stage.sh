@@ -124,6 +124,8 @@ case "$stage" in
 	st=$(luoctl status) || die "luoctl status failed"
 	echo "$st" | indent
 	expect "luoctl status" "$st" 'continuity: +fresh' 'liveupdate number: +0'
+	# luod serves the socket luod.socket listens on, not one of its own.
+	expect "luod's journal" "$(luodlog)" 'using the socket passed by systemd socket activation'
 	vm "LUOD-VM-SUITE: PASS stage=1 $suite/ready"
 
 	probe_metrics || die "metrics endpoint $metrics_url does not answer under luod.service: $(luodlog | grep -i 'metrics endpoint failed' | tail -1)"
