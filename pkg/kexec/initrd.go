@@ -39,29 +39,7 @@ var compressions = []struct {
 // and what follows it is not checked.
 func verifyInitrd(r io.Reader) (note string, err error) {
 	br := bufio.NewReader(r)
-	archives := 0
-	for {
-		b, err := br.Peek(1)
-		if errors.Is(err, io.EOF) {
-			if archives == 0 {
-				return "", fmt.Errorf("%w: no cpio archive in it", ErrBadInitrd)
-			}
-			return "", nil
-		}
-		if err != nil {
-			return "", err
-		}
-		switch b[0] {
-		case 0:
-			br.ReadByte()
-			continue
-		case '0':
-			if err := readCPIO(br); err != nil {
-				return "", err
-			}
-			archives++
-			continue
-		}
+	archives, err := walkArchives(br, func(byte) (bool, error) {
 		head, _ := br.Peek(6)
 		name := ""
 		for _, c := range compressions {
@@ -72,16 +50,20 @@ func verifyInitrd(r io.Reader) (note string, err error) {
 		}
 		switch name {
 		case "":
-			return "", fmt.Errorf("%w: invalid magic %q at the start of an archive", ErrBadInitrd, head)
+			return false, fmt.Errorf("%w: invalid magic %q at the start of an archive", ErrBadInitrd, head)
 		case "gzip":
-			if err := verifyGzip(br); err != nil {
-				return "", err
-			}
-			archives++
-		default:
-			return fmt.Sprintf("%s-compressed part not verified (luod checks gzip and plain cpio)", name), nil
+			return false, verifyGzip(br)
 		}
+		note = fmt.Sprintf("%s-compressed part not verified (luod checks gzip and plain cpio)", name)
+		return true, nil
+	})
+	switch {
+	case err != nil:
+		return "", err
+	case note == "" && archives == 0:
+		return "", fmt.Errorf("%w: no cpio archive in it", ErrBadInitrd)
 	}
+	return note, nil
 }
 
 // verifyGzip decompresses one gzip stream of cpio archives from br and
@@ -92,32 +74,51 @@ func verifyGzip(br *bufio.Reader) error {
 		return fmt.Errorf("%w: gzip header: %v", ErrBadInitrd, err)
 	}
 	z.Multistream(false)
-	inner := bufio.NewReader(z)
-	n := 0
-	for {
-		b, err := inner.Peek(1)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return gzipErr(err)
-		}
-		switch b[0] {
-		case 0:
-			inner.ReadByte()
-		case '0':
-			if err := readCPIO(inner); err != nil {
-				return fmt.Errorf("in its gzip stream: %w", err)
-			}
-			n++
-		default:
-			return fmt.Errorf("%w: the gzip stream holds no cpio archive (byte %#x)", ErrBadInitrd, b[0])
-		}
-	}
-	if n == 0 {
+	n, err := walkArchives(bufio.NewReader(z), func(b byte) (bool, error) {
+		return false, fmt.Errorf("%w: the gzip stream holds no cpio archive (byte %#x)", ErrBadInitrd, b)
+	})
+	switch {
+	case errors.Is(err, ErrBadInitrd):
+		return fmt.Errorf("in its gzip stream: %w", err)
+	case err != nil:
+		return gzipErr(err)
+	case n == 0:
 		return fmt.Errorf("%w: the gzip stream holds no cpio archive", ErrBadInitrd)
 	}
 	return nil
+}
+
+// walkArchives reads from br what the kernel's unpacker takes one after
+// another: newc cpio archives and the zero padding between them, and at
+// any other byte b whatever other reads there, one more archive, until
+// EOF or until other says it is done. It returns how many archives it
+// read.
+func walkArchives(br *bufio.Reader, other func(b byte) (done bool, err error)) (int, error) {
+	archives := 0
+	for {
+		b, err := br.Peek(1)
+		if errors.Is(err, io.EOF) {
+			return archives, nil
+		}
+		if err != nil {
+			return archives, err
+		}
+		switch b[0] {
+		case 0:
+			br.ReadByte()
+		case '0':
+			if err := readCPIO(br); err != nil {
+				return archives, err
+			}
+			archives++
+		default:
+			done, err := other(b[0])
+			if done || err != nil {
+				return archives, err
+			}
+			archives++
+		}
+	}
 }
 
 func gzipErr(err error) error {
