@@ -370,8 +370,10 @@ func (l *cli) load(args []string) error {
 	cpath := *config
 	if cpath == "" {
 		release := ""
-		if img, err := kexec.InspectFile(kf); err == nil {
-			release = img.Release
+		if fi, err := kf.Stat(); err == nil {
+			if img, err := kexec.Inspect(kf, fi.Size()); err == nil {
+				release = img.Release
+			}
 		}
 		cpath = kexec.FindConfig(kernel, release)
 	}

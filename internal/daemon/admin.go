@@ -1,8 +1,6 @@
 package daemon
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -72,14 +70,6 @@ func namedByPath(files []*os.File) ([]*os.File, error) {
 	return out, nil
 }
 
-func fileSHA256(f *os.File) (string, error) {
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
 // load checks the kernel image (and initrd, config) it was handed by fd
 // and loads it with kexec_file_load. Files are used as received: nothing
 // is opened again by path.
@@ -128,13 +118,14 @@ func (d *Daemon) load(a proto.LoadArgs, files []*os.File) (*proto.LoadResult, er
 	}
 	res := &proto.LoadResult{Warnings: []string{}}
 	if initrd != nil {
-		note, err := kexec.CheckInitrd(initrd)
+		in, err := kexec.CheckInitrd(initrd)
 		if err != nil {
 			return nil, proto.Errorf(proto.CodePreflightFailed, "%v", err)
 		}
-		if note != "" {
-			res.Warnings = append(res.Warnings, note)
+		if in.Note != "" {
+			res.Warnings = append(res.Warnings, in.Note)
 		}
+		res.Initrd = initrd.Name() + " sha256:" + in.SHA256
 	}
 	if config != nil {
 		if err := kexec.CheckConfig(io.NewSectionReader(config, 0, 1<<30)); err != nil {
@@ -170,12 +161,7 @@ func (d *Daemon) load(a proto.LoadArgs, files []*os.File) (*proto.LoadResult, er
 		d.log.Error("kexec load refused", "kernel", kpath, "err", err)
 		return nil, proto.Errorf(proto.CodeKexecFailed, "%v", err)
 	}
-	sum, _ := fileSHA256(kernel)
-	res.LoadedKernel = proto.LoadedKernel{Release: img.Release, Kernel: kpath + " sha256:" + sum, Cmdline: cmdline}
-	if initrd != nil {
-		isum, _ := fileSHA256(initrd)
-		res.Initrd = initrd.Name() + " sha256:" + isum
-	}
+	res.LoadedKernel = proto.LoadedKernel{Release: img.Release, Kernel: kpath + " sha256:" + img.SHA256, Cmdline: cmdline}
 	d.mu.Lock()
 	l := res.LoadedKernel
 	d.loaded = &l

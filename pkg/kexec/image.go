@@ -3,7 +3,9 @@ package kexec
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -50,6 +52,8 @@ type Image struct {
 	Release string `json:"release,omitempty"`
 	// Size is the file size in bytes.
 	Size int64 `json:"size"`
+	// SHA256 is the hex SHA-256 of the whole file, set by InspectFile.
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // Inspect reads the header of a kernel image of size bytes.
@@ -59,6 +63,12 @@ type Image struct {
 //   - arm64 Image: magic "ARM\x64" at 0x38 (Documentation/arch/arm64/booting.rst).
 //   - arm64 EFI zboot: "MZ" then "zimg" at 4 (drivers/firmware/efi/libstub/zboot-header.S).
 func Inspect(r io.ReaderAt, size int64) (*Image, error) {
+	return inspect(r, size, io.NewSectionReader(r, 0, size))
+}
+
+// inspect is Inspect with body reading r from its start: an arm64 Image's
+// banner is looked for in what body reads.
+func inspect(r io.ReaderAt, size int64, body io.Reader) (*Image, error) {
 	hdr := make([]byte, 0x240)
 	n, err := r.ReadAt(hdr, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -102,7 +112,7 @@ func Inspect(r io.ReaderAt, size int64) (*Image, error) {
 		// An arm64 Image has no version in its header, but it is not
 		// compressed: the kernel's linux_banner is in it as plain text.
 		if size <= MaxKernelSize {
-			img.Release = bannerRelease(r, size)
+			img.Release = bannerRelease(body)
 		}
 	case len(hdr) >= 8 && string(hdr[0:2]) == "MZ" && string(hdr[4:8]) == "zimg":
 		img.Arch, img.Format = "arm64", "zboot"
@@ -117,7 +127,9 @@ func Inspect(r io.ReaderAt, size int64) (*Image, error) {
 	return img, nil
 }
 
-// InspectFile inspects an open kernel image file.
+// InspectFile inspects an open kernel image file and takes its SHA256,
+// reading the file once: an arm64 Image's banner is looked for in the
+// same pass.
 func InspectFile(f *os.File) (*Image, error) {
 	fi, err := f.Stat()
 	if err != nil {
@@ -126,22 +138,32 @@ func InspectFile(f *os.File) (*Image, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%w: %s is not a regular file", ErrNotKernel, f.Name())
 	}
-	img, err := Inspect(f, fi.Size())
+	h := sha256.New()
+	body := io.TeeReader(io.NewSectionReader(f, 0, fi.Size()), h)
+	img, err := inspect(f, fi.Size(), body)
+	if err == nil {
+		// The rest of the file: after the banner, or all of it where
+		// the header was enough.
+		_, err = io.Copy(io.Discard, body)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", f.Name(), err)
 	}
+	img.SHA256 = hex.EncodeToString(h.Sum(nil))
 	return img, nil
 }
 
 // bannerRelease finds "Linux version RELEASE " (init/version.c's
-// linux_banner) in an uncompressed image and returns RELEASE, or "".
-func bannerRelease(r io.ReaderAt, size int64) string {
+// linux_banner) in an uncompressed image read from r and returns RELEASE,
+// or "". It stops reading where it finds it.
+func bannerRelease(r io.Reader) string {
 	const marker = "Linux version "
 	const keep = len(marker) + 128 // a banner cut by a chunk edge is read again
-	buf := make([]byte, min(size, 1<<20))
-	for off := int64(0); off < size; off += int64(len(buf) - keep) {
-		n, err := r.ReadAt(buf, off)
-		chunk := buf[:n]
+	buf := make([]byte, 1<<20)
+	kept := 0 // bytes at the start of buf kept from the last chunk
+	for {
+		n, err := io.ReadFull(r, buf[kept:])
+		chunk := buf[:kept+n]
 		for i := 0; ; {
 			j := bytes.Index(chunk[i:], []byte(marker))
 			if j < 0 {
@@ -157,11 +179,11 @@ func bannerRelease(r io.ReaderAt, size int64) string {
 			}
 			i += j + len(marker)
 		}
-		if err != nil || n < len(buf) || len(buf) <= keep {
-			break
+		if err != nil {
+			return ""
 		}
+		kept = copy(buf, chunk[len(chunk)-keep:])
 	}
-	return ""
 }
 
 // CheckArch refuses an image for another architecture than goarch.
@@ -175,31 +197,45 @@ func (img *Image) CheckArch(goarch string) error {
 	return nil
 }
 
+// Initrd is what CheckInitrd found in an initrd.
+type Initrd struct {
+	// Note names what could not be verified, if anything.
+	Note string
+	// SHA256 is the hex SHA-256 of the whole file.
+	SHA256 string
+}
+
 // CheckInitrd refuses an initrd that is no regular file, is empty, is
 // over MaxInitrdSize, or that the new kernel could not unpack (truncated,
 // corrupt, no cpio: see verifyInitrd); the kernel's loader takes all of
-// these and the new kernel would panic with the sessions. The note names
-// what could not be verified, if anything.
-func CheckInitrd(f *os.File) (note string, err error) {
+// these and the new kernel would panic with the sessions. It takes the
+// file's SHA256 in the same pass.
+func CheckInitrd(f *os.File) (Initrd, error) {
 	fi, err := f.Stat()
 	switch {
 	case err != nil:
-		return "", fmt.Errorf("initrd %s: %w", f.Name(), err)
+		return Initrd{}, fmt.Errorf("initrd %s: %w", f.Name(), err)
 	case !fi.Mode().IsRegular():
-		return "", fmt.Errorf("initrd %s is not a regular file", f.Name())
+		return Initrd{}, fmt.Errorf("initrd %s is not a regular file", f.Name())
 	case fi.Size() == 0:
-		return "", fmt.Errorf("initrd %s is empty", f.Name())
+		return Initrd{}, fmt.Errorf("initrd %s is empty", f.Name())
 	case fi.Size() > MaxInitrdSize:
-		return "", fmt.Errorf("initrd %s of %d bytes is over luod's limit of %d bytes", f.Name(), fi.Size(), int64(MaxInitrdSize))
+		return Initrd{}, fmt.Errorf("initrd %s of %d bytes is over luod's limit of %d bytes", f.Name(), fi.Size(), int64(MaxInitrdSize))
 	}
-	note, err = verifyInitrd(io.NewSectionReader(f, 0, fi.Size()))
+	h := sha256.New()
+	body := io.TeeReader(io.NewSectionReader(f, 0, fi.Size()), h)
+	note, err := verifyInitrd(body)
+	if err == nil {
+		// The rest of the file: a part the walk could not verify.
+		_, err = io.Copy(io.Discard, body)
+	}
 	if err != nil {
-		return "", fmt.Errorf("initrd %s: %w", f.Name(), err)
+		return Initrd{}, fmt.Errorf("initrd %s: %w", f.Name(), err)
 	}
 	if note != "" {
 		note = "initrd " + f.Name() + ": " + note
 	}
-	return note, nil
+	return Initrd{Note: note, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
 // FindConfig looks beside a kernel image for its build config: the Debian

@@ -3,7 +3,9 @@ package kexec
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -81,6 +83,31 @@ func TestInspect(t *testing.T) {
 				t.Errorf("Inspect = %+v, want %s %s %q", img, tc.arch, tc.format, tc.release)
 			}
 		})
+	}
+}
+
+func sha256Hex(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+// TestInspectFileSHA256: the digest covers the whole file, whether the
+// header was enough or the banner scan stopped part way.
+func TestInspectFileSHA256(t *testing.T) {
+	dir := t.TempDir()
+	for name, b := range map[string][]byte{
+		"bzImage":         bzImage("7.3.4-luod"),
+		"arm64 banner":    arm64Banner(3<<20, 1<<20-20, "7.3.4-arm64"),
+		"arm64 no banner": arm64Banner(3<<20, 0x100, "x"),
+	} {
+		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_"))
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		img, err := InspectFile(mustOpen(t, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img.SHA256 != sha256Hex(b) {
+			t.Errorf("%s: SHA256 %s, want %s", name, img.SHA256, sha256Hex(b))
+		}
 	}
 }
 
@@ -239,7 +266,8 @@ func TestCheckInitrd(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := write(strings.ReplaceAll(tc.name, " ", "_")+".img", tc.b)
-			note, err := CheckInitrd(mustOpen(t, p))
+			in, err := CheckInitrd(mustOpen(t, p))
+			note := in.Note
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("CheckInitrd = %v, want nil", err)
@@ -247,6 +275,8 @@ func TestCheckInitrd(t *testing.T) {
 				t.Fatalf("CheckInitrd = %v, want an error naming %s and saying %q", err, p, tc.want)
 			case !strings.Contains(note, tc.note) || (tc.note == "") != (note == ""):
 				t.Fatalf("note %q, want %q", note, tc.note)
+			case err == nil && in.SHA256 != sha256Hex(tc.b):
+				t.Fatalf("SHA256 %s, want %s", in.SHA256, sha256Hex(tc.b))
 			}
 			if err != nil && tc.want != "is empty" && !errors.Is(err, ErrBadInitrd) {
 				t.Errorf("%v does not match ErrBadInitrd", err)
