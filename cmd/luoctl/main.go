@@ -26,6 +26,7 @@ import (
 
 	"github.com/luod/luod/pkg/client"
 	"github.com/luod/luod/pkg/kexec"
+	"github.com/luod/luod/pkg/kho"
 	"github.com/luod/luod/pkg/proto"
 )
 
@@ -271,29 +272,7 @@ func (l *cli) inspect(args []string) error {
 		}
 		return l.print(v, nil)
 	}
-	// The shape pkg/kho's Handover marshals to.
-	var h struct {
-		Root *struct {
-			Compatible         string `json:"compatible"`
-			PreservedMemoryMap string `json:"preserved_memory_map"`
-			Subtrees           []struct {
-				Name          string `json:"name"`
-				PreservedData string `json:"preserved_data"`
-				BlobSize      uint64 `json:"blob_size"`
-			} `json:"subtrees"`
-		} `json:"root"`
-		RootError string `json:"root_error"`
-		LUO       *struct {
-			ABI              string `json:"abi"`
-			LiveUpdateNumber uint64 `json:"liveupdate_number"`
-		} `json:"luo"`
-		LUOError      string `json:"luo_error"`
-		KexecMetadata *struct {
-			PreviousRelease string `json:"previous_release"`
-			KexecCount      uint32 `json:"kexec_count"`
-		} `json:"kexec_metadata"`
-		KexecMetadataError string `json:"kexec_metadata_error"`
-	}
+	var h kho.HandoverJSON
 	if err := json.Unmarshal(raw, &h); err != nil {
 		return err
 	}

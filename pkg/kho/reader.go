@@ -203,9 +203,10 @@ func copyFile(src, dst string) error {
 	return nil
 }
 
-// handoverJSON is the JSON form of a Handover: errors as strings, blobs as
-// their sizes.
-type handoverJSON struct {
+// HandoverJSON is the JSON form of a Handover (Handover.MarshalJSON):
+// errors as strings, blobs as their sizes. luod's inspect answers with
+// it, and luoctl decodes that into it.
+type HandoverJSON struct {
 	Root               *Root          `json:"root,omitempty"`
 	RootError          string         `json:"root_error,omitempty"`
 	LUO                *LUO           `json:"luo,omitempty"`
@@ -221,7 +222,7 @@ type handoverJSON struct {
 // size of every raw blob instead of its bytes. Dir is left out, so that a
 // copy made by Save marshals exactly as the original.
 func (h Handover) MarshalJSON() ([]byte, error) {
-	j := handoverJSON{
+	j := HandoverJSON{
 		Root:               h.Root,
 		RootError:          errString(h.RootErr),
 		LUO:                h.LUO,
