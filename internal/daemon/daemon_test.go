@@ -722,6 +722,9 @@ func TestKilledLuodLosesNothingWithFDStore(t *testing.T) {
 	if err := c.DeleteSession(ctx(t), "vm-gone"); err != nil {
 		t.Fatal(err)
 	}
+	if store.has("session-vm-gone") || !store.has("session-vm-k") {
+		t.Fatalf("fd store after deleting vm-gone: %v, want vm-k's session only", storeNames(store))
+	}
 	c.Close()
 	h.stop() // luod's own fds all close, as at a SIGKILL
 

@@ -112,7 +112,6 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			return nil, nil, err
 		}
 		d.log.Info("session deleted", "session", a.Name, "uid", caller.UID)
-		d.unstoreSession(a.Name)
 		d.changed(a.Name)
 		return struct{}{}, nil, nil
 
@@ -184,7 +183,6 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 			return nil, nil, err
 		}
 		d.log.Info("session finished", "session", a.Name, "uid", caller.UID)
-		d.unstoreSession(a.Name)
 		d.changed(a.Name)
 		return struct{}{}, nil, nil
 
@@ -244,9 +242,6 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 	done := make([]string, len(res.Sessions))
 	for i, s := range res.Sessions {
 		done[i] = s.Name
-		if s.Finished {
-			d.unstoreSession(s.Name)
-		}
 	}
 	if len(done) == 1 {
 		r := res.Sessions[0]

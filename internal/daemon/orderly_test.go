@@ -171,6 +171,9 @@ func TestOrderlyUpgradeThroughSystemd(t *testing.T) {
 	if err != nil || len(files) != 1 {
 		t.Fatalf("reclaim = %v, %v", files, err)
 	}
+	if store2.has("session-vm-o") {
+		t.Fatal("vm-o, reclaimed and finished, stays in the fd store")
+	}
 	got, _ := io.ReadAll(io.NewSectionReader(files[0].File, 0, 1<<30))
 	files[0].File.Close()
 	if !bytes.Equal(got, data) {

@@ -566,6 +566,15 @@ func (c *Custody) RetrieveForClient(caller Caller, name string) (Session, *os.Fi
 	return e.snapshot(), dup, nil
 }
 
+// Holds reports whether luod holds its own fd of session name: the session
+// is in custody and not finished (nor deleted).
+func (c *Custody) Holds(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.byName[name]
+	return e != nil && e.h != nil
+}
+
 // handedOver checks that e is incoming or claimed.
 func handedOver(e *entry) error {
 	switch e.s.State {

@@ -714,6 +714,32 @@ func TestDeleteIncoming(t *testing.T) {
 	}
 }
 
+// TestHolds: luod holds a session while it keeps its own fd of it: open
+// or handed over, and after a refused FINISH; not once finished or
+// deleted.
+func TestHolds(t *testing.T) {
+	h := newHost(t, Config{})
+	mustCreate(t, h.c, alice, "vm-a")
+	mustCreate(t, h.c, alice, "vm-b")
+	if !h.c.Holds("vm-a") || h.c.Holds("vm-none") {
+		t.Fatal("Holds of an open session false, or of none true")
+	}
+	h2, _ := h.kexec("", 1, Config{})
+	if _, err := h2.c.Recover(h2.handover(nil)); err != nil {
+		t.Fatal(err)
+	}
+	h2.fake.FailNext(ioctl.ReqFinish, unix.EBUSY)
+	if err := h2.c.Finish(alice, "vm-a"); err == nil || !h2.c.Holds("vm-a") {
+		t.Fatalf("after a refused finish: %v, Holds %v", err, h2.c.Holds("vm-a"))
+	}
+	if err := h2.c.Finish(alice, "vm-a"); err != nil || h2.c.Holds("vm-a") {
+		t.Fatalf("after finish: %v, Holds %v", err, h2.c.Holds("vm-a"))
+	}
+	if err := h2.c.Delete(alice, "vm-b"); err != nil || h2.c.Holds("vm-b") {
+		t.Fatalf("after delete: %v, Holds %v", err, h2.c.Holds("vm-b"))
+	}
+}
+
 func TestReclaimFailures(t *testing.T) {
 	h := newHost(t, Config{})
 	mustCreate(t, h.c, alice, "vm")
