@@ -322,25 +322,32 @@ func (c *Client) Reclaim(ctx context.Context, name string, finish bool) ([]Recla
 		closeFiles(files)
 		return nil, fmt.Errorf("luod reclaim: %w: response lists %d files but has %d fds", ErrProtocol, len(res.Files), len(files))
 	}
-	out := make([]ReclaimedFile, len(files))
-	for i, fi := range res.Files {
-		out[i] = ReclaimedFile{Token: fi.Token, Label: fi.Label, Size: fi.Size, File: files[i]}
-	}
+	out := reclaimed(res.Files, files)
 	if finish && !res.Finished {
 		return out, fmt.Errorf("luod reclaim of session %q: %w", name, ErrNotFinished)
 	}
 	return out, nil
 }
 
+// reclaimed pairs the files luod lists with the fds that came with them,
+// fds[i] being the file of infos[i].
+func reclaimed(infos []proto.FileInfo, fds []*os.File) []ReclaimedFile {
+	out := make([]ReclaimedFile, len(infos))
+	for i, fi := range infos {
+		out[i] = ReclaimedFile{Token: fi.Token, Label: fi.Label, Size: fi.Size, File: fds[i]}
+	}
+	return out
+}
+
 // ReclaimSessions is Reclaim of every session of names, in as few
 // requests as the fds allow (reclaim_sessions: up to proto.MaxFDs files
-// an answer); got[i] are the files of names[i]. On an error, got holds
-// the sessions reclaimed before it (nil for the others). With finish, a
+// an answer); the result's [i] are the files of names[i]. On an error,
+// it holds the sessions reclaimed before it (nil for the others). With finish, a
 // session the kernel would not finish yet gives ErrNotFinished once all
 // are reclaimed. A luod without reclaim_sessions gets one Reclaim a
 // session.
-func (c *Client) ReclaimSessions(ctx context.Context, names []string, finish bool) (got [][]ReclaimedFile, err error) {
-	got = make([][]ReclaimedFile, len(names))
+func (c *Client) ReclaimSessions(ctx context.Context, names []string, finish bool) ([][]ReclaimedFile, error) {
+	got := make([][]ReclaimedFile, len(names))
 	var unfinished []string
 	for done := 0; done < len(names); {
 		var res proto.ReclaimSessionsResult
@@ -373,12 +380,8 @@ func (c *Client) ReclaimSessions(ctx context.Context, names []string, finish boo
 				closeFiles(files)
 				return got, fmt.Errorf("luod reclaim_sessions: %w: answered %q for %q", ErrProtocol, s.Name, names[done])
 			}
-			out := make([]ReclaimedFile, len(s.Files))
-			for i, fi := range s.Files {
-				out[i] = ReclaimedFile{Token: fi.Token, Label: fi.Label, Size: fi.Size, File: files[i]}
-			}
+			got[done] = reclaimed(s.Files, files)
 			files = files[len(s.Files):]
-			got[done] = out
 			if finish && !s.Finished {
 				unfinished = append(unfinished, s.Name)
 			}
