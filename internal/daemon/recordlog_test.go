@@ -241,7 +241,11 @@ func TestDiskCopyNewerThanRecordLogWins(t *testing.T) {
 	}
 	m := rec.OpenSessions()
 	m.Sessions[0].Name = "vm-copy"
-	if err := session.SaveFile(state, m); err != nil {
+	copyBytes, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := session.WriteFile(state, copyBytes, true); err != nil {
 		t.Fatal(err)
 	}
 	log := filepath.Join(state, session.RecordFileName)
@@ -256,7 +260,7 @@ func TestDiskCopyNewerThanRecordLogWins(t *testing.T) {
 
 	// The manifest copy as before; the record log newer, but torn in its
 	// first line.
-	if err := session.SaveFile(state, m); err != nil {
+	if err := session.WriteFile(state, copyBytes, true); err != nil {
 		t.Fatal(err)
 	}
 	os.Chtimes(filepath.Join(state, session.ManifestFileName), old, old)

@@ -2,9 +2,7 @@ package systemd
 
 import (
 	"errors"
-	"maps"
 	"os"
-	"slices"
 
 	"github.com/coreos/go-systemd/v22/activation"
 )
@@ -89,17 +87,4 @@ func classify(files []*os.File) Inherited {
 		}
 	}
 	return in
-}
-
-// Files returns every file of in, listeners first, sessions sorted by
-// name, the manifest, then the others, for closing them all.
-func (in Inherited) Files() []*os.File {
-	fs := append([]*os.File(nil), in.Listeners...)
-	for _, name := range slices.Sorted(maps.Keys(in.Sessions)) {
-		fs = append(fs, in.Sessions[name])
-	}
-	if in.Manifest != nil {
-		fs = append(fs, in.Manifest)
-	}
-	return append(fs, in.Other...)
 }

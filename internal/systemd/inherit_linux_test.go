@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -66,7 +67,7 @@ func TestInheritedHelper(t *testing.T) {
 	for _, f := range in.Other {
 		r.Other = append(r.Other, f.Name())
 	}
-	for _, f := range in.Files() {
+	for _, f := range inheritedFiles(in) {
 		if fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFD, 0); err != nil || fl&unix.FD_CLOEXEC == 0 {
 			r.Cloexec = false
 		}
@@ -228,7 +229,20 @@ func TestTakeInheritedNothing(t *testing.T) {
 		os.Unsetenv(v)
 	}
 	in, err := TakeInherited()
-	if err != nil || len(in.Files()) != 0 {
+	if err != nil || len(inheritedFiles(in)) != 0 {
 		t.Errorf("TakeInherited without systemd = %+v, %v", in, err)
 	}
+}
+
+// inheritedFiles returns every file of in, listeners first, sessions
+// sorted by name, the manifest, then the others.
+func inheritedFiles(in Inherited) []*os.File {
+	fs := append([]*os.File(nil), in.Listeners...)
+	for _, name := range slices.Sorted(maps.Keys(in.Sessions)) {
+		fs = append(fs, in.Sessions[name])
+	}
+	if in.Manifest != nil {
+		fs = append(fs, in.Manifest)
+	}
+	return append(fs, in.Other...)
 }

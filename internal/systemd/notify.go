@@ -102,11 +102,11 @@ func (n Notifier) WatchdogLoop(ctx context.Context, healthy func() bool) error {
 	}
 }
 
-// FDStoreMax returns FileDescriptorStoreMax= of the unit, which systemd
+// fdStoreMax returns FileDescriptorStoreMax= of the unit, which systemd
 // 254 and later export as $FDSTORE when it is not 0. known is false
 // without the variable: either the store is off or systemd is older and
-// does not say (252 does not).
-func (Notifier) FDStoreMax() (n int, known bool) {
+// does not say (252 does not). luod does not use it yet.
+func (Notifier) fdStoreMax() (n int, known bool) {
 	v := os.Getenv("FDSTORE")
 	if v == "" {
 		return 0, false

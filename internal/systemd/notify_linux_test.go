@@ -313,8 +313,8 @@ func TestFDStoreMax(t *testing.T) {
 		ok bool
 	}{"": {0, false}, "4096": {4096, true}, "x": {0, false}, "-1": {0, false}} {
 		t.Setenv("FDSTORE", v)
-		if got, ok := n.FDStoreMax(); got != want.n || ok != want.ok {
-			t.Errorf("FDSTORE=%q: FDStoreMax() = %d, %v; want %d, %v", v, got, ok, want.n, want.ok)
+		if got, ok := n.fdStoreMax(); got != want.n || ok != want.ok {
+			t.Errorf("FDSTORE=%q: fdStoreMax() = %d, %v; want %d, %v", v, got, ok, want.n, want.ok)
 		}
 	}
 }

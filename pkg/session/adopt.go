@@ -63,28 +63,11 @@ func (c *Custody) Adopt(rec *Manifest, fds map[string]*os.File, wrap func(f *os.
 	return adopted, lost, unknown
 }
 
-// DupFile returns a new close-on-exec duplicate of luod's own fd of the
-// named session, for systemd's fd store. Not for clients: no ownership
-// check and no state change.
-func (c *Custody) DupFile(name string) (*os.File, error) {
-	c.mu.Lock()
-	e := c.byName[name]
-	var h Handle
-	if e != nil {
-		h = e.h
-	}
-	c.mu.Unlock()
-	if h == nil {
-		return nil, notFound(name)
-	}
-	return dupFile(h.File())
-}
-
 // EachFile calls fn with luod's own fd of each named session that holds
 // one, for systemd's fd store, the custody locked meanwhile: no session
 // can be closed under fn, so fn may send the fd as it is (the store keeps
-// its own copy) where DupFile would make, check and close a duplicate,
-// three system calls a session. fn must not call c. Not for clients: no
+// its own copy) where a duplicate would cost three system calls a
+// session: make, check and close it. fn must not call c. Not for clients: no
 // ownership check and no state change.
 func (c *Custody) EachFile(names []string, fn func(name string, f *os.File)) {
 	c.mu.Lock()

@@ -35,15 +35,21 @@ func TestAdoptAfterRestart(t *testing.T) {
 	}
 	// The "fd store": dups of luod's fds, except vm-gone's.
 	store := map[string]*os.File{}
-	for _, n := range []string{"vm-a", "vm-b"} {
-		f, err := h.c.DupFile(n)
-		if err != nil {
-			t.Fatal(err)
+	dup := func(key string) func(string, *os.File) {
+		return func(_ string, f *os.File) {
+			d, err := dupFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			store[key] = d
 		}
-		store[n] = f
 	}
-	stray, _ := h.c.DupFile("vm-b")
-	store["not-ours"] = stray
+	h.c.EachFile([]string{"vm-a"}, dup("vm-a"))
+	h.c.EachFile([]string{"vm-b"}, dup("vm-b"))
+	h.c.EachFile([]string{"vm-b"}, dup("not-ours"))
+	if len(store) != 3 {
+		t.Fatalf("fd store of %d, want vm-a, vm-b and a stray", len(store))
+	}
 
 	// luod dies: every fd of its own closes.
 	h.c.Close()

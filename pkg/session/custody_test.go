@@ -121,7 +121,7 @@ func TestFullCycle(t *testing.T) {
 	if len(m.Sessions) != 2 || m.Sessions[0].Name != "vm-a" || m.Sessions[1].Files[0].Size != 0 {
 		t.Fatalf("manifest %+v", m)
 	}
-	if err := SaveFile(dir, m); err != nil {
+	if err := saveFile(dir, m); err != nil {
 		t.Fatal(err)
 	}
 	_ = unfreeze

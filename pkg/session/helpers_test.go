@@ -73,8 +73,8 @@ func (h *host) kexec(dir string, expected uint64, cfg Config) (*host, *Manifest)
 		h.t.Fatalf("WriteManifest: %v", err)
 	}
 	if dir != "" {
-		if err := SaveFile(dir, m); err != nil {
-			h.t.Fatalf("SaveFile: %v", err)
+		if err := saveFile(dir, m); err != nil {
+			h.t.Fatalf("saveFile: %v", err)
 		}
 	}
 	return h.reboot(cfg), m

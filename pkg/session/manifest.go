@@ -24,7 +24,7 @@ const FormatV1 = "luod-manifest-v1"
 // before the reboot) and DecodeManifest refuses to read one.
 const MaxManifestSize = 64 << 20
 
-// ManifestFileName is the name of the readable copy SaveFile writes.
+// ManifestFileName is the name of the readable copy WriteFile writes.
 const ManifestFileName = "manifest.json"
 
 // ErrManifestTooLarge is matched (errors.Is) by the errors for a manifest
@@ -36,7 +36,7 @@ func isTooLarge(err error) bool { return errors.Is(err, ErrManifestTooLarge) }
 // Manifest is luod's own record of the sessions it hands to the next
 // kernel. It crosses the kexec as JSON in a sealed memfd, preserved in
 // luod's reserved session ReservedName under ManifestToken; a readable
-// copy is kept on disk (SaveFile), which tells a cold boot what was lost.
+// copy is kept on disk (WriteFile), which tells a cold boot what was lost.
 // The manifest, not the session's existence in the kernel, is what proves
 // who owns a handed-over session.
 type Manifest struct {
@@ -353,16 +353,6 @@ func ReadMemfd(f *os.File) (*Manifest, error) {
 		return nil, fmt.Errorf("reading manifest memfd: %w", err)
 	}
 	return DecodeManifest(b)
-}
-
-// SaveFile writes m to dir/manifest.json as Encode writes it, durably
-// (WriteFile with durable set).
-func SaveFile(dir string, m *Manifest) error {
-	b, err := m.Encode()
-	if err != nil {
-		return err
-	}
-	return WriteFile(dir, b, true)
 }
 
 // WriteFile writes b, a manifest as Encode wrote it, to dir/manifest.json

@@ -125,11 +125,11 @@ func TestSaveLoadFile(t *testing.T) {
 		t.Fatalf("LoadFile of nothing: %v", err)
 	}
 	m := sampleManifest()
-	if err := SaveFile(dir, m); err != nil {
+	if err := saveFile(dir, m); err != nil {
 		t.Fatal(err)
 	}
 	m.ExpectedLiveUpdateNumber = 4
-	if err := SaveFile(dir, m); err != nil { // replaces
+	if err := saveFile(dir, m); err != nil { // replaces
 		t.Fatal(err)
 	}
 	got, err := LoadFile(dir)
@@ -155,8 +155,8 @@ func TestSaveLoadFile(t *testing.T) {
 	if _, err := LoadFile(dir); err == nil || !strings.Contains(err.Error(), ManifestFileName) {
 		t.Fatalf("LoadFile of a bad copy: %v", err)
 	}
-	if err := SaveFile(filepath.Join(dir, "missing"), m); err == nil {
-		t.Fatal("SaveFile into a missing dir")
+	if err := saveFile(filepath.Join(dir, "missing"), m); err == nil {
+		t.Fatal("saveFile into a missing dir")
 	}
 }
 
@@ -252,4 +252,14 @@ func TestEncodedManifestCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("after a delete")
+}
+
+// saveFile writes m to dir/manifest.json as Encode writes it, durably: the
+// manifest copy luod keeps.
+func saveFile(dir string, m *Manifest) error {
+	b, err := m.Encode()
+	if err != nil {
+		return err
+	}
+	return WriteFile(dir, b, true)
 }

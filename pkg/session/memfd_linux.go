@@ -14,18 +14,9 @@ import (
 // (MEMFD_LUO_ALL_SEALS), so the retrieved memfd is sealed the same way.
 const manifestSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE | unix.F_SEAL_SEAL
 
-// WriteMemfd encodes m into a new memfd, close-on-exec, and seals it
-// against any change (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
+// sealedMemfd puts an encoded manifest b into a new memfd, close-on-exec,
+// sealed against any change (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
 // F_SEAL_SEAL). The caller preserves it and closes it.
-func WriteMemfd(m *Manifest) (*os.File, error) {
-	b, err := m.Encode()
-	if err != nil {
-		return nil, err
-	}
-	return sealedMemfd(b)
-}
-
-// sealedMemfd is WriteMemfd of an encoded manifest b.
 func sealedMemfd(b []byte) (*os.File, error) {
 	f, err := newMemfd("luod-manifest", b)
 	if err != nil {

@@ -11,7 +11,11 @@ import (
 
 func TestMemfd(t *testing.T) {
 	m := sampleManifest()
-	f, err := WriteMemfd(m)
+	b, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := sealedMemfd(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,9 +34,8 @@ func TestMemfd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, _ := m.Encode()
-	b, _ := got.Encode()
-	if !bytes.Equal(a, b) {
-		t.Fatalf("memfd round trip:\n%s\n%s", a, b)
+	back, _ := got.Encode()
+	if !bytes.Equal(b, back) {
+		t.Fatalf("memfd round trip:\n%s\n%s", b, back)
 	}
 }

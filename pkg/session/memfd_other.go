@@ -8,14 +8,6 @@ import (
 	"github.com/luod/luod/pkg/ioctl"
 )
 
-// WriteMemfd needs memfd_create, which only Linux has.
-func WriteMemfd(m *Manifest) (*os.File, error) {
-	if _, err := m.Encode(); err != nil {
-		return nil, err
-	}
-	return nil, ioctl.ErrNotSupported
-}
-
 // sealedMemfd needs memfd_create, which only Linux has.
 func sealedMemfd([]byte) (*os.File, error) { return nil, ioctl.ErrNotSupported }
 

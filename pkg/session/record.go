@@ -136,7 +136,7 @@ type RecordFile struct {
 // leaves the old log or the new one, whole. Neither this nor Append
 // fsyncs: a SIGKILLed luod loses nothing it wrote (the page cache is the
 // kernel's), and a power loss ends every session anyway; the manifest
-// copy (SaveFile) is the durable one. The file is mode 0600: it names
+// copy (WriteFile) is the durable one. The file is mode 0600: it names
 // every user's sessions.
 func CreateRecordFile(dir string, m *Manifest) (*RecordFile, error) {
 	b, err := m.Encode()
@@ -166,7 +166,7 @@ func LoadRecordFile(dir string) (*Manifest, error) {
 }
 
 // OpenSessions is the manifest a record would have handed over: its open
-// sessions, without their State, as SaveFile writes them. A manifest
+// sessions, without their State, as the manifest copy holds them. A manifest
 // (no State) is itself.
 func (m *Manifest) OpenSessions() *Manifest {
 	out := *m

@@ -68,7 +68,7 @@ func TestRecover(t *testing.T) {
 				t.Fatal(err)
 			}
 			dir := t.TempDir()
-			if err := SaveFile(dir, m); err != nil {
+			if err := saveFile(dir, m); err != nil {
 				t.Fatal(err)
 			}
 			disk, err := LoadFile(dir)
