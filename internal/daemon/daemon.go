@@ -363,7 +363,6 @@ func (d *Daemon) metricsSnapshot() metrics.Snapshot {
 	snap.Continuity = d.rec.continuity
 	snap.ConnectedClients = len(d.conns)
 	snap.SubscribedClients = len(d.subs)
-	snap.LostSessions = len(d.rec.lost)
 	for _, l := range d.rec.lost {
 		snap.Lost = append(snap.Lost, metrics.LostSession{Name: l.Name, UID: l.UID})
 	}

@@ -28,7 +28,6 @@ var busy = Snapshot{
 	PreservedBytes:    268435456,
 	ConnectedClients:  4,
 	SubscribedClients: 3,
-	LostSessions:      0,
 	UnclaimedOverdue:  1,
 	UpgradePhase:      proto.PhaseBarrier,
 	KernelLoaded:      true,
@@ -158,7 +157,7 @@ luod_kexec_kernel_loaded 0
 		Continuity:      "partial",
 		SessionsByState: map[string]int{"frozen": 2},
 		UpgradePhase:    "verify",
-		LostSessions:    2,
+		Lost:            []LostSession{{Name: "vm-a"}, {Name: "vm-b"}},
 	})
 	names := []string{"luod_boot_continuity", "luod_sessions", "luod_upgrade_phase", "luod_sessions_lost"}
 	compare(t, m.c, stateHelp+`
@@ -182,7 +181,7 @@ luod_upgrade_phase{phase="verify"} 1
 }
 
 func TestLostSessionsNamed(t *testing.T) {
-	m, _ := newTest(t, Snapshot{LostSessions: 2, Lost: []LostSession{{Name: "vm-a", UID: 0}, {Name: "vm-b", UID: 1000}}})
+	m, _ := newTest(t, Snapshot{Lost: []LostSession{{Name: "vm-a", UID: 0}, {Name: "vm-b", UID: 1000}}})
 	compare(t, m.c, `
 # HELP luod_session_lost_info A metric with a constant value of 1 per session of the previous boot that this boot could not give back, labeled by its name and owner's uid (luoctl status lists them too).
 # TYPE luod_session_lost_info gauge

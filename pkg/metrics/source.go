@@ -54,11 +54,9 @@ type Snapshot struct {
 	// SubscribedClients counts the connections subscribed to upgrade
 	// events: the clients the next barrier waits for.
 	SubscribedClients int
-	// LostSessions counts the sessions the previous boot held that this
-	// boot could not give back (Status.LostSessions).
-	LostSessions int
-	// Lost names those sessions, with their owners' uids, for
-	// luod_session_lost_info.
+	// Lost names the sessions the previous boot held that this boot
+	// could not give back (Status.LostSessions), with their owners' uids:
+	// luod_sessions_lost counts them, luod_session_lost_info names them.
 	Lost []LostSession
 	// UnclaimedOverdue counts incoming sessions still unclaimed after
 	// --reclaim.grace (Status.UnclaimedOverdue).
@@ -172,7 +170,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(preservedBytesDesc, float64(s.PreservedBytes))
 	gauge(clientsConnectedDesc, float64(s.ConnectedClients))
 	gauge(clientsSubscribedDesc, float64(s.SubscribedClients))
-	gauge(sessionsLostDesc, float64(s.LostSessions))
+	gauge(sessionsLostDesc, float64(len(s.Lost)))
 	for _, l := range s.Lost {
 		gauge(sessionLostInfoDesc, 1, l.Name, strconv.FormatUint(uint64(l.UID), 10))
 	}
