@@ -3,6 +3,7 @@
 package vmtest
 
 import (
+	"bufio"
 	"context"
 	"errors"
 
@@ -64,24 +65,57 @@ func memfdOf(t *testing.T, data []byte) *os.File {
 
 func isCode(err error, c proto.Code) bool { return errors.Is(err, &proto.Error{Code: c}) }
 
-// loadNextKernel loads boot2's kernel through luod, with its config.
-func loadNextKernel(t *testing.T, c *client.Client, share string) {
+// loadNextKernel loads boot2's kernel through luod with its config, the
+// initrd at path initrd unless that is "", and args.
+func loadNextKernel(t *testing.T, c *client.Client, share, initrd string, args proto.LoadArgs) {
 	t.Helper()
-	k, err := os.Open(filepath.Join(share, "boot2", "vmlinuz"))
-	if err != nil {
-		t.Fatal(err)
+	open := func(path string) *os.File {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
 	}
-	defer k.Close()
-	cfg, err := os.Open(filepath.Join(share, "boot2", "config"))
-	if err != nil {
-		t.Fatal(err)
+	var i *os.File
+	if initrd != "" {
+		i = open(initrd)
 	}
-	defer cfg.Close()
-	res, err := c.Load(tctx(t, time.Minute), k, nil, cfg, proto.LoadArgs{ReuseCmdline: true})
+	k, cfg := open(filepath.Join(share, "boot2", "vmlinuz")), open(filepath.Join(share, "boot2", "config"))
+	res, err := c.Load(tctx(t, 2*time.Minute), k, i, cfg, args)
 	if err != nil {
 		t.Fatalf("load: %v", err)
 	}
 	t.Logf("loaded %s: %s", res.Release, res.Kernel)
+}
+
+// childCmd is this test binary as another process (a workload), running
+// only test, with LUOD_VMTEST_CHILD=mode in its environment and args.
+func childCmd(t *testing.T, test, mode string, args ...string) *exec.Cmd {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, append([]string{"-test.run", "^" + test + "$"}, args...)...)
+	cmd.Env = append(os.Environ(), "LUOD_VMTEST_CHILD="+mode)
+	return cmd
+}
+
+// startChild starts childCmd(test, mode), its stderr ours, and returns it
+// with its stdout.
+func startChild(t *testing.T, test, mode string) (*exec.Cmd, *bufio.Reader) {
+	t.Helper()
+	cmd := childCmd(t, test, mode)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, bufio.NewReader(out)
 }
 
 // TestDaemon runs the daemon's cases on the real kernel.
@@ -192,7 +226,7 @@ func TestDaemon(t *testing.T) {
 	})
 
 	t.Run("dry_run", func(t *testing.T) {
-		loadNextKernel(t, admin, share)
+		loadNextKernel(t, admin, share, "", proto.LoadArgs{ReuseCmdline: true})
 		var phases []string
 		res, err := admin.Upgrade(tctx(t, time.Minute), proto.UpgradeArgs{DryRun: true}, func(p proto.ProgressEvent) { phases = append(phases, p.Phase) })
 		if err != nil || !res.DryRun {
@@ -239,19 +273,7 @@ func TestDaemon(t *testing.T) {
 		reliability(t, "a client SIGKILLed during the barrier", "VM: a workload process gets prepare and is SIGKILLed before answering", "aborted at once (disconnected, not the 20 s timeout); the kept session intact; the demo then upgrades 7.2 -> 7.3 -> 7.3 with 256 MiB byte-exact")
 		// A workload process that subscribes, gets "prepare" and is
 		// SIGKILLed before answering: the upgrade aborts, nothing is lost.
-		exe, err := os.Executable()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(exe, "-test.run", "^TestSubscriberThatDies$")
-		cmd.Env = append(os.Environ(), "LUOD_VMTEST_CHILD=1")
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		cmd, out := startChild(t, "TestSubscriberThatDies", "1")
 		buf := make([]byte, 64)
 		if n, _ := out.Read(buf); !strings.Contains(string(buf[:n]), "subscribed") {
 			t.Fatalf("subscriber said %q", buf[:n])
@@ -309,12 +331,7 @@ func TestDaemon(t *testing.T) {
 
 	t.Run("second_uid_denied", func(t *testing.T) {
 		reliability(t, "a second uid reaching for root's session and admin operations", "VM: a uid 1000 process lists, deletes, reclaims root's session; status, upgrade, inspect", "not_found for the session, permission_denied for admin ops; its own session works; the kept session intact")
-		exe, err := os.Executable()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(exe, "-test.run", "^TestAsOtherUID$", "-test.v")
-		cmd.Env = append(os.Environ(), "LUOD_VMTEST_CHILD=1")
+		cmd := childCmd(t, "TestAsOtherUID", "1", "-test.v")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 100}}
 		out, err := cmd.CombinedOutput()
 		t.Logf("uid 1000:\n%s", out)

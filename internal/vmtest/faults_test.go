@@ -3,7 +3,6 @@
 package vmtest
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -253,13 +252,12 @@ func preserveNew(t *testing.T, c *client.Client, name string, size int, seed byt
 	return digest(b)
 }
 
-// reclaimDigest reclaims (and finishes) session name and returns the
-// digest of its one file, checking its size.
-func reclaimDigest(t *testing.T, c *client.Client, name string, size int) string {
-	t.Helper()
-	files, err := c.Reclaim(tctx(t, time.Minute), name, true)
+// reclaimData reclaims (and finishes) session name through c and returns
+// the contents of its one file, which must be size bytes.
+func reclaimData(ctx context.Context, c *client.Client, name string, size int) ([]byte, error) {
+	files, err := c.Reclaim(ctx, name, true)
 	if err != nil {
-		t.Fatalf("reclaim %s: %v", name, err)
+		return nil, fmt.Errorf("reclaim %s: %w", name, err)
 	}
 	defer func() {
 		for _, f := range files {
@@ -267,11 +265,21 @@ func reclaimDigest(t *testing.T, c *client.Client, name string, size int) string
 		}
 	}()
 	if len(files) != 1 || files[0].Size != int64(size) {
-		t.Fatalf("reclaim %s: %+v, want one file of %d bytes", name, files, size)
+		return nil, fmt.Errorf("reclaim %s: %+v, want one file of %d bytes", name, files, size)
 	}
 	b := make([]byte, size)
 	if _, err := files[0].File.ReadAt(b, 0); err != nil {
-		t.Fatalf("read %s: %v", name, err)
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	return b, nil
+}
+
+// reclaimDigest is reclaimData's digest.
+func reclaimDigest(t *testing.T, c *client.Client, name string, size int) string {
+	t.Helper()
+	b, err := reclaimData(tctx(t, time.Minute), c, name, size)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return digest(b)
 }
@@ -291,52 +299,6 @@ func sameSizes(t *testing.T, what string, before, after string) {
 	t.Helper()
 	if before != after {
 		t.Errorf("sessions changed %s:\nbefore %v\nafter  %v", what, before, after)
-	}
-}
-
-// child runs this test binary's TestFaultChild in mode, as another
-// process (a workload), and returns it started, with its stdout.
-func child(t *testing.T, mode string) (*exec.Cmd, *bufio.Reader) {
-	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run", "^TestFaultChild$")
-	cmd.Env = append(os.Environ(), "LUOD_VMTEST_CHILD="+mode)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	return cmd, bufio.NewReader(out)
-}
-
-// loadNextReal loads boot2's kernel with the harness's initrd and this
-// command line pointing at stage 2: what the real kexec boots.
-func loadNextReal(t *testing.T, c *client.Client, share string) {
-	t.Helper()
-	k, err := os.Open(filepath.Join(share, "boot2", "vmlinuz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.Close()
-	i, err := os.Open(filepath.Join(share, "initrd.img"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer i.Close()
-	cfg, err := os.Open(filepath.Join(share, "boot2", "config"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cfg.Close()
-	cmdline := regexp.MustCompile(`luod\.stage=\d+`).ReplaceAllString(readTrim(t, "/proc/cmdline"), "luod.stage=2")
-	if _, err := c.Load(tctx(t, 2*time.Minute), k, i, cfg, proto.LoadArgs{Cmdline: cmdline}); err != nil {
-		t.Fatalf("load: %v", err)
 	}
 }
 
@@ -383,7 +345,7 @@ func faultsBeforeKexec(t *testing.T, e env) {
 	st.Digests["faults-keep"] = preserveNew(t, admin, "faults-keep", faultFiles["faults-keep"].size, faultFiles["faults-keep"].seed)
 
 	step("client_quits_after_preserve", func(t *testing.T) {
-		cmd, out := child(t, "checkpoint")
+		cmd, out := startChild(t, "TestFaultChild", "checkpoint")
 		line, _ := out.ReadString('\n')
 		if err := cmd.Wait(); err != nil {
 			t.Fatalf("the checkpointing client: %v (said %q)", err, line)
@@ -466,7 +428,7 @@ func faultsBeforeKexec(t *testing.T, e env) {
 		t0 := time.Now()
 		// The clients stay: they answer the barriers of the dry run, the
 		// failed reboot and the real kexec below.
-		_, out := child(t, "load")
+		_, out := startChild(t, "TestFaultChild", "load")
 		line, _ := out.ReadString('\n')
 		if strings.TrimSpace(line) != "ready" {
 			t.Fatalf("the load clients said %q", line)
@@ -494,7 +456,12 @@ func faultsBeforeKexec(t *testing.T, e env) {
 		wantMetric(t, fmt.Sprintf("luod_clients_subscribed %d", loadClients))
 	})
 
-	step("load_next_kernel", func(t *testing.T) { loadNextReal(t, admin, e.share) })
+	// The harness's initrd and this command line pointing at stage 2:
+	// what the real kexec boots.
+	step("load_next_kernel", func(t *testing.T) {
+		cmdline := stageRe.ReplaceAllString(readTrim(t, "/proc/cmdline"), "luod.stage=2")
+		loadNextKernel(t, admin, e.share, filepath.Join(e.share, "initrd.img"), proto.LoadArgs{Cmdline: cmdline})
+	})
 
 	step("state_dir_full_then_read_only", func(t *testing.T) {
 		dir := os.Getenv("LUOD_STATE_DIR")
@@ -624,7 +591,7 @@ func faultsAfterKexec(t *testing.T, e env) {
 		reliability(t, "a client exits after preserving (a VMM that checkpoints and quits)",
 			"VM: a process creates a session, preserves 16 MiB and exits before the kexec; after it, a new process of the workload reclaims",
 			"16 MiB byte-exact (sha256) after the kexec, reclaimed and finished by the restarted client")
-		cmd, out := child(t, "restore")
+		cmd, out := startChild(t, "TestFaultChild", "restore")
 		line, _ := out.ReadString('\n')
 		if err := cmd.Wait(); err != nil {
 			t.Fatalf("the restarted client: %v (said %q)", err, line)
@@ -668,22 +635,11 @@ func reclaimLoad(i int) error {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	files, err := c.Reclaim(ctx, fmt.Sprintf("load-%04d", i), true)
+	got, err := reclaimData(ctx, c, fmt.Sprintf("load-%04d", i), loadFileSize)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		for _, f := range files {
-			f.File.Close()
-		}
-	}()
-	if len(files) != 1 || files[0].Size != loadFileSize {
-		return fmt.Errorf("reclaimed %+v, want one file of %d bytes", files, loadFileSize)
-	}
-	got, want := make([]byte, loadFileSize), make([]byte, loadFileSize)
-	if _, err := files[0].File.ReadAt(got, 0); err != nil {
-		return err
-	}
+	want := make([]byte, loadFileSize)
 	loadPattern(want, i)
 	if string(got) != string(want) {
 		return errors.New("data differs")
