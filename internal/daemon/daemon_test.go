@@ -12,7 +12,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +29,7 @@ import (
 	"github.com/luod/luod/pkg/client"
 	"github.com/luod/luod/pkg/ioctl/ioctltest"
 	"github.com/luod/luod/pkg/proto"
+	"github.com/luod/luod/pkg/session"
 )
 
 // fakeKexec stands in for kexec_file_load and reboot. A successful
@@ -412,6 +415,10 @@ func TestBarrierAbort(t *testing.T) {
 	if err != nil || len(ss) != 1 || ss[0].State != proto.StateOpen || len(ss[0].Files) != 1 {
 		t.Fatalf("sessions after abort = %+v, %v", ss, err)
 	}
+	// The manifest written before the barrier went with it.
+	if hasKernelSession(fake, session.ReservedName) {
+		t.Fatal("the prewritten manifest stayed in the kernel after the abort")
+	}
 	// luod still serves: a new session works while the mute one is around.
 	if _, err := w.CreateSession(ctx(t), "vm-3", nil); err != nil {
 		t.Fatal(err)
@@ -431,6 +438,87 @@ func TestBarrierAbort(t *testing.T) {
 	}
 	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
 		t.Fatalf("upgrade after the mute client left: %v", err)
+	}
+}
+
+func hasKernelSession(fake *ioctltest.Fake, name string) bool {
+	return slices.ContainsFunc(fake.Sessions(), func(s ioctltest.SessionState) bool { return s.Name == name })
+}
+
+// TestManifestPrewritten: the manifest is written before the barrier. A
+// subscriber that changes nothing while preparing finds it kept (the
+// pause writes nothing); one that preserves its device state while
+// preparing, as a VMM pausing its guest would, has that file carried all
+// the same: the manifest is written anew in the pause.
+func TestManifestPrewritten(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	h := boot(t, dir, fake, false, nil)
+	c := h.dial()
+	sessionAndKernel(t, c, dir, "vm-1")
+	vmm := h.dial()
+	if _, err := vmm.CreateSession(ctx(t), "vm-2", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := vmm.Subscribe(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	state := []byte("device state at pause")
+	var prepares atomic.Int32
+	prepErr := make(chan error, 2)
+	go func() {
+		for ev := range vmm.Events() {
+			if ev.Event != proto.EventPrepare {
+				continue
+			}
+			var p proto.PrepareEvent
+			ev.Decode(&p)
+			var err error
+			if prepares.Add(1) == 2 {
+				_, err = vmm.Preserve(context.Background(), "vm-2", []client.FileToPreserve{{File: memfd(t, state), Token: 9, Label: "dev"}})
+			}
+			prepErr <- err
+			vmm.Ready(context.Background(), p.Upgrade)
+		}
+	}()
+
+	from := len(h.logText())
+	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-prepErr; err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`dry run finished.* sessions=2 .*manifest_prewritten=true`).MatchString(h.logText()[from:]) {
+		t.Errorf("dry run without a change did not keep the prewritten manifest:\n%s", h.logText()[from:])
+	}
+	if hasKernelSession(fake, session.ReservedName) {
+		t.Fatal("the manifest stayed in the kernel after the dry run")
+	}
+
+	from = len(h.logText())
+	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil); !errors.Is(err, client.ErrRebooting) {
+		t.Fatalf("upgrade = %v, want ErrRebooting", err)
+	}
+	if err := <-prepErr; err != nil {
+		t.Fatalf("preserve while preparing: %v", err)
+	}
+	<-h.kx.rebooted
+	if !regexp.MustCompile(`calling reboot.* sessions=2 .*manifest_prewritten=false`).MatchString(h.logText()[from:]) {
+		t.Errorf("a change during the barrier did not rewrite the manifest in the pause:\n%s", h.logText()[from:])
+	}
+	vmm.Close()
+	h.stop()
+
+	c2 := boot(t, dir, fake, true, nil).dial()
+	files, err := c2.Reclaim(ctx(t), "vm-2", true)
+	if err != nil || len(files) != 1 || files[0].Token != 9 {
+		t.Fatalf("reclaim vm-2 after the update = %+v, %v; want the file preserved while preparing", files, err)
+	}
+	got, _ := io.ReadAll(io.NewSectionReader(files[0].File, 0, 1<<20))
+	files[0].File.Close()
+	if !bytes.Equal(got, state) {
+		t.Fatalf("device state came back as %q", got)
 	}
 }
 

@@ -116,12 +116,9 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		d.cfg.BeforeUpgrade()
 	}
 
-	// Each session's manifest encoding is brought up to date while the
-	// workloads still run (the disk writer may not have run since the
-	// last change): in the pause, the manifest phase then joins bytes,
-	// encoding only a session changed during the barrier. An error is the
-	// manifest phase's to report.
-	d.custody.EncodedManifest(d.expectedNext())
+	// The manifest is written while the workloads still run; the manifest
+	// phase, in their pause, only checks that no session changed since.
+	d.prewriteManifest(id)
 
 	// Barrier: every subscriber must answer ready in time.
 	progress(proto.PhaseBarrier)
@@ -130,6 +127,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	res.Phases[proto.PhaseBarrier] = time.Since(t0).Milliseconds()
 	d.metrics.ObservePhase(proto.PhaseBarrier, time.Since(t0))
 	abort := func(reason string) {
+		d.custody.DiscardManifest()
 		for _, c := range subs {
 			c.event(proto.EventAborted, proto.AbortedEvent{Upgrade: id, Reason: reason})
 		}
@@ -145,7 +143,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	// session, keep a readable copy, sync.
 	progress(proto.PhaseManifest)
 	t0 = time.Now()
-	m, unfreeze, err := d.writeManifest()
+	w, unfreeze, err := d.writeManifest()
 	if err != nil {
 		d.metrics.ObservePhase(proto.PhaseManifest, time.Since(t0))
 		d.metrics.Upgrade(metrics.UpgradeFailed)
@@ -158,8 +156,12 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	manifestTime := time.Since(t0)
 	res.Phases[proto.PhaseManifest] = manifestTime.Milliseconds()
 	d.metrics.ObservePhase(proto.PhaseManifest, manifestTime)
-	d.log.Info("manifest written", "upgrade", id, "sessions", len(m.Sessions),
-		"expected_liveupdate_number", m.ExpectedLiveUpdateNumber)
+	// What the pause did goes into one line at its end (reboot, dry run,
+	// kexec.target), not a line a step: each is a write luod's share of
+	// the pause waits for.
+	written := []any{"upgrade", id, "clients", len(subs), "sessions", len(w.Sessions),
+		"expected_liveupdate_number", w.ExpectedLiveUpdateNumber, "manifest_prewritten", w.Reused}
+	d.log.Debug("manifest written", written...)
 
 	if a.DryRun {
 		d.metrics.Upgrade(metrics.UpgradeDryRun)
@@ -168,7 +170,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 			c.event(proto.EventAborted, proto.AbortedEvent{Upgrade: id, Reason: "dry run: no reboot"})
 		}
 		d.saveDisk()
-		d.log.Info("dry run finished: everything but the reboot", "upgrade", id)
+		d.log.Info("dry run finished: everything but the reboot", written...)
 		return res, nil
 	}
 
@@ -185,7 +187,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		return nil, proto.Errorf(proto.CodeKexecFailed, "%s into %s failed: %v; every session is intact", what, loaded.Release, err)
 	}
 	if path == PathOrderly {
-		if err := d.orderlyCommit(id, req, subs, loaded.Release); err != nil {
+		if err := d.orderlyCommit(id, req, subs, loaded.Release, written); err != nil {
 			return fail("starting kexec.target", err)
 		}
 		// As on the direct path the requester sees its connection end,
@@ -199,8 +201,8 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	// luod's share of the workloads' pause: from the last ready to here,
 	// with the sync(2) of the manifest phase (the kernel's flush of every
 	// dirty page, not luod's work) shown apart.
-	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", "upgrade", id, "release", loaded.Release,
-		"since_ready", time.Since(passed), "manifest", manifestTime, "sync", syncTime, "sessions", len(m.Sessions))
+	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", append(written, "release", loaded.Release,
+		"since_ready", time.Since(passed), "manifest", manifestTime, "sync", syncTime)...)
 	t0 = time.Now()
 	if err = d.faultReboot("kexec reboot: EIO"); err == nil {
 		err = d.cfg.Kexec.Reboot()
@@ -262,7 +264,7 @@ func (d *Daemon) runBarrier(id string, req *conn, timeout time.Duration) ([]*con
 		}
 		return subs, time.Time{}, fmt.Sprintf("%d client(s) did not answer ready within %v: %v", len(who), timeout, who)
 	}
-	d.log.Info("barrier passed: every subscriber is ready", "upgrade", id, "clients", len(subs))
+	d.log.Debug("barrier passed: every subscriber is ready", "upgrade", id, "clients", len(subs))
 	return subs, b.passed, ""
 }
 
@@ -284,9 +286,9 @@ func (d *Daemon) faultReboot(what string) error {
 // frozen, with the manifest written, until systemd stops it; then it
 // closes the requester's connection and returns nil. An error means
 // nothing was queued and the caller fails the upgrade.
-func (d *Daemon) orderlyCommit(id string, req *conn, subs []*conn, release string) error {
+func (d *Daemon) orderlyCommit(id string, req *conn, subs []*conn, release string, written []any) error {
 	d.log.Info("starting kexec.target: systemd stops every service, luod too, and kexecs with the fd stores",
-		"upgrade", id, "release", release)
+		append(written, "release", release)...)
 	t0 := time.Now()
 	err := d.faultReboot("kexec.target")
 	if err == nil {
@@ -307,21 +309,45 @@ func (d *Daemon) orderlyCommit(id string, req *conn, subs []*conn, release strin
 	return nil
 }
 
+// prewriteManifest writes the manifest into luod's reserved session, its
+// readable copy and a sync(2) before the barrier, while the workloads
+// still run (Custody.PrewriteManifest): the manifest phase in their pause
+// then writes nothing unless a session changed during the barrier, and
+// its sync(2) finds little left to flush. A failure here costs only that:
+// the manifest phase writes the manifest again and reports its own error.
+func (d *Daemon) prewriteManifest(id string) {
+	w, err := d.custody.PrewriteManifest(d.expectedNext())
+	if err != nil {
+		d.log.Debug("manifest not prewritten; the manifest phase writes it", "upgrade", id, "err", err)
+		return
+	}
+	d.writeManifestCopy(w.Bytes)
+	unix.Sync()
+}
+
 // writeManifest freezes the custody and writes the manifest into luod's
 // reserved session, with its readable copy on disk: the manifest phase
 // but for the sync(2), which the caller runs to make the copy durable.
+// A manifest prewritten and still true is kept as it is, copy included.
 // On success the custody stays frozen until unfreeze.
-func (d *Daemon) writeManifest() (*session.Manifest, func(), error) {
+func (d *Daemon) writeManifest() (session.Written, func(), error) {
 	unfreeze := d.custody.Freeze()
-	m, b, err := d.custody.WriteManifest(d.expectedNext())
+	w, err := d.custody.WriteManifest(d.expectedNext())
 	if err != nil {
 		unfreeze()
-		return nil, nil, err
+		return session.Written{}, nil, err
 	}
-	// The same bytes, not fsynced: the caller's sync(2) follows.
+	if !w.Reused {
+		d.writeManifestCopy(w.Bytes)
+	}
+	return w, unfreeze, nil
+}
+
+// writeManifestCopy writes the manifest copy on disk from the bytes in the
+// reserved session, not fsynced: a sync(2) follows. Failing is a warning.
+func (d *Daemon) writeManifestCopy(b []byte) {
 	if err := session.WriteFile(d.cfg.StateDir, b, false); err != nil {
 		d.log.Warn("cannot write the manifest copy; the in-memory manifest still crosses the kexec",
 			"dir", d.cfg.StateDir, "err", err)
 	}
-	return m, unfreeze, nil
 }

@@ -497,7 +497,7 @@ func faultsBeforeKexec(t *testing.T, e env) {
 			t.Fatalf("dry run with a read-only state directory: %v", err)
 		}
 		waitLog(t, from, `cannot write the manifest copy; the in-memory manifest still crosses the kexec`)
-		waitLog(t, from, `manifest written.*sessions=100[0-9]`)
+		waitLog(t, from, `dry run finished.*sessions=100[0-9]`)
 	})
 
 	step("reboot_fails_fault_switch", func(t *testing.T) {

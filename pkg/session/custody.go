@@ -138,9 +138,16 @@ type Custody struct {
 	perUID    map[uint32]int
 	frozen    int    // Freeze calls not yet undone
 	inflight  int    // operations running their ioctls unlocked
-	reserved  Handle // luod's session carrying the manifest, while frozen
+	reserved  Handle // luod's session carrying the manifest (see WriteManifest)
 	recovered bool   // Recover has run
 	closed    bool
+	// gen counts changes of the table (touchLocked). The reserved
+	// session's manifest was taken at generation reservedGen for the
+	// liveupdate number reservedNext; while gen still equals reservedGen
+	// it is true, and WriteManifest reuses it (reservedM, reservedB).
+	gen, reservedGen, reservedNext uint64
+	reservedM                      *Manifest
+	reservedB                      []byte
 }
 
 type entry struct {
@@ -210,6 +217,7 @@ func (c *Custody) begin(caller Caller, name string) (*entry, error) {
 
 // end undoes begin; c.mu is held.
 func (c *Custody) end(e *entry) {
+	c.touchLocked()
 	e.busy = false
 	c.inflight--
 	if c.inflight == 0 {
@@ -219,6 +227,7 @@ func (c *Custody) end(e *entry) {
 
 // remove drops e from the table; c.mu is held.
 func (c *Custody) remove(e *entry) {
+	c.touchLocked()
 	delete(c.byName, e.s.Name)
 	if n := c.perUID[e.s.UID] - 1; n > 0 {
 		c.perUID[e.s.UID] = n
@@ -229,6 +238,7 @@ func (c *Custody) remove(e *entry) {
 
 // insert adds e to the table; c.mu is held.
 func (c *Custody) insert(e *entry) {
+	c.touchLocked()
 	c.byName[e.s.Name] = e
 	c.perUID[e.s.UID]++
 }
@@ -726,7 +736,10 @@ func (c *Custody) Finish(caller Caller, name string) error {
 type Status struct {
 	// Frozen is set between Freeze and unfreeze: an upgrade is committing.
 	Frozen bool
-	// ManifestWritten is set once WriteManifest succeeded in this freeze.
+	// ManifestWritten is set while frozen once the reserved session holds
+	// the manifest of the frozen table: WriteManifest succeeded, or the
+	// manifest prewritten before the freeze (PrewriteManifest) is still
+	// true.
 	ManifestWritten bool
 	// Sessions counts sessions by state.
 	Open, Incoming, Claimed, Finished int
@@ -736,7 +749,7 @@ type Status struct {
 func (c *Custody) Snapshot() Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := Status{Frozen: c.frozen > 0, ManifestWritten: c.reserved != nil}
+	st := Status{Frozen: c.frozen > 0, ManifestWritten: c.frozen > 0 && c.manifestCurrentLocked()}
 	for _, e := range c.byName {
 		switch {
 		case e.creating:
@@ -776,9 +789,8 @@ func (c *Custody) Close() error {
 			e.h = nil
 		}
 	}
-	if c.reserved != nil {
-		hs = append(hs, c.reserved)
-		c.reserved = nil
+	if h := c.takeReservedLocked(); h != nil {
+		hs = append(hs, h)
 	}
 	c.mu.Unlock()
 	var errs []error

@@ -3,6 +3,7 @@
 package session
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -108,7 +109,8 @@ func TestFullCycle(t *testing.T) {
 	if _, _, err := c.Create(alice, "vm-c", nil); CodeOf(err) != CodeBusy {
 		t.Fatalf("Create while frozen: %v", err)
 	}
-	m, _, err := c.WriteManifest(h.fake.LiveUpdateNum() + 1)
+	w, err := c.WriteManifest(h.fake.LiveUpdateNum() + 1)
+	m := w.Manifest
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +493,7 @@ func TestFreeze(t *testing.T) {
 	h := newHost(t, Config{})
 	c := h.c
 	mustCreate(t, c, alice, "vm")
-	if _, _, err := c.WriteManifest(1); CodeOf(err) != CodeInternal {
+	if _, err := c.WriteManifest(1); CodeOf(err) != CodeInternal {
 		t.Fatalf("WriteManifest outside Freeze: %v", err)
 	}
 	unfreeze := c.Freeze()
@@ -519,11 +521,16 @@ func TestFreeze(t *testing.T) {
 	if len(c.List(alice)) != 1 || !c.Frozen() {
 		t.Fatal("List or Frozen while frozen")
 	}
-	if _, _, err := c.WriteManifest(1); err != nil {
-		t.Fatal(err)
+	if w, err := c.WriteManifest(1); err != nil || w.Reused {
+		t.Fatalf("WriteManifest: %+v, %v", w, err)
 	}
-	if _, _, err := c.WriteManifest(1); err != nil { // replaces the first
-		t.Fatalf("second WriteManifest: %v", err)
+	// Nothing changed: the second keeps the first.
+	if w, err := c.WriteManifest(1); err != nil || !w.Reused {
+		t.Fatalf("second WriteManifest: reused %v, %v", w.Reused, err)
+	}
+	// Another liveupdate number: written anew.
+	if w, err := c.WriteManifest(2); err != nil || w.Reused || w.ExpectedLiveUpdateNumber != 2 {
+		t.Fatalf("WriteManifest(2): %+v, %v", w, err)
 	}
 	if _, ok := h.kernelSession(ReservedName); !ok {
 		t.Fatal("no reserved session")
@@ -540,6 +547,77 @@ func TestFreeze(t *testing.T) {
 	if _, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestPrewriteManifest: a manifest written before the freeze is kept by
+// WriteManifest while nothing changed, dropped from the kernel by the
+// first change (never stale there), and by DiscardManifest.
+func TestPrewriteManifest(t *testing.T) {
+	h := newHost(t, Config{})
+	c := h.c
+	mustCreate(t, c, alice, "vm")
+	pre, err := c.PrewriteManifest(1)
+	if err != nil || pre.Reused || len(pre.Sessions) != 1 {
+		t.Fatalf("PrewriteManifest: %+v, %v", pre, err)
+	}
+	if _, ok := h.kernelSession(ReservedName); !ok {
+		t.Fatal("no reserved session after PrewriteManifest")
+	}
+	if st := c.Snapshot(); st.ManifestWritten {
+		t.Fatalf("ManifestWritten outside a freeze: %+v", st)
+	}
+	unfreeze := c.Freeze()
+	if st := c.Snapshot(); !st.ManifestWritten {
+		t.Fatalf("frozen with the prewritten manifest still true: %+v", st)
+	}
+	if _, err := c.PrewriteManifest(1); CodeOf(err) != CodeInternal {
+		t.Fatalf("PrewriteManifest while frozen: %v", err)
+	}
+	w, err := c.WriteManifest(1)
+	if err != nil || !w.Reused || !bytes.Equal(w.Bytes, pre.Bytes) {
+		t.Fatalf("WriteManifest after an unchanged prewrite: reused %v, same bytes %v, %v", w.Reused, bytes.Equal(w.Bytes, pre.Bytes), err)
+	}
+	unfreeze()
+	if _, ok := h.kernelSession(ReservedName); ok {
+		t.Fatal("reserved session left after unfreeze")
+	}
+
+	// A change after the prewrite drops it at once; the freeze writes anew.
+	if _, err := c.PrewriteManifest(1); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, c, alice, "vm2")
+	if _, ok := h.kernelSession(ReservedName); ok {
+		t.Fatal("a stale prewritten manifest stayed in the kernel after a change")
+	}
+	unfreeze = c.Freeze()
+	w, err = c.WriteManifest(1)
+	if err != nil || w.Reused || len(w.Sessions) != 2 {
+		t.Fatalf("WriteManifest after a change: %+v, %v", w, err)
+	}
+	unfreeze()
+
+	// A preserve changes the table too.
+	if _, err := c.PrewriteManifest(1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, []byte("ram")), Token: 7}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.kernelSession(ReservedName); ok {
+		t.Fatal("prewritten manifest kept after a preserve")
+	}
+
+	// An upgrade that does not go on discards it.
+	if _, err := c.PrewriteManifest(1); err != nil {
+		t.Fatal(err)
+	}
+	c.DiscardManifest()
+	if _, ok := h.kernelSession(ReservedName); ok {
+		t.Fatal("reserved session left after DiscardManifest")
+	}
+	// And the table works as before.
+	mustCreate(t, c, alice, "vm3")
 }
 
 // blockingDevice holds PRESERVE_FD until released.

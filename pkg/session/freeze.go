@@ -18,7 +18,7 @@ import (
 //
 // Freezes nest: the custody thaws when every unfreeze has been called.
 // unfreeze is idempotent. The last one also drops the reserved session
-// written by WriteManifest: an aborted upgrade (barrier failed, reboot(2)
+// written by WriteManifest (or PrewriteManifest): an aborted upgrade (barrier failed, reboot(2)
 // refused, dry run) must not leave a manifest that the next mutation would
 // make false. After a successful kexec nobody calls it.
 func (c *Custody) Freeze() (unfreeze func()) {
@@ -39,12 +39,41 @@ func (c *Custody) unfreeze() {
 	c.frozen--
 	var h Handle
 	if c.frozen == 0 {
-		h, c.reserved = c.reserved, nil
+		h = c.takeReservedLocked()
 	}
 	c.mu.Unlock()
 	if h != nil {
 		h.Close()
 	}
+}
+
+// touchLocked notes a change of the table; c.mu is held. A manifest
+// prewritten outside a freeze is no longer true after it: the reserved
+// session is closed at once, so that the kernel never holds a stale
+// manifest (a kexec started by someone else would carry it). Inside a
+// freeze only the operations Freeze waits for change the table, and
+// WriteManifest, seeing the generation moved, writes the manifest anew.
+func (c *Custody) touchLocked() {
+	c.gen++
+	if c.frozen == 0 {
+		if h := c.takeReservedLocked(); h != nil {
+			h.Close()
+		}
+	}
+}
+
+// takeReservedLocked forgets the reserved session and returns it for the
+// caller to close (nil if there is none); c.mu is held.
+func (c *Custody) takeReservedLocked() Handle {
+	h := c.reserved
+	c.reserved, c.reservedM, c.reservedB = nil, nil, nil
+	return h
+}
+
+// manifestCurrentLocked reports whether the reserved session holds the
+// manifest of the table as it is; c.mu is held.
+func (c *Custody) manifestCurrentLocked() bool {
+	return c.reserved != nil && c.reservedGen == c.gen
 }
 
 // Frozen reports whether an upgrade holds the custody frozen.
@@ -165,34 +194,96 @@ func (c *Custody) sessionsOf(es []*entry, withState bool) []ManifestSession {
 	return out
 }
 
+// Written is a manifest in luod's reserved session.
+type Written struct {
+	*Manifest
+	// Bytes is its encoding, the bytes in the memfd, from which the
+	// readable copy on disk is written without encoding it again.
+	Bytes []byte
+	// Reused is set when the manifest already in the reserved session
+	// (PrewriteManifest) was still true and nothing was written.
+	Reused bool
+}
+
 // WriteManifest takes the manifest of the frozen custody (see Manifest),
 // writes it into a sealed memfd and preserves that in luod's reserved
 // session ReservedName under ManifestToken, which luod keeps open so the
-// kernel carries it over with the workloads' sessions. A reserved session
-// from an earlier call of this freeze is dropped first. It returns the
-// manifest and its encoding, the bytes in the memfd, from which the
-// readable copy on disk is written (WriteFile) without encoding it again.
+// kernel carries it over with the workloads' sessions. If the reserved
+// session already holds the manifest of this very table for expected
+// (PrewriteManifest, no change since), it is kept and nothing is written:
+// the workloads' pause, in which this runs, then costs no kernel call.
+// Otherwise the reserved session is dropped and written anew.
 //
 // It must be called between Freeze and unfreeze (else internal). A
 // manifest larger than MaxManifestSize gives limit; the kernel refusing
 // gives kernel; in both cases no reserved session remains, and the upgrade
 // must abort.
-func (c *Custody) WriteManifest(expected uint64) (*Manifest, []byte, error) {
+func (c *Custody) WriteManifest(expected uint64) (Written, error) {
 	c.commitMu.Lock()
 	defer c.commitMu.Unlock()
 	c.mu.Lock()
 	if c.frozen == 0 || c.closed {
 		c.mu.Unlock()
-		return nil, nil, errorf(CodeInternal, ReservedName, "WriteManifest outside Freeze")
+		return Written{}, errorf(CodeInternal, ReservedName, "WriteManifest outside Freeze")
+	}
+	return c.writeManifestLocked(expected)
+}
+
+// PrewriteManifest is WriteManifest outside a freeze, while the workloads
+// still run: an upgrade calls it before its barrier, so that the manifest
+// phase, in the workloads' pause, finds the manifest written and only
+// checks that no session changed since. Any change of the table drops the
+// prewritten manifest at once (the kernel never holds a stale one);
+// DiscardManifest drops it when the upgrade does not go on.
+//
+// A change of the table while it writes gives busy and keeps nothing.
+// It must not be called while frozen (internal).
+func (c *Custody) PrewriteManifest(expected uint64) (Written, error) {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	c.mu.Lock()
+	if c.frozen > 0 || c.closed {
+		c.mu.Unlock()
+		return Written{}, errorf(CodeInternal, ReservedName, "PrewriteManifest while frozen or closed")
+	}
+	return c.writeManifestLocked(expected)
+}
+
+// writeManifestLocked is WriteManifest and PrewriteManifest with
+// c.commitMu and c.mu held; it unlocks c.mu.
+func (c *Custody) writeManifestLocked(expected uint64) (Written, error) {
+	if c.manifestCurrentLocked() && c.reservedNext == expected {
+		w := Written{Manifest: c.reservedM, Bytes: c.reservedB, Reused: true}
+		c.mu.Unlock()
+		return w, nil
 	}
 	m, es := c.manifestLocked(expected)
-	old := c.reserved
-	c.reserved = nil
+	gen := c.gen
+	old := c.takeReservedLocked()
 	c.mu.Unlock()
 	if old != nil {
 		old.Close()
 	}
 
+	h, b, err := c.writeReserved(m, es)
+	if err != nil {
+		return Written{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		// Only outside a freeze: a session changed while the manifest
+		// was written.
+		h.Close()
+		return Written{}, errorf(CodeBusy, ReservedName, "the sessions changed while the manifest was written")
+	}
+	c.reserved, c.reservedGen, c.reservedNext, c.reservedM, c.reservedB = h, gen, expected, m, b
+	return Written{Manifest: m, Bytes: b}, nil
+}
+
+// writeReserved encodes m (listing the sessions of es) into a sealed
+// memfd and preserves it in a new reserved session, returned open.
+func (c *Custody) writeReserved(m *Manifest, es []*entry) (Handle, []byte, error) {
 	b, err := c.encodeCached(m, es)
 	var f *os.File
 	if err == nil {
@@ -220,10 +311,24 @@ func (c *Custody) WriteManifest(expected uint64) (*Manifest, []byte, error) {
 		e.Code = CodeKernel
 		return nil, nil, e
 	}
+	return h, b, nil
+}
+
+// DiscardManifest drops a manifest prewritten for an upgrade that does
+// not go on (its barrier failed). Inside a freeze it does nothing: the
+// last unfreeze drops the reserved session.
+func (c *Custody) DiscardManifest() {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
 	c.mu.Lock()
-	c.reserved = h
+	var h Handle
+	if c.frozen == 0 {
+		h = c.takeReservedLocked()
+	}
 	c.mu.Unlock()
-	return m, b, nil
+	if h != nil {
+		h.Close()
+	}
 }
 
 // DupReserved returns a close-on-exec duplicate of the reserved session

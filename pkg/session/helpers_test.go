@@ -68,7 +68,8 @@ func (h *host) kexec(dir string, expected uint64, cfg Config) (*host, *Manifest)
 	h.t.Helper()
 	unfreeze := h.c.Freeze()
 	_ = unfreeze // a committed upgrade never thaws
-	m, _, err := h.c.WriteManifest(expected)
+	w, err := h.c.WriteManifest(expected)
+	m := w.Manifest
 	if err != nil {
 		h.t.Fatalf("WriteManifest: %v", err)
 	}

@@ -63,7 +63,8 @@ func TestRecover(t *testing.T) {
 		run: func(t *testing.T, h *host) (*host, RecoverInput) {
 			u := h.c.Freeze()
 			defer u()
-			m, _, err := h.c.WriteManifest(1)
+			w, err := h.c.WriteManifest(1)
+			m := w.Manifest
 			if err != nil {
 				t.Fatal(err)
 			}
