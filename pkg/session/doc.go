@@ -45,5 +45,7 @@
 // ioctls unlocked, then records the result. A second operation on the same
 // session meanwhile fails with busy instead of queueing. Freeze waits for
 // operations in flight, so the manifest written while frozen matches the
-// kernel exactly.
+// kernel exactly. A manifest written before the freeze (PrewriteManifest)
+// is kept only while no change has been counted since; the first change
+// drops it from the kernel.
 package session
