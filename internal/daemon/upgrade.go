@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -37,6 +38,11 @@ func (b *barrier) ready(c *conn) {
 	b.mu.Unlock()
 	if n == 0 {
 		b.finish()
+		// The workloads' pause has begun: let the upgrade goroutine,
+		// just woken on this P, run now instead of after this one has
+		// answered its client and gone back to reading (1.8 ms under
+		// TCG in the VM bench, most of luod's share of the pause).
+		runtime.Gosched()
 	}
 }
 
