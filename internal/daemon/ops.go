@@ -262,42 +262,30 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 // preserve preserves the received files into session name, each with
 // the token and label its spec (same index) gives.
 func (d *Daemon) preserve(caller session.Caller, name string, specs []proto.FileSpec, files []*os.File) ([]session.File, error) {
+	return d.custody.Preserve(caller, name, preserveFiles(specs, files))
+}
+
+// preserveFiles pairs the received files with their specs (same index).
+func preserveFiles(specs []proto.FileSpec, files []*os.File) []session.PreserveFile {
+	if len(files) == 0 {
+		return nil
+	}
 	pf := make([]session.PreserveFile, len(files))
 	for i, f := range files {
 		pf[i] = session.PreserveFile{File: f, Token: specs[i].Token, Label: specs[i].Label}
 	}
-	return d.custody.Preserve(caller, name, pf)
+	return pf
 }
 
 // createSession creates a session and preserves files into it, the files
-// of the request if any, all or nothing: when a file cannot be preserved
-// the session is deleted again (no client holds a duplicate yet, so the
-// kernel drops it with luod's fd). The fd store and the custody record
-// learn of the session once, holding its files.
+// of the request if any, all or nothing (custody.CreateWith: when a file
+// cannot be preserved, the session is dropped again and no other request
+// saw it). The fd store and the custody record learn of the session once,
+// holding its files.
 func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionArgs, files []*os.File) (any, []*os.File, error) {
-	s, dup, err := d.custody.Create(caller, a.Name, a.Labels)
+	s, done, dup, err := d.custody.CreateWith(caller, a.Name, a.Labels, preserveFiles(a.Files, files), true)
 	if err != nil {
 		return nil, nil, err
-	}
-	var done []session.File
-	if len(files) > 0 {
-		done, err = d.preserve(caller, s.Name, a.Files, files)
-		if err != nil {
-			derr := d.custody.Delete(caller, s.Name)
-			if derr != nil {
-				// Still held by luod, with the files it took: say so,
-				// and keep it like any session.
-				d.log.Warn("cannot delete the session whose files failed to preserve", "session", s.Name, "err", derr)
-				d.storeSession(s.Name, dup)
-				d.changed(s.Name)
-			}
-			dup.Close()
-			pe := toProto(err).(*proto.Error)
-			if derr == nil {
-				pe = proto.Errorf(pe.Code, "%s; create_session undone: session %q was deleted again, with every file it held", pe.Message, s.Name)
-			}
-			return nil, nil, pe
-		}
 	}
 	var bytes int64
 	if len(done) > 0 {

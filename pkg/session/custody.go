@@ -244,51 +244,89 @@ func (c *Custody) insert(e *entry) {
 // A finished session of the caller's own uid does not block the name: the
 // new session replaces the tombstone.
 func (c *Custody) Create(caller Caller, name string, labels map[string]string) (Session, *os.File, error) {
+	s, _, dup, err := c.CreateWith(caller, name, labels, nil, true)
+	return s, dup, err
+}
+
+// CreateWith is Create that also preserves files into the new session, as
+// Preserve does, all or nothing: the session is busy to every other
+// operation until the files are in, and when one cannot be preserved luod
+// closes the session's only fd (the kernel drops it with every file
+// preserved into it) and forgets it, so the error leaves nothing behind.
+// With dup it returns a duplicate of the session fd for the client, as
+// Create does; without, luod's fd is the only one, and nothing is to be
+// closed. It returns the session and its preserved files. It does not
+// close the files.
+//
+// Errors are Create's and Preserve's; the files are checked (count,
+// tokens, labels) before the session is created.
+func (c *Custody) CreateWith(caller Caller, name string, labels map[string]string, files []PreserveFile, dup bool) (Session, []File, *os.File, error) {
 	if err := ValidateName(name); err != nil {
-		return Session{}, nil, err
+		return Session{}, nil, nil, err
 	}
 	if code, why := labelsProblem(labels); code != "" {
-		return Session{}, nil, errorf(code, name, "%s", why)
-	}
-	c.mu.Lock()
-	switch old := c.byName[name]; {
-	case c.closed:
-		c.mu.Unlock()
-		return Session{}, nil, errorf(CodeInternal, name, "custody is closed")
-	case c.frozen > 0:
-		c.mu.Unlock()
-		return Session{}, nil, errorf(CodeBusy, name, busyFrozen)
-	case old == nil:
-	case old.s.State == StateFinished && old.s.UID == caller.UID && !old.busy:
-		c.remove(old)
-	default:
-		c.mu.Unlock()
-		return Session{}, nil, errorf(CodeExists, name, "session already exists")
-	}
-	if n := c.perUID[caller.UID]; n >= c.cfg.MaxSessionsPerUID {
-		c.mu.Unlock()
-		return Session{}, nil, errorf(CodeLimit, name, "uid %d has %d sessions, the limit", caller.UID, n)
+		return Session{}, nil, nil, errorf(code, name, "%s", why)
 	}
 	e := &entry{
 		s: Session{
 			Name: name, UID: caller.UID, GID: caller.GID,
 			Labels: maps.Clone(labels), State: StateOpen, Created: c.cfg.Now(),
 		},
-		tokens:   make(map[uint64]struct{}),
+		tokens:   make(map[uint64]struct{}, len(files)),
 		busy:     true,
 		creating: true,
+	}
+	if len(files) > 0 {
+		// Only the new entry and the fixed limits are read: no lock.
+		if err := c.checkNewFiles(e, len(files), func(i int) (uint64, string) { return files[i].Token, files[i].Label }); err != nil {
+			return Session{}, nil, nil, err
+		}
+	}
+	c.mu.Lock()
+	switch old := c.byName[name]; {
+	case c.closed:
+		c.mu.Unlock()
+		return Session{}, nil, nil, errorf(CodeInternal, name, "custody is closed")
+	case c.frozen > 0:
+		c.mu.Unlock()
+		return Session{}, nil, nil, errorf(CodeBusy, name, busyFrozen)
+	case old == nil:
+	case old.s.State == StateFinished && old.s.UID == caller.UID && !old.busy:
+		c.remove(old)
+	default:
+		c.mu.Unlock()
+		return Session{}, nil, nil, errorf(CodeExists, name, "session already exists")
+	}
+	if n := c.perUID[caller.UID]; n >= c.cfg.MaxSessionsPerUID {
+		c.mu.Unlock()
+		return Session{}, nil, nil, errorf(CodeLimit, name, "uid %d has %d sessions, the limit", caller.UID, n)
 	}
 	c.insert(e)
 	c.inflight++
 	c.mu.Unlock()
 
+	var done []File
+	var cdup *os.File
 	h, err := c.dev.CreateSession(name)
-	var dup *os.File
 	if err != nil {
 		err = kernelError("CREATE_SESSION", name, 0, false, err)
-	} else if dup, err = dupFile(h.File()); err != nil {
-		h.Close()
-		err = errorf(CodeInternal, name, "duplicating the session fd for the client: %w", err)
+	} else {
+		if len(files) > 0 {
+			if done, err = c.preserve(h, name, files); err != nil {
+				var se *Error
+				if errors.As(err, &se) {
+					se.Err = fmt.Errorf("%w; session creation undone: luod closed the new session, and the kernel dropped it with every file preserved into it", se.Err)
+				}
+			}
+		}
+		if err == nil && dup {
+			if cdup, err = dupFile(h.File()); err != nil {
+				err = errorf(CodeInternal, name, "duplicating the session fd for the client: %w", err)
+			}
+		}
+		if err != nil {
+			h.Close() // luod's is the only fd: the kernel drops the session
+		}
 	}
 
 	c.mu.Lock()
@@ -296,11 +334,15 @@ func (c *Custody) Create(caller Caller, name string, labels map[string]string) (
 	if err != nil {
 		c.remove(e)
 		c.end(e)
-		return Session{}, nil, err
+		return Session{}, nil, nil, err
+	}
+	for _, f := range done {
+		e.s.Files = append(e.s.Files, f)
+		e.tokens[f.Token] = struct{}{}
 	}
 	e.h, e.creating = h, false
 	c.end(e)
-	return e.snapshot(), dup, nil
+	return e.snapshot(), done, cdup, nil
 }
 
 // Preserve preserves files into the caller's open session on the client's
@@ -354,7 +396,7 @@ func (c *Custody) Preserve(caller Caller, name string, files []PreserveFile) ([]
 }
 
 // checkNewFiles checks n new files (token and label of file i from at)
-// against e's state and limits; c.mu is held.
+// against e's state and limits; c.mu is held unless e is not in the table yet.
 func (c *Custody) checkNewFiles(e *entry, n int, at func(i int) (uint64, string)) error {
 	name := e.s.Name
 	if e.s.State != StateOpen {
