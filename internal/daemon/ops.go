@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"slices"
@@ -16,8 +17,10 @@ import (
 )
 
 // dispatch runs one decoded request. It returns the result, the fds to
-// send with it (closed by the caller after sending) or an error.
-func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cred *unix.Ucred, files []*os.File) (any, []*os.File, error) {
+// send with it (closed by the caller after sending) or an error. files are
+// the request's fds, which the caller closes; an op that takes one over
+// sets its entry to -1.
+func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cred *unix.Ucred, files []int) (any, []*os.File, error) {
 	// docs/protocol.md: only create_session, preserve and load take fds,
 	// and an op without args refuses any field; the cases below check only
 	// their own.
@@ -201,7 +204,13 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		if err := decode(req, &a); err != nil {
 			return nil, nil, err
 		}
-		res, err := d.load(a, files)
+		in := takeFiles(files)
+		defer func() {
+			for _, f := range in {
+				f.Close()
+			}
+		}()
+		res, err := d.load(a, in)
 		return res, nil, err
 	case proto.OpUnload:
 		return struct{}{}, nil, d.unload()
@@ -261,18 +270,18 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 
 // preserve preserves the received files into session name, each with
 // the token and label its spec (same index) gives.
-func (d *Daemon) preserve(caller session.Caller, name string, specs []proto.FileSpec, files []*os.File) ([]session.File, error) {
+func (d *Daemon) preserve(caller session.Caller, name string, specs []proto.FileSpec, files []int) ([]session.File, error) {
 	return d.custody.Preserve(caller, name, preserveFiles(specs, files))
 }
 
 // preserveFiles pairs the received files with their specs (same index).
-func preserveFiles(specs []proto.FileSpec, files []*os.File) []session.PreserveFile {
+func preserveFiles(specs []proto.FileSpec, files []int) []session.PreserveFile {
 	if len(files) == 0 {
 		return nil
 	}
 	pf := make([]session.PreserveFile, len(files))
 	for i, f := range files {
-		pf[i] = session.PreserveFile{File: f, Token: specs[i].Token, Label: specs[i].Label}
+		pf[i] = session.PreserveFile{FD: f, Token: specs[i].Token, Label: specs[i].Label}
 	}
 	return pf
 }
@@ -282,7 +291,7 @@ func preserveFiles(specs []proto.FileSpec, files []*os.File) []session.PreserveF
 // cannot be preserved, the session is dropped again and no other request
 // saw it). The fd store and the custody record learn of the session once,
 // holding its files.
-func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionArgs, files []*os.File) (any, []*os.File, error) {
+func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionArgs, files []int) (any, []*os.File, error) {
 	s, done, dup, err := d.custody.CreateWith(caller, a.Name, a.Labels, preserveFiles(a.Files, files), true)
 	if err != nil {
 		return nil, nil, err
@@ -319,6 +328,18 @@ func preserved(done []session.File) []proto.PreservedFile {
 		out[i] = proto.PreservedFile{Token: f.Token, Size: f.Size}
 	}
 	return out
+}
+
+// takeFiles makes files of received fds, for an op that reads them (load):
+// the files own the fds now, and the entries of fds become -1 so that the
+// request's cleanup leaves them alone.
+func takeFiles(fds []int) []*os.File {
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), fmt.Sprintf("scm_rights[%d]", i))
+		fds[i] = -1
+	}
+	return files
 }
 
 // decode decodes a request's args; it exists so that a nil *proto.Error

@@ -8,8 +8,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // State is where a session is in its life; see the package doc.
@@ -69,9 +70,12 @@ type Session struct {
 
 // PreserveFile is one file for Preserve.
 type PreserveFile struct {
-	// File is the client's fd, received over SCM_RIGHTS; today the kernel
-	// preserves memfds only. Preserve does not close it.
-	File  *os.File
+	// FD is the client's file descriptor, received over SCM_RIGHTS
+	// (proto.Conn.RecvFDs: a plain number, as luod only hands it to the
+	// kernel); today the kernel preserves memfds only. Preserve does not
+	// close it, and the caller keeps it open until Preserve returns. A
+	// negative FD is refused as no file.
+	FD    int
 	Token uint64
 	Label string
 }
@@ -426,31 +430,31 @@ func (c *Custody) checkNewFiles(e *entry, n int, at func(i int) (uint64, string)
 func (c *Custody) preserve(h Handle, name string, files []PreserveFile) ([]File, error) {
 	type inode struct{ dev, ino uint64 }
 	sizes := make([]int64, len(files))
-	seen := make(map[inode]int, len(files))
+	var seen map[inode]int
+	if len(files) > 1 {
+		seen = make(map[inode]int, len(files))
+	}
 	for i, pf := range files {
-		if pf.File == nil {
+		if pf.FD < 0 {
 			return nil, tokenErrorf(CodeBadFD, name, pf.Token, "no file")
 		}
-		fi, err := pf.File.Stat()
-		if err != nil {
+		// One fstat gives the size and the identity.
+		var st unix.Stat_t
+		if err := unix.Fstat(pf.FD, &st); err != nil {
 			return nil, tokenErrorf(CodeBadFD, name, pf.Token, "cannot stat the file: %w", err)
 		}
-		sizes[i] = fi.Size()
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			k := inode{uint64(st.Dev), uint64(st.Ino)}
+		sizes[i] = st.Size
+		if seen != nil {
+			k := inode{uint64(st.Dev), st.Ino}
 			if j, dup := seen[k]; dup {
 				return nil, tokenErrorf(CodeBadFD, name, pf.Token, "same file as token %#x in the request", files[j].Token)
 			}
 			seen[k] = i
 		}
 	}
-	var done []File
+	done := make([]File, 0, len(files))
 	for i, pf := range files {
-		var perr error
-		if err := withFD(pf.File, func(fd int) { perr = h.PreserveFD(fd, pf.Token) }); err != nil {
-			perr = err
-		}
-		if perr != nil {
+		if perr := h.PreserveFD(pf.FD, pf.Token); perr != nil {
 			e := kernelError("PRESERVE_FD", name, pf.Token, true, perr)
 			if e.Code == CodeInternal {
 				e.Code = CodeBadFD // the file went away under us

@@ -72,8 +72,8 @@ func TestFullCycle(t *testing.T) {
 	ramA := pattern("alice-ram", 3*4096+17)
 	devA := pattern("alice-dev", 100)
 	files, err := c.Preserve(alice, "vm-a", []PreserveFile{
-		{File: memfd(t, ramA), Token: 1, Label: "ram"},
-		{File: memfd(t, devA), Token: 0xfeed, Label: "devstate"},
+		{FD: fdOf(memfd(t, ramA)), Token: 1, Label: "ram"},
+		{FD: fdOf(memfd(t, devA)), Token: 0xfeed, Label: "devstate"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +228,7 @@ func TestFullCycle(t *testing.T) {
 func TestClientOutlived(t *testing.T) {
 	h := newHost(t, Config{})
 	dup := mustCreate(t, h.c, alice, "vm")
-	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, []byte("x")), Token: 1}}); err != nil {
+	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, []byte("x"))), Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
 	dup.Close()
@@ -278,7 +278,7 @@ func TestAuthorization(t *testing.T) {
 	for _, name := range []string{"vm-a", "nobody"} {
 		ops := map[string]func() error{
 			"Get":      func() error { _, err := c.Get(bob, name); return err },
-			"Preserve": func() error { _, err := c.Preserve(bob, name, []PreserveFile{{File: mf, Token: 1}}); return err },
+			"Preserve": func() error { _, err := c.Preserve(bob, name, []PreserveFile{{FD: fdOf(mf), Token: 1}}); return err },
 			"Declare":  func() error { return c.Declare(bob, name, []FileDecl{{Token: 1}}) },
 			"Delete":   func() error { return c.Delete(bob, name) },
 			"Finish":   func() error { return c.Finish(bob, name) },
@@ -352,7 +352,7 @@ func TestLimits(t *testing.T) {
 	// Files: refused as a whole, before any ioctl.
 	four := make([]PreserveFile, 4)
 	for i := range four {
-		four[i] = PreserveFile{File: memfd(t, []byte{byte(i)}), Token: uint64(i)}
+		four[i] = PreserveFile{FD: fdOf(memfd(t, []byte{byte(i)})), Token: uint64(i)}
 	}
 	_, err = c.Preserve(alice, "a1", four)
 	wantCode(t, err, CodeLimit)
@@ -396,10 +396,10 @@ func TestPreserveChecks(t *testing.T) {
 		code  string
 		token uint64
 	}{
-		{"nil file", []PreserveFile{{File: mf, Token: 1}, {Token: 2}}, CodeBadFD, 2},
-		{"closed file", []PreserveFile{{File: mf, Token: 1}, {File: closed, Token: 2}}, CodeBadFD, 2},
-		{"same file twice", []PreserveFile{{File: mf, Token: 1}, {File: mf, Token: 2}}, CodeBadFD, 2},
-		{"token twice", []PreserveFile{{File: mf, Token: 1}, {File: memfd(t, nil), Token: 1}}, CodeExists, 1},
+		{"nil file", []PreserveFile{{FD: fdOf(mf), Token: 1}, {FD: -1, Token: 2}}, CodeBadFD, 2},
+		{"closed file", []PreserveFile{{FD: fdOf(mf), Token: 1}, {FD: fdOf(closed), Token: 2}}, CodeBadFD, 2},
+		{"same file twice", []PreserveFile{{FD: fdOf(mf), Token: 1}, {FD: fdOf(mf), Token: 2}}, CodeBadFD, 2},
+		{"token twice", []PreserveFile{{FD: fdOf(mf), Token: 1}, {FD: fdOf(memfd(t, nil)), Token: 1}}, CodeExists, 1},
 	} {
 		done, err := c.Preserve(alice, "vm", tc.files)
 		wantCode(t, err, tc.code)
@@ -413,12 +413,12 @@ func TestPreserveChecks(t *testing.T) {
 	}
 
 	// The kernel's own refusals.
-	if _, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}}); err != nil {
+	if _, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(mf), Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 1}})
+	_, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, nil)), Token: 1}})
 	wantCode(t, err, CodeExists) // recorded token
-	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 2}})
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(mf), Token: 2}})
 	wantCode(t, err, CodeBadFD) // EBUSY: preserved already
 	if !errors.Is(err, unix.EBUSY) {
 		t.Fatalf("%v is not EBUSY", err)
@@ -427,7 +427,7 @@ func TestPreserveChecks(t *testing.T) {
 	if err := ioctl.NewSession(h.fake, dup, "vm", false).PreserveFD(int(memfd(t, nil).Fd()), 5); err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 5}})
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, nil)), Token: 5}})
 	wantCode(t, err, CodeExists)
 	mentions(t, err, "PRESERVE_FD", `"vm"`, "0x5", "EEXIST")
 	// Declare refuses a recorded token.
@@ -451,10 +451,10 @@ func TestPreservePartial(t *testing.T) {
 	}
 	defer onDisk.Close()
 	files := []PreserveFile{
-		{File: memfd(t, []byte("one")), Token: 0x10, Label: "one"},
-		{File: memfd(t, []byte("two!")), Token: 0x20, Label: "two"},
-		{File: onDisk, Token: 0x30, Label: "disk"},
-		{File: memfd(t, []byte("four")), Token: 0x40, Label: "four"},
+		{FD: fdOf(memfd(t, []byte("one"))), Token: 0x10, Label: "one"},
+		{FD: fdOf(memfd(t, []byte("two!"))), Token: 0x20, Label: "two"},
+		{FD: fdOf(onDisk), Token: 0x30, Label: "disk"},
+		{FD: fdOf(memfd(t, []byte("four"))), Token: 0x40, Label: "four"},
 	}
 	done, err := c.Preserve(alice, "vm", files)
 	wantCode(t, err, CodeBadFD)
@@ -480,10 +480,10 @@ func TestPreservePartial(t *testing.T) {
 
 	// A kernel errno without a better code is kernel.
 	h.fake.FailNext(ioctl.ReqPreserveFD, unix.ENOMEM)
-	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 0x50}})
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, nil)), Token: 0x50}})
 	wantCode(t, err, CodeKernel)
 	h.fake.FailNext(ioctl.ReqPreserveFD, unix.ENOSPC)
-	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 0x50}})
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, nil)), Token: 0x50}})
 	wantCode(t, err, CodeLimit)
 }
 
@@ -498,7 +498,7 @@ func TestFreeze(t *testing.T) {
 	mf := memfd(t, nil)
 	ops := map[string]func() error{
 		"Create":   func() error { _, _, err := c.Create(alice, "vm2", nil); return err },
-		"Preserve": func() error { _, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}}); return err },
+		"Preserve": func() error { _, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(mf), Token: 1}}); return err },
 		"Declare":  func() error { return c.Declare(alice, "vm", []FileDecl{{Token: 1}}) },
 		"Delete":   func() error { return c.Delete(alice, "vm") },
 		"Finish":   func() error { return c.Finish(alice, "vm") },
@@ -537,7 +537,7 @@ func TestFreeze(t *testing.T) {
 	if st := c.Snapshot(); st.Frozen || st.ManifestWritten {
 		t.Fatalf("snapshot %+v", st)
 	}
-	if _, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}}); err != nil {
+	if _, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(mf), Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -583,7 +583,7 @@ func TestFreezeWaitsInFlight(t *testing.T) {
 	mf := memfd(t, []byte("ram"))
 	preserved := make(chan error, 1)
 	go func() {
-		_, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}})
+		_, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(mf), Token: 1}})
 		preserved <- err
 	}()
 	<-bd.entered
@@ -625,7 +625,7 @@ func TestConcurrent(t *testing.T) {
 					return
 				}
 				dup.Close()
-				if _, err := c.Preserve(who, name, []PreserveFile{{File: memfd(t, []byte(name)), Token: 1}}); err != nil {
+				if _, err := c.Preserve(who, name, []PreserveFile{{FD: fdOf(memfd(t, []byte(name))), Token: 1}}); err != nil {
 					t.Error(err)
 				}
 				c.List(who)
@@ -657,7 +657,7 @@ func TestStates(t *testing.T) {
 	if _, err := h2.c.Recover(h2.handover(nil)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = h2.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 1}})
+	_, err = h2.c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, nil)), Token: 1}})
 	wantCode(t, err, CodeBadRequest)
 	wantCode(t, h2.c.Declare(alice, "vm", []FileDecl{{Token: 1}}), CodeBadRequest)
 	// The incoming name is taken until the session is finished; a
@@ -689,7 +689,7 @@ func TestStates(t *testing.T) {
 func TestDeleteIncoming(t *testing.T) {
 	h := newHost(t, Config{})
 	mustCreate(t, h.c, alice, "vm")
-	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, []byte("ram")), Token: 1}}); err != nil {
+	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, []byte("ram"))), Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
 	h2, _ := h.kexec("", 1, Config{})
@@ -717,7 +717,7 @@ func TestDeleteIncoming(t *testing.T) {
 func TestReclaimFailures(t *testing.T) {
 	h := newHost(t, Config{})
 	mustCreate(t, h.c, alice, "vm")
-	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, []byte("ram")), Token: 1}}); err != nil {
+	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, []byte("ram"))), Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
 	// Declared but never preserved.
