@@ -214,8 +214,13 @@ type Daemon struct {
 	rebootsFailed int        // by the fault switch; guarded by upgradeMu
 	// stopping is closed when Serve's context ends: an orderly upgrade
 	// waits for it after queueing kexec.target.
-	stopping  chan struct{}
-	diskDirty chan struct{}
+	stopping chan struct{}
+	// diskDirty wakes the disk writer at the first change since its last
+	// write (dirty false → true); later changes only move lastChange, so
+	// a request costs no goroutine wake-up (markDirty).
+	diskDirty  chan struct{}
+	dirty      atomic.Bool
+	lastChange atomic.Int64 // UnixNano of the last change
 }
 
 // New opens the device, recovers what the previous kernel handed over and

@@ -288,31 +288,34 @@ const (
 )
 
 func (d *Daemon) diskWriter(ctx context.Context) {
-	quiet := time.NewTimer(diskQuiet)
-	quiet.Stop()
-	defer quiet.Stop()
+	t := time.NewTimer(diskQuiet)
+	t.Stop()
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-d.diskDirty:
 		}
-		quiet.Reset(diskQuiet)
-		overdue := time.After(diskMaxDelay)
-	wait:
+		overdue := time.Now().Add(diskMaxDelay).UnixNano()
 		for {
+			// Changes meanwhile only moved lastChange (markDirty): wait
+			// until diskQuiet after the last one, or the overdue time.
+			until := min(d.lastChange.Load()+int64(diskQuiet), overdue)
+			wait := time.Duration(until - time.Now().UnixNano())
+			if wait <= 0 {
+				break
+			}
+			t.Reset(wait)
 			select {
 			case <-ctx.Done():
 				return // Serve writes the last copy
-			case <-d.diskDirty:
-				quiet.Reset(diskQuiet)
-			case <-quiet.C:
-				break wait
-			case <-overdue:
-				quiet.Stop()
-				break wait
+			case <-t.C:
 			}
 		}
+		// Cleared before the write, which reads the sessions: a change
+		// after this point wakes the writer again.
+		d.dirty.Store(false)
 		d.saveDisk()
 		d.notifyStatus()
 	}
