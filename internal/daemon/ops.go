@@ -21,10 +21,11 @@ import (
 // the request's fds, which the caller closes; an op that takes one over
 // sets its entry to -1.
 func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cred *unix.Ucred, files []int) (any, []*os.File, error) {
-	// docs/protocol.md: only create_session, preserve and load take fds,
-	// and an op without args refuses any field; the cases below check only
-	// their own.
-	if req.Op != proto.OpCreateSession && req.Op != proto.OpPreserve && req.Op != proto.OpLoad && len(files) > 0 {
+	// docs/protocol.md: only create_session(s), preserve and load take
+	// fds, and an op without args refuses any field; the cases below check
+	// only their own.
+	if req.Op != proto.OpCreateSession && req.Op != proto.OpCreateSessions && req.Op != proto.OpPreserve &&
+		req.Op != proto.OpLoad && len(files) > 0 {
 		return nil, nil, proto.Errorf(proto.CodeBadRequest, "%s takes no file descriptors, got %d", req.Op, len(files))
 	}
 	switch req.Op {
@@ -51,6 +52,16 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 				"create_session names %d files but %d file descriptors came with it", len(a.Files), len(files))
 		}
 		return d.createSession(caller, cred, a, files)
+
+	case proto.OpCreateSessions:
+		var a proto.CreateSessionsArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		if err := checkCreateSessions(a, len(files)); err != nil {
+			return nil, nil, err
+		}
+		return d.createSessions(caller, cred, a, files), nil, nil
 
 	case proto.OpPreserve:
 		var a proto.PreserveArgs
@@ -305,6 +316,102 @@ func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.
 	d.storeSession(s.Name, dup)
 	d.changed(s.Name)
 	return proto.CreateSessionResult{Name: s.Name, Files: preserved(done)}, []*os.File{dup}, nil
+}
+
+// checkCreateSessions refuses a create_sessions request as a whole, before
+// anything is created: no session, more than proto.MaxCreateSessions, a
+// name given twice, or files named that do not match the fds attached.
+func checkCreateSessions(a proto.CreateSessionsArgs, nfd int) error {
+	switch n := len(a.Sessions); {
+	case n == 0:
+		return proto.Errorf(proto.CodeBadRequest, "create_sessions names no session")
+	case n > proto.MaxCreateSessions:
+		return proto.Errorf(proto.CodeLimit, "create_sessions names %d sessions, at most %d a request", n, proto.MaxCreateSessions)
+	}
+	seen := make(map[string]struct{}, len(a.Sessions))
+	files := 0
+	for _, s := range a.Sessions {
+		if _, dup := seen[s.Name]; dup {
+			return proto.Errorf(proto.CodeBadRequest, "create_sessions names session %.64q twice", s.Name)
+		}
+		seen[s.Name] = struct{}{}
+		files += len(s.Files)
+	}
+	if files != nfd {
+		return proto.Errorf(proto.CodeBadRequest,
+			"create_sessions names %d files but %d file descriptors came with it", files, nfd)
+	}
+	return nil
+}
+
+// createSessions is create_session of each session of a, in order, each
+// all or nothing and refused on its own (its error in its entry of the
+// answer). No session fd goes back to the client. The sessions created
+// are then recorded together, as reclaim_sessions does: each session's
+// own fd into the fd store (one message each: systemd takes one FDNAME a
+// message), one append to the custody record, one log line, all before
+// the answer, so a luod killed before answering has recorded every
+// session it created.
+func (d *Daemon) createSessions(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionsArgs, files []int) *proto.CreateSessionsResult {
+	res := &proto.CreateSessionsResult{Sessions: make([]proto.CreatedSession, len(a.Sessions))}
+	created := make([]string, 0, len(a.Sessions))
+	nfiles, refused := 0, 0
+	var bytes int64
+	var firstErr error
+	off := 0
+	for i, ns := range a.Sessions {
+		fds := files[off : off+len(ns.Files)]
+		off += len(ns.Files)
+		s, done, _, err := d.custody.CreateWith(caller, ns.Name, ns.Labels, preserveFiles(ns.Files, fds), false)
+		if err != nil {
+			d.metrics.Error(proto.OpCreateSessions)
+			res.Sessions[i].Error = proto.AsError(toProto(err))
+			refused++
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		if len(done) > 0 {
+			res.Sessions[i].Files = preserved(done)
+			bytes += d.logPreserved(s.Name, caller, done)
+			nfiles += len(done)
+		}
+		created = append(created, s.Name)
+	}
+	if len(created) > 0 {
+		d.custody.EachFile(created, d.storeSession)
+		d.changed(created...)
+	}
+	if refused == 0 {
+		d.log.Info("sessions created", "sessions", len(created), "first", created[0], "last", created[len(created)-1],
+			"uid", caller.UID, "pid", cred.Pid, "files", nfiles, "bytes", bytes)
+	} else {
+		d.log.Info("sessions created", "sessions", len(created), "refused", refused, "first_refusal", firstErr,
+			"uid", caller.UID, "pid", cred.Pid, "files", nfiles, "bytes", bytes)
+	}
+	fitAnswer(res)
+	return res
+}
+
+// fitAnswer shortens the error messages of a create_sessions answer until
+// it fits a message: with at most proto.MaxCreateSessions entries and
+// proto.MaxFDs files it then does, whatever the messages held (they may
+// quote long rejected names and labels). The codes stay.
+func fitAnswer(res *proto.CreateSessionsResult) {
+	const envelope = 256 // {"v":1,"id":…,"ok":true,"result":…}
+	for _, limit := range []int{-1, 160, 0} {
+		if limit >= 0 {
+			for _, s := range res.Sessions {
+				if s.Error != nil && len(s.Error.Message) > limit {
+					s.Error.Message = strings.ToValidUTF8(s.Error.Message[:limit], "") + "…"
+				}
+			}
+		}
+		if b, err := json.Marshal(res); err == nil && len(b)+envelope <= proto.MaxMessageSize {
+			return
+		}
+	}
 }
 
 // logPreserved logs each preserved file at debug level and returns their
