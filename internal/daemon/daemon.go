@@ -220,7 +220,8 @@ type Daemon struct {
 	// a request costs no goroutine wake-up (markDirty).
 	diskDirty  chan struct{}
 	dirty      atomic.Bool
-	lastChange atomic.Int64 // UnixNano of the last change
+	lastChange atomic.Int64 // the last change, as time.Since(epoch): monotonic
+	epoch      time.Time
 }
 
 // New opens the device, recovers what the previous kernel handed over and
@@ -239,6 +240,7 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		conns:     map[*conn]bool{},
 		overdue:   map[string]bool{},
 		diskDirty: make(chan struct{}, 1),
+		epoch:     time.Now(),
 		stopping:  make(chan struct{}),
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {

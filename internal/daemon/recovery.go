@@ -274,7 +274,7 @@ func (d *Daemon) changed(names ...string) {
 // wake-up per request was a goroutine made runnable, and often a thread
 // woken, per request: under TCG that costs as much as a system call.
 func (d *Daemon) markDirty() {
-	d.lastChange.Store(time.Now().UnixNano())
+	d.lastChange.Store(int64(time.Since(d.epoch)))
 	if d.dirty.CompareAndSwap(false, true) {
 		select {
 		case d.diskDirty <- struct{}{}:

@@ -297,12 +297,12 @@ func (d *Daemon) diskWriter(ctx context.Context) {
 			return
 		case <-d.diskDirty:
 		}
-		overdue := time.Now().Add(diskMaxDelay).UnixNano()
+		overdue := time.Since(d.epoch) + diskMaxDelay
 		for {
 			// Changes meanwhile only moved lastChange (markDirty): wait
 			// until diskQuiet after the last one, or the overdue time.
-			until := min(d.lastChange.Load()+int64(diskQuiet), overdue)
-			wait := time.Duration(until - time.Now().UnixNano())
+			until := min(time.Duration(d.lastChange.Load())+diskQuiet, overdue)
+			wait := until - time.Since(d.epoch)
 			if wait <= 0 {
 				break
 			}
