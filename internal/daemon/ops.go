@@ -301,9 +301,11 @@ func preserveFiles(specs []proto.FileSpec, files []int) []session.PreserveFile {
 // of the request if any, all or nothing (custody.CreateWith: when a file
 // cannot be preserved, the session is dropped again and no other request
 // saw it). The fd store and the custody record learn of the session once,
-// holding its files.
+// holding its files; the fd store before any other request can delete
+// it, so a delete's removal cannot overtake the store.
 func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionArgs, files []int) (any, []*os.File, error) {
-	s, done, dup, err := d.custody.CreateWith(caller, a.Name, a.Labels, preserveFiles(a.Files, files), true)
+	s, done, dup, err := d.custody.CreateWith(caller, a.Name, a.Labels, preserveFiles(a.Files, files),
+		session.CreateOptions{Dup: true, Keep: d.storeSession})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -313,7 +315,6 @@ func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.
 	}
 	// One line for the request, files and all.
 	d.log.Info("session created", "session", s.Name, "uid", s.UID, "pid", cred.Pid, "files", len(done), "bytes", bytes)
-	d.storeSession(s.Name, dup)
 	d.changed(s.Name)
 	return proto.CreateSessionResult{Name: s.Name, Files: preserved(done)}, []*os.File{dup}, nil
 }
@@ -346,12 +347,12 @@ func checkCreateSessions(a proto.CreateSessionsArgs, nfd int) error {
 
 // createSessions is create_session of each session of a, in order, each
 // all or nothing and refused on its own (its error in its entry of the
-// answer). No session fd goes back to the client. The sessions created
-// are then recorded together, as reclaim_sessions does: each session's
-// own fd into the fd store (one message each: systemd takes one FDNAME a
-// message), one append to the custody record, one log line, all before
-// the answer, so a luod killed before answering has recorded every
-// session it created.
+// answer). No session fd goes back to the client. Each session's own fd
+// goes into the fd store as it is created (one message each: systemd
+// takes one FDNAME a message); the sessions created are then recorded
+// together, as reclaim_sessions does: one append to the custody record,
+// one log line, all before the answer, so a luod killed before answering
+// has recorded every session it created.
 func (d *Daemon) createSessions(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionsArgs, files []int) *proto.CreateSessionsResult {
 	res := &proto.CreateSessionsResult{Sessions: make([]proto.CreatedSession, len(a.Sessions))}
 	created := make([]string, 0, len(a.Sessions))
@@ -362,7 +363,8 @@ func (d *Daemon) createSessions(caller session.Caller, cred *unix.Ucred, a proto
 	for i, ns := range a.Sessions {
 		fds := files[off : off+len(ns.Files)]
 		off += len(ns.Files)
-		s, done, _, err := d.custody.CreateWith(caller, ns.Name, ns.Labels, preserveFiles(ns.Files, fds), false)
+		s, done, _, err := d.custody.CreateWith(caller, ns.Name, ns.Labels, preserveFiles(ns.Files, fds),
+			session.CreateOptions{Keep: d.storeSession})
 		if err != nil {
 			d.metrics.Error(proto.OpCreateSessions)
 			res.Sessions[i].Error = proto.AsError(toProto(err))
@@ -380,7 +382,6 @@ func (d *Daemon) createSessions(caller session.Caller, cred *unix.Ucred, a proto
 		created = append(created, s.Name)
 	}
 	if len(created) > 0 {
-		d.custody.EachFile(created, d.storeSession)
 		d.changed(created...)
 	}
 	if refused == 0 {

@@ -248,8 +248,23 @@ func (c *Custody) insert(e *entry) {
 // A finished session of the caller's own uid does not block the name: the
 // new session replaces the tombstone.
 func (c *Custody) Create(caller Caller, name string, labels map[string]string) (Session, *os.File, error) {
-	s, _, dup, err := c.CreateWith(caller, name, labels, nil, true)
+	s, _, dup, err := c.CreateWith(caller, name, labels, nil, CreateOptions{Dup: true})
 	return s, dup, err
+}
+
+// CreateOptions are the choices of CreateWith.
+type CreateOptions struct {
+	// Dup returns a duplicate of the session fd for the client, as Create
+	// does; without, luod's fd is the only one.
+	Dup bool
+	// Keep, if not nil, is called with the new session's name and luod's
+	// own fd of it once the files are in, while the session is still busy
+	// to every other operation: luod puts the fd into systemd's fd store
+	// there, so that no delete can come between and leave the store with
+	// a session luod forgot. It runs without the Custody's lock (any
+	// operation on this session meanwhile is refused busy) and must not
+	// close or keep f (the store takes its own copy).
+	Keep func(name string, f *os.File)
 }
 
 // CreateWith is Create that also preserves files into the new session, as
@@ -257,14 +272,13 @@ func (c *Custody) Create(caller Caller, name string, labels map[string]string) (
 // operation until the files are in, and when one cannot be preserved luod
 // closes the session's only fd (the kernel drops it with every file
 // preserved into it) and forgets it, so the error leaves nothing behind.
-// With dup it returns a duplicate of the session fd for the client, as
-// Create does; without, luod's fd is the only one, and nothing is to be
-// closed. It returns the session and its preserved files. It does not
+// It returns the session, its preserved files and, with opt.Dup, the
+// client's duplicate of the session fd (to send, then close). It does not
 // close the files.
 //
 // Errors are Create's and Preserve's; the files are checked (count,
 // tokens, labels) before the session is created.
-func (c *Custody) CreateWith(caller Caller, name string, labels map[string]string, files []PreserveFile, dup bool) (Session, []File, *os.File, error) {
+func (c *Custody) CreateWith(caller Caller, name string, labels map[string]string, files []PreserveFile, opt CreateOptions) (Session, []File, *os.File, error) {
 	if err := ValidateName(name); err != nil {
 		return Session{}, nil, nil, err
 	}
@@ -323,13 +337,15 @@ func (c *Custody) CreateWith(caller Caller, name string, labels map[string]strin
 				}
 			}
 		}
-		if err == nil && dup {
+		if err == nil && opt.Dup {
 			if cdup, err = dupFile(h.File()); err != nil {
 				err = errorf(CodeInternal, name, "duplicating the session fd for the client: %w", err)
 			}
 		}
 		if err != nil {
 			h.Close() // luod's is the only fd: the kernel drops the session
+		} else if opt.Keep != nil {
+			opt.Keep(name, h.File()) // still busy: no delete before it
 		}
 	}
 

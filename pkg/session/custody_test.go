@@ -767,3 +767,39 @@ func TestOverdue(t *testing.T) {
 		t.Fatalf("snapshot %+v", st)
 	}
 }
+
+// TestCreateWithKeep: CreateWith hands luod's fd to Keep once the files
+// are in and while the session is still busy, so no Delete can come
+// between (the daemon stores the fd in systemd's fd store there); on a
+// refused file Keep is not called and nothing is left.
+func TestCreateWithKeep(t *testing.T) {
+	h := newHost(t, Config{})
+	var kept []string
+	var during error
+	keep := func(name string, f *os.File) {
+		kept = append(kept, name)
+		if f == nil {
+			t.Errorf("Keep of %s without a file", name)
+		}
+		during = h.c.Delete(alice, name) // unlocked but busy: refused
+	}
+	s, done, dup, err := h.c.CreateWith(alice, "vm", nil, []PreserveFile{{FD: fdOf(memfd(t, []byte("ram"))), Token: 1}}, CreateOptions{Keep: keep})
+	if err != nil || dup != nil || len(done) != 1 || done[0].Size != 3 || len(s.Files) != 1 {
+		t.Fatalf("CreateWith = %+v, %+v, %v, %v", s, done, dup, err)
+	}
+	wantCode(t, during, CodeBusy)
+	if len(kept) != 1 || kept[0] != "vm" {
+		t.Fatalf("Keep called for %v", kept)
+	}
+	_, _, _, err = h.c.CreateWith(alice, "vm-bad", nil, []PreserveFile{{FD: -1, Token: 1}}, CreateOptions{Keep: keep})
+	wantCode(t, err, CodeBadFD)
+	if len(kept) != 1 {
+		t.Fatalf("Keep called for a refused session: %v", kept)
+	}
+	if _, ok := h.kernelSession("vm-bad"); ok {
+		t.Fatal("the kernel kept vm-bad")
+	}
+	if _, err := h.c.Get(alice, "vm-bad"); err == nil {
+		t.Fatal("custody kept vm-bad")
+	}
+}
