@@ -214,8 +214,14 @@ type Daemon struct {
 	rebootsFailed int        // by the fault switch; guarded by upgradeMu
 	// stopping is closed when Serve's context ends: an orderly upgrade
 	// waits for it after queueing kexec.target.
-	stopping  chan struct{}
-	diskDirty chan struct{}
+	stopping chan struct{}
+	// diskDirty wakes the disk writer at the first change since its last
+	// write (dirty false → true); later changes only move lastChange, so
+	// a request costs no goroutine wake-up (markDirty).
+	diskDirty  chan struct{}
+	dirty      atomic.Bool
+	lastChange atomic.Int64 // the last change, as time.Since(epoch): monotonic
+	epoch      time.Time
 }
 
 // New opens the device, recovers what the previous kernel handed over and
@@ -234,6 +240,7 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		conns:     map[*conn]bool{},
 		overdue:   map[string]bool{},
 		diskDirty: make(chan struct{}, 1),
+		epoch:     time.Now(),
 		stopping:  make(chan struct{}),
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {

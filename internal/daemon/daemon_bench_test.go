@@ -307,6 +307,53 @@ func BenchmarkSessions1000OneRequest(b *testing.B) {
 	benchSessionsOneByOne(b, asUnderSystemd(b), true)
 }
 
+// BenchmarkSessions1000Batched is BenchmarkSessions1000 with the sessions
+// created by CreateSessions: create_sessions requests of as many sessions
+// as proto.MaxFDs files allow (253 sessions of one memfd), no session fd
+// coming back.
+func BenchmarkSessions1000Batched(b *testing.B) {
+	fake := ioctltest.New()
+	b.Cleanup(func() { fake.Close() })
+	h := boot(b, b.TempDir(), fake, false, asUnderSystemd(b))
+	c := h.dial()
+	cx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	data := make([]byte, 64<<10)
+	req := make([]client.SessionToCreate, benchSessions)
+	for i := range req {
+		name := fmt.Sprintf("vm-%04d", i)
+		req[i] = client.SessionToCreate{Name: name, Labels: map[string]string{"vm": name},
+			Files: []client.FileToPreserve{{File: memfd(b, data), Token: 1, Label: "ram"}}}
+	}
+	b.ReportAllocs()
+	var timed time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		got, err := c.CreateSessions(cx, req)
+		timed += time.Since(t0)
+		b.StopTimer()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i, r := range got {
+			if len(r.Files) != 1 || r.Files[0].Size != int64(len(data)) {
+				b.Fatalf("%s: %+v", req[i].Name, r)
+			}
+		}
+		if st := h.d.custody.Snapshot(); st.Open != benchSessions {
+			b.Fatalf("luod holds %d open sessions, want %d", st.Open, benchSessions)
+		}
+		for i := range req {
+			if err := c.DeleteSession(cx, req[i].Name); err != nil {
+				b.Fatal(err)
+			}
+		}
+		fake.Sessions() // the fake frees the dropped sessions now, untimed
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N*benchSessions), "ns/session")
+}
+
 // BenchmarkSessions1000NoFDStore is BenchmarkSessions1000 without an fd
 // store: each change is appended to record.log in the state directory.
 func BenchmarkSessions1000NoFDStore(b *testing.B) {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"slices"
@@ -16,12 +17,15 @@ import (
 )
 
 // dispatch runs one decoded request. It returns the result, the fds to
-// send with it (closed by the caller after sending) or an error.
-func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cred *unix.Ucred, files []*os.File) (any, []*os.File, error) {
-	// docs/protocol.md: only create_session, preserve and load take fds,
-	// and an op without args refuses any field; the cases below check only
-	// their own.
-	if req.Op != proto.OpCreateSession && req.Op != proto.OpPreserve && req.Op != proto.OpLoad && len(files) > 0 {
+// send with it (closed by the caller after sending) or an error. files are
+// the request's fds, which the caller closes; an op that takes one over
+// sets its entry to -1.
+func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cred *unix.Ucred, files []int) (any, []*os.File, error) {
+	// docs/protocol.md: only create_session(s), preserve and load take
+	// fds, and an op without args refuses any field; the cases below check
+	// only their own.
+	if req.Op != proto.OpCreateSession && req.Op != proto.OpCreateSessions && req.Op != proto.OpPreserve &&
+		req.Op != proto.OpLoad && len(files) > 0 {
 		return nil, nil, proto.Errorf(proto.CodeBadRequest, "%s takes no file descriptors, got %d", req.Op, len(files))
 	}
 	switch req.Op {
@@ -48,6 +52,16 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 				"create_session names %d files but %d file descriptors came with it", len(a.Files), len(files))
 		}
 		return d.createSession(caller, cred, a, files)
+
+	case proto.OpCreateSessions:
+		var a proto.CreateSessionsArgs
+		if err := decode(req, &a); err != nil {
+			return nil, nil, err
+		}
+		if err := checkCreateSessions(a, len(files)); err != nil {
+			return nil, nil, err
+		}
+		return d.createSessions(caller, cred, a, files), nil, nil
 
 	case proto.OpPreserve:
 		var a proto.PreserveArgs
@@ -199,7 +213,13 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		if err := decode(req, &a); err != nil {
 			return nil, nil, err
 		}
-		res, err := d.load(a, files)
+		in := takeFiles(files)
+		defer func() {
+			for _, f := range in {
+				f.Close()
+			}
+		}()
+		res, err := d.load(a, in)
 		return res, nil, err
 	case proto.OpUnload:
 		return struct{}{}, nil, d.unload()
@@ -256,43 +276,33 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 
 // preserve preserves the received files into session name, each with
 // the token and label its spec (same index) gives.
-func (d *Daemon) preserve(caller session.Caller, name string, specs []proto.FileSpec, files []*os.File) ([]session.File, error) {
+func (d *Daemon) preserve(caller session.Caller, name string, specs []proto.FileSpec, files []int) ([]session.File, error) {
+	return d.custody.Preserve(caller, name, preserveFiles(specs, files))
+}
+
+// preserveFiles pairs the received files with their specs (same index).
+func preserveFiles(specs []proto.FileSpec, files []int) []session.PreserveFile {
+	if len(files) == 0 {
+		return nil
+	}
 	pf := make([]session.PreserveFile, len(files))
 	for i, f := range files {
-		pf[i] = session.PreserveFile{File: f, Token: specs[i].Token, Label: specs[i].Label}
+		pf[i] = session.PreserveFile{FD: f, Token: specs[i].Token, Label: specs[i].Label}
 	}
-	return d.custody.Preserve(caller, name, pf)
+	return pf
 }
 
 // createSession creates a session and preserves files into it, the files
-// of the request if any, all or nothing: when a file cannot be preserved
-// the session is deleted again (no client holds a duplicate yet, so the
-// kernel drops it with luod's fd). The fd store and the custody record
-// learn of the session once, holding its files.
-func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionArgs, files []*os.File) (any, []*os.File, error) {
-	s, dup, err := d.custody.Create(caller, a.Name, a.Labels)
+// of the request if any, all or nothing (custody.CreateWith: when a file
+// cannot be preserved, the session is dropped again and no other request
+// saw it). The fd store and the custody record learn of the session once,
+// holding its files; the fd store before any other request can delete
+// it, so a delete's removal cannot overtake the store.
+func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionArgs, files []int) (any, []*os.File, error) {
+	s, done, dup, err := d.custody.CreateWith(caller, a.Name, a.Labels, preserveFiles(a.Files, files),
+		session.CreateOptions{Dup: true, Keep: d.storeSession})
 	if err != nil {
 		return nil, nil, err
-	}
-	var done []session.File
-	if len(files) > 0 {
-		done, err = d.preserve(caller, s.Name, a.Files, files)
-		if err != nil {
-			derr := d.custody.Delete(caller, s.Name)
-			if derr != nil {
-				// Still held by luod, with the files it took: say so,
-				// and keep it like any session.
-				d.log.Warn("cannot delete the session whose files failed to preserve", "session", s.Name, "err", derr)
-				d.storeSession(s.Name, dup)
-				d.changed(s.Name)
-			}
-			dup.Close()
-			pe := toProto(err).(*proto.Error)
-			if derr == nil {
-				pe = proto.Errorf(pe.Code, "%s; create_session undone: session %q was deleted again, with every file it held", pe.Message, s.Name)
-			}
-			return nil, nil, pe
-		}
 	}
 	var bytes int64
 	if len(done) > 0 {
@@ -300,9 +310,104 @@ func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.
 	}
 	// One line for the request, files and all.
 	d.log.Info("session created", "session", s.Name, "uid", s.UID, "pid", cred.Pid, "files", len(done), "bytes", bytes)
-	d.storeSession(s.Name, dup)
 	d.changed(s.Name)
 	return proto.CreateSessionResult{Name: s.Name, Files: preserved(done)}, []*os.File{dup}, nil
+}
+
+// checkCreateSessions refuses a create_sessions request as a whole, before
+// anything is created: no session, more than proto.MaxCreateSessions, a
+// name given twice, or files named that do not match the fds attached.
+func checkCreateSessions(a proto.CreateSessionsArgs, nfd int) error {
+	switch n := len(a.Sessions); {
+	case n == 0:
+		return proto.Errorf(proto.CodeBadRequest, "create_sessions names no session")
+	case n > proto.MaxCreateSessions:
+		return proto.Errorf(proto.CodeLimit, "create_sessions names %d sessions, at most %d a request", n, proto.MaxCreateSessions)
+	}
+	seen := make(map[string]struct{}, len(a.Sessions))
+	files := 0
+	for _, s := range a.Sessions {
+		if _, dup := seen[s.Name]; dup {
+			return proto.Errorf(proto.CodeBadRequest, "create_sessions names session %.64q twice", s.Name)
+		}
+		seen[s.Name] = struct{}{}
+		files += len(s.Files)
+	}
+	if files != nfd {
+		return proto.Errorf(proto.CodeBadRequest,
+			"create_sessions names %d files but %d file descriptors came with it", files, nfd)
+	}
+	return nil
+}
+
+// createSessions is create_session of each session of a, in order, each
+// all or nothing and refused on its own (its error in its entry of the
+// answer). No session fd goes back to the client. Each session's own fd
+// goes into the fd store as it is created (one message each: systemd
+// takes one FDNAME a message); the sessions created are then recorded
+// together, as reclaim_sessions does: one append to the custody record,
+// one log line, all before the answer, so a luod killed before answering
+// has recorded every session it created.
+func (d *Daemon) createSessions(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionsArgs, files []int) *proto.CreateSessionsResult {
+	res := &proto.CreateSessionsResult{Sessions: make([]proto.CreatedSession, len(a.Sessions))}
+	created := make([]string, 0, len(a.Sessions))
+	nfiles, refused := 0, 0
+	var bytes int64
+	var firstErr error
+	off := 0
+	for i, ns := range a.Sessions {
+		fds := files[off : off+len(ns.Files)]
+		off += len(ns.Files)
+		s, done, _, err := d.custody.CreateWith(caller, ns.Name, ns.Labels, preserveFiles(ns.Files, fds),
+			session.CreateOptions{Keep: d.storeSession})
+		if err != nil {
+			d.metrics.Error(proto.OpCreateSessions)
+			res.Sessions[i].Error = proto.AsError(toProto(err))
+			refused++
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		if len(done) > 0 {
+			res.Sessions[i].Files = preserved(done)
+			bytes += d.logPreserved(s.Name, caller, done)
+			nfiles += len(done)
+		}
+		created = append(created, s.Name)
+	}
+	if len(created) > 0 {
+		d.changed(created...)
+	}
+	if refused == 0 {
+		d.log.Info("sessions created", "sessions", len(created), "first", created[0], "last", created[len(created)-1],
+			"uid", caller.UID, "pid", cred.Pid, "files", nfiles, "bytes", bytes)
+	} else {
+		d.log.Info("sessions created", "sessions", len(created), "refused", refused, "first_refusal", firstErr,
+			"uid", caller.UID, "pid", cred.Pid, "files", nfiles, "bytes", bytes)
+	}
+	fitAnswer(res)
+	return res
+}
+
+// fitAnswer shortens the error messages of a create_sessions answer until
+// it fits a message: with at most proto.MaxCreateSessions entries and
+// proto.MaxFDs files it then does, whatever the messages held (they may
+// quote long rejected names and labels). The codes stay.
+func fitAnswer(res *proto.CreateSessionsResult) {
+	const envelope = 256 // {"v":1,"id":…,"ok":true,"result":…}
+	for _, limit := range []int{-1, 160, 0} {
+		if limit >= 0 {
+			for _, s := range res.Sessions {
+				if s.Error != nil && len(s.Error.Message) > limit {
+					s.Error.Message = strings.ToValidUTF8(s.Error.Message[:limit], "") + "…"
+				}
+			}
+		}
+		if b, err := json.Marshal(res); err == nil && len(b)+envelope <= proto.MaxMessageSize {
+			return
+		}
+	}
 }
 
 // logPreserved logs each preserved file at debug level and returns their
@@ -326,6 +431,18 @@ func preserved(done []session.File) []proto.PreservedFile {
 		out[i] = proto.PreservedFile{Token: f.Token, Size: f.Size}
 	}
 	return out
+}
+
+// takeFiles makes files of received fds, for an op that reads them (load):
+// the files own the fds now, and the entries of fds become -1 so that the
+// request's cleanup leaves them alone.
+func takeFiles(fds []int) []*os.File {
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), fmt.Sprintf("scm_rights[%d]", i))
+		fds[i] = -1
+	}
+	return files
 }
 
 // decode decodes a request's args; it exists so that a nil *proto.Error

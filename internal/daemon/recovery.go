@@ -276,11 +276,18 @@ func (d *Daemon) changed(names ...string) {
 }
 
 // markDirty asks the background writer to refresh the disk copy; writes
-// are coalesced so that a burst of changes costs one write.
+// are coalesced so that a burst of changes costs one write. Only the
+// first change since the last write wakes the writer; the others note
+// their time, which the writer reads when its wait ends (diskWriter). A
+// wake-up per request was a goroutine made runnable, and often a thread
+// woken, per request: under TCG that costs as much as a system call.
 func (d *Daemon) markDirty() {
-	select {
-	case d.diskDirty <- struct{}{}:
-	default:
+	d.lastChange.Store(int64(time.Since(d.epoch)))
+	if d.dirty.CompareAndSwap(false, true) {
+		select {
+		case d.diskDirty <- struct{}{}:
+		default:
+		}
 	}
 }
 

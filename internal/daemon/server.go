@@ -127,7 +127,7 @@ func (d *Daemon) serveConn(ctx context.Context, pc *proto.Conn) {
 		d.log.Debug("client disconnected", "conn", c.id)
 	}()
 	for ctx.Err() == nil {
-		raw, files, cred, err := pc.Recv()
+		raw, fds, cred, err := pc.RecvFDs()
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || c.closed.Load() {
 				return
@@ -142,18 +142,16 @@ func (d *Daemon) serveConn(ctx context.Context, pc *proto.Conn) {
 			d.log.Debug("read failed, closing", "conn", c.id, "err", err)
 			return
 		}
-		c.handle(raw, files, cred)
+		c.handle(raw, fds, cred)
 	}
 }
 
 // handle answers one request. Every fd that came with it is closed when
-// it returns, whatever happened: luod keeps what it needs by dup.
-func (c *conn) handle(raw []byte, files []*os.File, cred *unix.Ucred) {
-	defer func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}()
+// it returns, whatever happened: luod keeps what it needs by dup. The fds
+// are plain numbers (RecvFDs): luod only passes them to the kernel, and
+// an os.File would cost an fcntl(2) each.
+func (c *conn) handle(raw []byte, fds []int, cred *unix.Ucred) {
+	defer proto.CloseFDs(fds)
 	req, perr := proto.DecodeRequest(raw)
 	if perr != nil {
 		id := uint64(0)
@@ -176,7 +174,7 @@ func (c *conn) handle(raw []byte, files []*os.File, cred *unix.Ucred) {
 			"%s is an admin operation: uid %d is neither root nor in luod's admin group", req.Op, cred.Uid)))
 		return
 	}
-	result, out, err := c.d.dispatch(c, req, caller, cred, files)
+	result, out, err := c.d.dispatch(c, req, caller, cred, fds)
 	if err != nil {
 		c.d.metrics.Error(req.Op) // a known op: DecodeRequest refused unknown ones
 		for _, f := range out {
@@ -290,31 +288,34 @@ const (
 )
 
 func (d *Daemon) diskWriter(ctx context.Context) {
-	quiet := time.NewTimer(diskQuiet)
-	quiet.Stop()
-	defer quiet.Stop()
+	t := time.NewTimer(diskQuiet)
+	t.Stop()
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-d.diskDirty:
 		}
-		quiet.Reset(diskQuiet)
-		overdue := time.After(diskMaxDelay)
-	wait:
+		overdue := time.Since(d.epoch) + diskMaxDelay
 		for {
+			// Changes meanwhile only moved lastChange (markDirty): wait
+			// until diskQuiet after the last one, or the overdue time.
+			until := min(time.Duration(d.lastChange.Load())+diskQuiet, overdue)
+			wait := until - time.Since(d.epoch)
+			if wait <= 0 {
+				break
+			}
+			t.Reset(wait)
 			select {
 			case <-ctx.Done():
 				return // Serve writes the last copy
-			case <-d.diskDirty:
-				quiet.Reset(diskQuiet)
-			case <-quiet.C:
-				break wait
-			case <-overdue:
-				quiet.Stop()
-				break wait
+			case <-t.C:
 			}
 		}
+		// Cleared before the write, which reads the sessions: a change
+		// after this point wakes the writer again.
+		d.dirty.Store(false)
 		d.saveDisk()
 		d.notifyStatus()
 	}

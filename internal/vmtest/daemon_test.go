@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 
 	"os"
 	"os/exec"
@@ -154,6 +155,49 @@ func TestDaemon(t *testing.T) {
 		_, err := admin.Upgrade(tctx(t, 10*time.Second), proto.UpgradeArgs{}, nil)
 		if !isCode(err, proto.CodeNoKernelLoaded) {
 			t.Fatalf("upgrade without a loaded kernel = %v, want no_kernel_loaded", err)
+		}
+		intact(t)
+	})
+
+	t.Run("create_sessions", func(t *testing.T) {
+		reliability(t, "many sessions created in one create_sessions request, one refused", "VM: client.CreateSessions of 20 sessions of one memfd and one whose name is taken", "19 created with their sizes, exists for the taken name and nothing else lost; the kept session intact")
+		var req []client.SessionToCreate
+		for i := range 20 {
+			data := []byte(strings.Repeat(fmt.Sprintf("batch %d ", i), 1000+i))
+			name := fmt.Sprintf("vmtest-batch-%02d", i)
+			if i == 7 {
+				name = "vmtest-keep" // taken
+			}
+			req = append(req, client.SessionToCreate{Name: name, Labels: map[string]string{"i": fmt.Sprint(i)},
+				Files: []client.FileToPreserve{{File: memfdOf(t, data), Token: uint64(i + 1), Label: "ram"}}})
+		}
+		got, err := admin.CreateSessions(tctx(t, 30*time.Second), req)
+		if err == nil || !strings.Contains(err.Error(), "1 of 20") {
+			t.Fatalf("create_sessions = %v, want 1 of 20 not created", err)
+		}
+		ss, lerr := admin.Sessions(tctx(t, 10*time.Second))
+		if lerr != nil {
+			t.Fatal(lerr)
+		}
+		held := map[string]proto.SessionInfo{}
+		for _, s := range ss {
+			held[s.Name] = s
+		}
+		for i, r := range got {
+			if i == 7 {
+				if !isCode(r.Err, proto.CodeExists) {
+					t.Errorf("taken name: %v, want exists", r.Err)
+				}
+				continue
+			}
+			size := int64(len(fmt.Sprintf("batch %d ", i)) * (1000 + i))
+			s, ok := held[req[i].Name]
+			if r.Err != nil || len(r.Files) != 1 || r.Files[0].Size != size || !ok || len(s.Files) != 1 || s.Files[0].Size != size {
+				t.Errorf("%s: %+v; luod lists %+v", req[i].Name, r, s)
+			}
+			if err := admin.DeleteSession(tctx(t, 10*time.Second), req[i].Name); err != nil {
+				t.Errorf("delete %s: %v", req[i].Name, err)
+			}
 		}
 		intact(t)
 	})

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -750,5 +751,58 @@ func TestCreateSessionWithFiles(t *testing.T) {
 	}
 	if r := <-reqs; r.op != proto.OpPreserve || r.name != "vm-1" || r.fds != 300-proto.MaxFDs || r.tokens[0] != proto.MaxFDs+1 {
 		t.Errorf("second request: %s of %q, %d fds", r.op, r.name, r.fds)
+	}
+}
+
+// TestCreateSessionsOldLuod: a luod without create_sessions answers
+// unknown_op once; CreateSessions then creates each session with
+// create_session, closing the session fds it gets back.
+func TestCreateSessionsOldLuod(t *testing.T) {
+	var mu sync.Mutex
+	var ops []string
+	srv := newServer(t, func(conn *proto.Conn, req *proto.Request, files []*os.File, cred *unix.Ucred) {
+		defer closeFiles(files)
+		mu.Lock()
+		ops = append(ops, req.Op)
+		mu.Unlock()
+		if req.Op != proto.OpCreateSession {
+			conn.Send(proto.ErrorResponse(req.ID, proto.Errorf(proto.CodeUnknownOp, "unknown operation %q", req.Op)))
+			return
+		}
+		var args proto.CreateSessionArgs
+		if perr := req.DecodeArgs(&args); perr != nil {
+			conn.Send(proto.ErrorResponse(req.ID, perr))
+			return
+		}
+		if args.Name == "vm-2" {
+			conn.Send(proto.ErrorResponse(req.ID, proto.Errorf(proto.CodeExists, "session %q: session already exists", args.Name)))
+			return
+		}
+		var done []proto.PreservedFile
+		for i, s := range args.Files {
+			done = append(done, proto.PreservedFile{Token: s.Token, Size: int64(len(content(t, files[i])))})
+		}
+		answer(t, conn, req.ID, proto.CreateSessionResult{Name: args.Name, Files: done}, memfd(t, "session"))
+	})
+	c := srv.dial(t)
+	var req []SessionToCreate
+	for i := range 4 {
+		req = append(req, SessionToCreate{Name: fmt.Sprintf("vm-%d", i),
+			Files: []FileToPreserve{{File: memfd(t, "ram"), Token: 1}}})
+	}
+	got, err := c.CreateSessions(ctxT(t), req)
+	if !errors.Is(err, proto.ErrExists) || !strings.Contains(err.Error(), "1 of 4") {
+		t.Fatalf("CreateSessions = %v; want 1 of 4 not created, exists", err)
+	}
+	for i, r := range got {
+		if (i == 2) != (r.Err != nil) || i != 2 && (len(r.Files) != 1 || r.Files[0].Size != 3) {
+			t.Fatalf("session %d: %+v", i, r)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{proto.OpCreateSessions, proto.OpCreateSession, proto.OpCreateSession, proto.OpCreateSession, proto.OpCreateSession}
+	if !slices.Equal(ops, want) {
+		t.Fatalf("requests %v, want %v", ops, want)
 	}
 }

@@ -130,6 +130,175 @@ func (c *Client) CreateSessionWithFiles(ctx context.Context, name string, labels
 	return s, done, nil
 }
 
+// SessionToCreate is one session for CreateSessions.
+type SessionToCreate struct {
+	Name   string
+	Labels map[string]string
+	Files  []FileToPreserve
+}
+
+// CreatedSession is what CreateSessions did with one SessionToCreate.
+type CreatedSession struct {
+	// Files are the files preserved, in order, when Err is nil.
+	Files []proto.PreservedFile
+	// Err is nil when the session was created holding every file asked.
+	// Otherwise it says why not: luod's *proto.Error when luod refused the
+	// session (nothing of it is left), a local check's error when it was
+	// not sent, or the error that ended the call (see CreateSessions). A
+	// session of more than proto.MaxFDs files is CreateSessionWithFiles's:
+	// with Err set it may exist, holding the Files listed.
+	Err error
+}
+
+// CreateSessions creates many sessions, each as CreateSessionWithFiles
+// would, in as few requests as the protocol allows (create_sessions: up
+// to proto.MaxCreateSessions sessions and proto.MaxFDs files a request),
+// and returns one CreatedSession per session, in order. Each session is
+// all or nothing, and one refused (name taken, a file that cannot be
+// preserved, …) does not keep the others from being created. No session
+// fd comes back: luod holds the sessions; a workload that needs its own
+// fd of a session uses CreateSession. A session of more than proto.MaxFDs
+// files is created alone by CreateSessionWithFiles (then its files past
+// the first request follow with Preserve's partial-failure rules).
+//
+// The error is nil when every session was created. Otherwise it names how
+// many were not and wraps the first reason. A request that got no answer
+// (the connection failed, ctx ended) may still take effect: its sessions
+// and those not yet sent carry that error, and ListSessions tells which
+// exist. A luod without create_sessions gets one create_session a
+// session.
+func (c *Client) CreateSessions(ctx context.Context, sessions []SessionToCreate) ([]CreatedSession, error) {
+	out := make([]CreatedSession, len(sessions))
+	base := baseSize(proto.OpCreateSessions, proto.CreateSessionsArgs{Sessions: []proto.SessionToCreate{}})
+	seen := make(map[string]bool, len(sessions))
+	var batch []int // indexes of sessions in the request being built
+	var specs []proto.SessionToCreate
+	var fds []*os.File
+	size, batched := base, true
+	var fatal error
+
+	// send sends the request built so far, or creates its sessions one by
+	// one once luod turned out not to know create_sessions.
+	send := func() {
+		if len(batch) == 0 || fatal != nil {
+			return
+		}
+		defer func() { batch, specs, fds, size = batch[:0], specs[:0], fds[:0], base }()
+		if batched {
+			var res proto.CreateSessionsResult
+			_, err := c.do(ctx, proto.OpCreateSessions, proto.CreateSessionsArgs{Sessions: specs}, fds, &res, 0)
+			switch {
+			case errors.Is(err, proto.ErrUnknownOp):
+				batched = false
+			case err != nil:
+				fatal = err
+				for _, i := range batch {
+					out[i].Err = err
+				}
+				return
+			case len(res.Sessions) != len(batch):
+				fatal = fmt.Errorf("luod create_sessions: %w: %d sessions answered for %d asked", ErrProtocol, len(res.Sessions), len(batch))
+			default:
+				for k, i := range batch {
+					if r := res.Sessions[k]; r.Error != nil {
+						out[i].Err = r.Error
+					} else if len(r.Files) != len(sessions[i].Files) {
+						fatal = fmt.Errorf("luod create_sessions: %w: session %q: %d files answered for %d sent",
+							ErrProtocol, sessions[i].Name, len(r.Files), len(sessions[i].Files))
+					} else {
+						out[i].Files = r.Files
+					}
+				}
+			}
+			if fatal != nil {
+				for _, i := range batch {
+					out[i].Files, out[i].Err = nil, fatal
+				}
+				return
+			}
+			if batched {
+				return
+			}
+		}
+		for _, i := range batch {
+			out[i].Files, out[i].Err = c.createOne(ctx, sessions[i])
+		}
+	}
+
+	for i, s := range sessions {
+		if fatal != nil {
+			out[i].Err = fatal
+			continue
+		}
+		if err := proto.ValidateSessionName(s.Name); err != nil {
+			out[i].Err = err
+			continue
+		}
+		if seen[s.Name] {
+			out[i].Err = fmt.Errorf("luod create_sessions: session %q is named twice", s.Name)
+			continue
+		}
+		seen[s.Name] = true
+		if err := checkFiles(proto.OpCreateSessions, s.Files); err != nil {
+			out[i].Err = err
+			continue
+		}
+		if len(s.Files) > proto.MaxFDs {
+			out[i].Files, out[i].Err = c.createOne(ctx, s)
+			continue
+		}
+		spec, sfds := wireFiles(s.Files)
+		ps := proto.SessionToCreate{Name: s.Name, Labels: s.Labels, Files: spec}
+		b, err := json.Marshal(ps)
+		if err != nil {
+			out[i].Err = fmt.Errorf("luod create_sessions: session %q: %w", s.Name, err)
+			continue
+		}
+		n := len(b) + 1 // and a comma
+		if base+n > proto.MaxMessageSize {
+			out[i].Err = fmt.Errorf("luod create_sessions: session %q alone is too large for one request (%d bytes of JSON)", s.Name, n)
+			continue
+		}
+		if size+n > proto.MaxMessageSize || len(fds)+len(sfds) > proto.MaxFDs || len(batch) == proto.MaxCreateSessions {
+			send()
+			if fatal != nil {
+				out[i].Err = fatal
+				continue
+			}
+		}
+		batch = append(batch, i)
+		specs = append(specs, ps)
+		fds = append(fds, sfds...)
+		size += n
+	}
+	send()
+
+	failed, first := 0, -1
+	for i := range out {
+		if out[i].Err != nil {
+			if first < 0 {
+				first = i
+			}
+			failed++
+		}
+	}
+	if failed > 0 {
+		return out, fmt.Errorf("luod create_sessions: %d of %d sessions not created; the first, %q: %w",
+			failed, len(sessions), sessions[first].Name, out[first].Err)
+	}
+	return out, nil
+}
+
+// createOne creates one session of CreateSessions with
+// CreateSessionWithFiles, closing the session fd it hands back.
+func (c *Client) createOne(ctx context.Context, s SessionToCreate) ([]proto.PreservedFile, error) {
+	cs, done, err := c.CreateSessionWithFiles(ctx, s.Name, s.Labels, s.Files)
+	if cs != nil {
+		cs.Close()
+	}
+	return done, err
+}
+
 // batches splits items into runs that each fit one request: at most
 // maxItems items (no limit if 0) and, with the envelope's base size, at
 // most proto.MaxMessageSize bytes of JSON.

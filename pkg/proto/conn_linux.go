@@ -242,6 +242,21 @@ func withFDs(files []*os.File, fds []int, fn func([]int) error) error {
 // the caller can answer it and go on. Other errors (a deadline, a closed
 // connection) leave nothing behind.
 func (c *Conn) Recv() (raw []byte, files []*os.File, cred *unix.Ucred, err error) {
+	raw, fds, cred, err := c.RecvFDs()
+	if len(fds) > 0 {
+		files = make([]*os.File, len(fds))
+		for i, fd := range fds {
+			files[i] = os.NewFile(uintptr(fd), fmt.Sprintf("scm_rights[%d]", i))
+		}
+	}
+	return raw, files, cred, err
+}
+
+// RecvFDs is Recv with the descriptors as plain numbers, which the caller
+// owns and closes with close(2): for a receiver that only passes them on
+// (luod hands them to the kernel's PRESERVE_FD), it saves the fcntl(2)
+// os.NewFile makes for each.
+func (c *Conn) RecvFDs() (raw []byte, fds []int, cred *unix.Ucred, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var n, oobn, flags int
@@ -257,30 +272,40 @@ func (c *Conn) Recv() (raw []byte, files []*os.File, cred *unix.Ucred, err error
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("proto: recv: %w", err)
 	}
-	files, cred = parseControl(c.oob[:oobn])
-	fail := func(err error) ([]byte, []*os.File, *unix.Ucred, error) {
-		closeFiles(files)
+	fds, cred = parseControl(c.oob[:oobn])
+	fail := func(err error) ([]byte, []int, *unix.Ucred, error) {
+		CloseFDs(fds)
 		return nil, nil, cred, fmt.Errorf("proto: recv: %w", err)
 	}
 	switch {
 	case flags&unix.MSG_CTRUNC != 0:
-		return fail(fmt.Errorf("%w: descriptors were lost (%d arrived)", ErrControlTruncated, len(files)))
+		return fail(fmt.Errorf("%w: descriptors were lost (%d arrived)", ErrControlTruncated, len(fds)))
 	case n > MaxMessageSize:
 		return fail(fmt.Errorf("%w: %d bytes, at most %d", ErrMessageTooLarge, n, MaxMessageSize))
 	case flags&unix.MSG_TRUNC != 0:
 		return fail(fmt.Errorf("%w: more than %d bytes", ErrMessageTooLarge, MaxMessageSize))
-	case len(files) > MaxFDs:
-		return fail(fmt.Errorf("%w: %d, at most %d", ErrTooManyFDs, len(files), MaxFDs))
+	case len(fds) > MaxFDs:
+		return fail(fmt.Errorf("%w: %d, at most %d", ErrTooManyFDs, len(fds), MaxFDs))
 	case n == 0 && oobn == 0:
 		return nil, nil, nil, io.EOF
 	}
-	return bytes.Clone(c.buf[:n]), files, cred, nil
+	return bytes.Clone(c.buf[:n]), fds, cred, nil
+}
+
+// CloseFDs closes descriptors RecvFDs returned, skipping negative
+// entries (taken over by someone else).
+func CloseFDs(fds []int) {
+	for _, fd := range fds {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
 }
 
 // parseControl takes the descriptors and credentials out of ancillary
 // data. It reads as far as the data is well formed, so no descriptor the
 // kernel installed is dropped unseen.
-func parseControl(oob []byte) (files []*os.File, cred *unix.Ucred) {
+func parseControl(oob []byte) (fds []int, cred *unix.Ucred) {
 	for len(oob) >= unix.SizeofCmsghdr {
 		h, data, rest, err := unix.ParseOneSocketControlMessage(oob)
 		if err != nil {
@@ -293,10 +318,8 @@ func parseControl(oob []byte) (files []*os.File, cred *unix.Ucred) {
 		switch h.Type {
 		case unix.SCM_RIGHTS:
 			m := unix.SocketControlMessage{Header: h, Data: data}
-			fds, _ := unix.ParseUnixRights(&m)
-			for _, fd := range fds {
-				files = append(files, os.NewFile(uintptr(fd), fmt.Sprintf("scm_rights[%d]", len(files))))
-			}
+			got, _ := unix.ParseUnixRights(&m)
+			fds = append(fds, got...)
 		case unix.SCM_CREDENTIALS:
 			m := unix.SocketControlMessage{Header: h, Data: data}
 			if uc, err := unix.ParseUnixCredentials(&m); err == nil {
@@ -304,7 +327,7 @@ func parseControl(oob []byte) (files []*os.File, cred *unix.Ucred) {
 			}
 		}
 	}
-	return files, cred
+	return fds, cred
 }
 
 func closeFiles(files []*os.File) {

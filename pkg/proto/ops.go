@@ -80,6 +80,39 @@ type CreateSessionArgs struct {
 	Files []FileSpec `json:"files,omitempty"`
 }
 
+// CreateSessionsArgs are the arguments of OpCreateSessions: OpCreateSession
+// of several sessions in one request, at most MaxCreateSessions, with
+// their fds attached session after session, each in the order of its
+// Files (so at most MaxFDs files in all). No name may appear twice.
+type CreateSessionsArgs struct {
+	Sessions []SessionToCreate `json:"sessions"`
+}
+
+// SessionToCreate is one session of CreateSessionsArgs: the
+// CreateSessionArgs of one create_session.
+type SessionToCreate struct {
+	Name   string            `json:"name"`
+	Labels map[string]string `json:"labels,omitempty"`
+	Files  []FileSpec        `json:"files,omitempty"`
+}
+
+// CreateSessionsResult is the result of OpCreateSessions: one entry per
+// session of the request, in request order. The response carries no fd:
+// a client that needs its own fd of a session uses OpCreateSession.
+type CreateSessionsResult struct {
+	Sessions []CreatedSession `json:"sessions"`
+}
+
+// CreatedSession answers one SessionToCreate. Without Error the session
+// was created holding every file asked, Files listing them in request
+// order; with Error nothing of it was left (each session is all or
+// nothing, as OpCreateSession is), and the other sessions of the request
+// are not affected.
+type CreatedSession struct {
+	Files []PreservedFile `json:"files,omitempty"`
+	Error *Error          `json:"error,omitempty"`
+}
+
 // CreateSessionResult is the result of OpCreateSession.
 type CreateSessionResult struct {
 	Name string `json:"name"`

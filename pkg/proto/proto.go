@@ -18,6 +18,10 @@ const MaxMessageSize = 64 << 10
 // requests (see pkg/client's Preserve).
 const MaxFDs = 253
 
+// MaxCreateSessions is the most sessions one create_sessions request may
+// create; with at most MaxFDs files in all, every answer fits a message.
+const MaxCreateSessions = 256
+
 // DefaultSocket is where luod listens unless told otherwise.
 const DefaultSocket = "/run/luod/liveupdate.sock"
 
@@ -28,6 +32,7 @@ const (
 	// the sessions of its own uid.
 	OpHello           = "hello"            // no args; HelloResult
 	OpCreateSession   = "create_session"   // CreateSessionArgs + 1 fd per file; CreateSessionResult + 1 fd
+	OpCreateSessions  = "create_sessions"  // CreateSessionsArgs + 1 fd per file; CreateSessionsResult
 	OpPreserve        = "preserve"         // PreserveArgs + 1 fd per file; PreserveResult
 	OpDeclare         = "declare"          // DeclareArgs; empty result
 	OpListSessions    = "list_sessions"    // SessionsArgs (optional); SessionsResult, one page
@@ -49,7 +54,7 @@ const (
 )
 
 var ops = map[string]bool{ // op → admin only
-	OpHello: false, OpCreateSession: false, OpPreserve: false,
+	OpHello: false, OpCreateSession: false, OpCreateSessions: false, OpPreserve: false,
 	OpDeclare: false, OpListSessions: false, OpDeleteSession: false,
 	OpSubscribe: false, OpReady: false, OpRetrieveSession: false,
 	OpReclaim: false, OpReclaimSessions: false, OpFinishSession: false,

@@ -16,7 +16,7 @@ func TestAdoptAfterRestart(t *testing.T) {
 	h := newHost(t, Config{})
 	mustCreate(t, h.c, alice, "vm-a").Close()
 	data := pattern("vm-a", 8192)
-	if _, err := h.c.Preserve(alice, "vm-a", []PreserveFile{{File: memfd(t, data), Token: 3, Label: "ram"}}); err != nil {
+	if _, err := h.c.Preserve(alice, "vm-a", []PreserveFile{{FD: fdOf(memfd(t, data)), Token: 3, Label: "ram"}}); err != nil {
 		t.Fatal(err)
 	}
 	mustCreate(t, h.c, bob, "vm-b").Close()

@@ -8,8 +8,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // State is where a session is in its life; see the package doc.
@@ -69,9 +70,12 @@ type Session struct {
 
 // PreserveFile is one file for Preserve.
 type PreserveFile struct {
-	// File is the client's fd, received over SCM_RIGHTS; today the kernel
-	// preserves memfds only. Preserve does not close it.
-	File  *os.File
+	// FD is the client's file descriptor, received over SCM_RIGHTS
+	// (proto.Conn.RecvFDs: a plain number, as luod only hands it to the
+	// kernel); today the kernel preserves memfds only. Preserve does not
+	// close it, and the caller keeps it open until Preserve returns. A
+	// negative FD is refused as no file.
+	FD    int
 	Token uint64
 	Label string
 }
@@ -254,51 +258,105 @@ func (c *Custody) insert(e *entry) {
 // A finished session of the caller's own uid does not block the name: the
 // new session replaces the tombstone.
 func (c *Custody) Create(caller Caller, name string, labels map[string]string) (Session, *os.File, error) {
+	s, _, dup, err := c.CreateWith(caller, name, labels, nil, CreateOptions{Dup: true})
+	return s, dup, err
+}
+
+// CreateOptions are the choices of CreateWith.
+type CreateOptions struct {
+	// Dup returns a duplicate of the session fd for the client, as Create
+	// does; without, luod's fd is the only one.
+	Dup bool
+	// Keep, if not nil, is called with the new session's name and luod's
+	// own fd of it once the files are in, while the session is still busy
+	// to every other operation: luod puts the fd into systemd's fd store
+	// there, so that no delete can come between and leave the store with
+	// a session luod forgot. It runs without the Custody's lock (any
+	// operation on this session meanwhile is refused busy) and must not
+	// close or keep f (the store takes its own copy).
+	Keep func(name string, f *os.File)
+}
+
+// CreateWith is Create that also preserves files into the new session, as
+// Preserve does, all or nothing: the session is busy to every other
+// operation until the files are in, and when one cannot be preserved luod
+// closes the session's only fd (the kernel drops it with every file
+// preserved into it) and forgets it, so the error leaves nothing behind.
+// It returns the session, its preserved files and, with opt.Dup, the
+// client's duplicate of the session fd (to send, then close). It does not
+// close the files.
+//
+// Errors are Create's and Preserve's; the files are checked (count,
+// tokens, labels) before the session is created.
+func (c *Custody) CreateWith(caller Caller, name string, labels map[string]string, files []PreserveFile, opt CreateOptions) (Session, []File, *os.File, error) {
 	if err := ValidateName(name); err != nil {
-		return Session{}, nil, err
+		return Session{}, nil, nil, err
 	}
 	if code, why := labelsProblem(labels); code != "" {
-		return Session{}, nil, errorf(code, name, "%s", why)
-	}
-	c.mu.Lock()
-	switch old := c.byName[name]; {
-	case c.closed:
-		c.mu.Unlock()
-		return Session{}, nil, errorf(CodeInternal, name, "custody is closed")
-	case c.frozen > 0:
-		c.mu.Unlock()
-		return Session{}, nil, errorf(CodeBusy, name, busyFrozen)
-	case old == nil:
-	case old.s.State == StateFinished && old.s.UID == caller.UID && !old.busy:
-		c.remove(old)
-	default:
-		c.mu.Unlock()
-		return Session{}, nil, errorf(CodeExists, name, "session already exists")
-	}
-	if n := c.perUID[caller.UID]; n >= c.cfg.MaxSessionsPerUID {
-		c.mu.Unlock()
-		return Session{}, nil, errorf(CodeLimit, name, "uid %d has %d sessions, the limit", caller.UID, n)
+		return Session{}, nil, nil, errorf(code, name, "%s", why)
 	}
 	e := &entry{
 		s: Session{
 			Name: name, UID: caller.UID, GID: caller.GID,
 			Labels: maps.Clone(labels), State: StateOpen, Created: c.cfg.Now(),
 		},
-		tokens:   make(map[uint64]struct{}),
+		tokens:   make(map[uint64]struct{}, len(files)),
 		busy:     true,
 		creating: true,
+	}
+	if len(files) > 0 {
+		// Only the new entry and the fixed limits are read: no lock.
+		if err := c.checkNewFiles(e, len(files), func(i int) (uint64, string) { return files[i].Token, files[i].Label }); err != nil {
+			return Session{}, nil, nil, err
+		}
+	}
+	c.mu.Lock()
+	switch old := c.byName[name]; {
+	case c.closed:
+		c.mu.Unlock()
+		return Session{}, nil, nil, errorf(CodeInternal, name, "custody is closed")
+	case c.frozen > 0:
+		c.mu.Unlock()
+		return Session{}, nil, nil, errorf(CodeBusy, name, busyFrozen)
+	case old == nil:
+	case old.s.State == StateFinished && old.s.UID == caller.UID && !old.busy:
+		c.remove(old)
+	default:
+		c.mu.Unlock()
+		return Session{}, nil, nil, errorf(CodeExists, name, "session already exists")
+	}
+	if n := c.perUID[caller.UID]; n >= c.cfg.MaxSessionsPerUID {
+		c.mu.Unlock()
+		return Session{}, nil, nil, errorf(CodeLimit, name, "uid %d has %d sessions, the limit", caller.UID, n)
 	}
 	c.insert(e)
 	c.inflight++
 	c.mu.Unlock()
 
+	var done []File
+	var cdup *os.File
 	h, err := c.dev.CreateSession(name)
-	var dup *os.File
 	if err != nil {
 		err = kernelError("CREATE_SESSION", name, 0, false, err)
-	} else if dup, err = dupFile(h.File()); err != nil {
-		h.Close()
-		err = errorf(CodeInternal, name, "duplicating the session fd for the client: %w", err)
+	} else {
+		if len(files) > 0 {
+			if done, err = c.preserve(h, name, files); err != nil {
+				var se *Error
+				if errors.As(err, &se) {
+					se.Err = fmt.Errorf("%w; session creation undone: luod closed the new session, and the kernel dropped it with every file preserved into it", se.Err)
+				}
+			}
+		}
+		if err == nil && opt.Dup {
+			if cdup, err = dupFile(h.File()); err != nil {
+				err = errorf(CodeInternal, name, "duplicating the session fd for the client: %w", err)
+			}
+		}
+		if err != nil {
+			h.Close() // luod's is the only fd: the kernel drops the session
+		} else if opt.Keep != nil {
+			opt.Keep(name, h.File()) // still busy: no delete before it
+		}
 	}
 
 	c.mu.Lock()
@@ -306,11 +364,15 @@ func (c *Custody) Create(caller Caller, name string, labels map[string]string) (
 	if err != nil {
 		c.remove(e)
 		c.end(e)
-		return Session{}, nil, err
+		return Session{}, nil, nil, err
+	}
+	for _, f := range done {
+		e.s.Files = append(e.s.Files, f)
+		e.tokens[f.Token] = struct{}{}
 	}
 	e.h, e.creating = h, false
 	c.end(e)
-	return e.snapshot(), dup, nil
+	return e.snapshot(), done, cdup, nil
 }
 
 // Preserve preserves files into the caller's open session on the client's
@@ -364,7 +426,7 @@ func (c *Custody) Preserve(caller Caller, name string, files []PreserveFile) ([]
 }
 
 // checkNewFiles checks n new files (token and label of file i from at)
-// against e's state and limits; c.mu is held.
+// against e's state and limits; c.mu is held unless e is not in the table yet.
 func (c *Custody) checkNewFiles(e *entry, n int, at func(i int) (uint64, string)) error {
 	name := e.s.Name
 	if e.s.State != StateOpen {
@@ -394,31 +456,31 @@ func (c *Custody) checkNewFiles(e *entry, n int, at func(i int) (uint64, string)
 func (c *Custody) preserve(h Handle, name string, files []PreserveFile) ([]File, error) {
 	type inode struct{ dev, ino uint64 }
 	sizes := make([]int64, len(files))
-	seen := make(map[inode]int, len(files))
+	var seen map[inode]int
+	if len(files) > 1 {
+		seen = make(map[inode]int, len(files))
+	}
 	for i, pf := range files {
-		if pf.File == nil {
+		if pf.FD < 0 {
 			return nil, tokenErrorf(CodeBadFD, name, pf.Token, "no file")
 		}
-		fi, err := pf.File.Stat()
-		if err != nil {
+		// One fstat gives the size and the identity.
+		var st unix.Stat_t
+		if err := unix.Fstat(pf.FD, &st); err != nil {
 			return nil, tokenErrorf(CodeBadFD, name, pf.Token, "cannot stat the file: %w", err)
 		}
-		sizes[i] = fi.Size()
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			k := inode{uint64(st.Dev), uint64(st.Ino)}
+		sizes[i] = st.Size
+		if seen != nil {
+			k := inode{uint64(st.Dev), st.Ino}
 			if j, dup := seen[k]; dup {
 				return nil, tokenErrorf(CodeBadFD, name, pf.Token, "same file as token %#x in the request", files[j].Token)
 			}
 			seen[k] = i
 		}
 	}
-	var done []File
+	done := make([]File, 0, len(files))
 	for i, pf := range files {
-		var perr error
-		if err := withFD(pf.File, func(fd int) { perr = h.PreserveFD(fd, pf.Token) }); err != nil {
-			perr = err
-		}
-		if perr != nil {
+		if perr := h.PreserveFD(pf.FD, pf.Token); perr != nil {
 			e := kernelError("PRESERVE_FD", name, pf.Token, true, perr)
 			if e.Code == CodeInternal {
 				e.Code = CodeBadFD // the file went away under us

@@ -73,8 +73,8 @@ func TestFullCycle(t *testing.T) {
 	ramA := pattern("alice-ram", 3*4096+17)
 	devA := pattern("alice-dev", 100)
 	files, err := c.Preserve(alice, "vm-a", []PreserveFile{
-		{File: memfd(t, ramA), Token: 1, Label: "ram"},
-		{File: memfd(t, devA), Token: 0xfeed, Label: "devstate"},
+		{FD: fdOf(memfd(t, ramA)), Token: 1, Label: "ram"},
+		{FD: fdOf(memfd(t, devA)), Token: 0xfeed, Label: "devstate"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +230,7 @@ func TestFullCycle(t *testing.T) {
 func TestClientOutlived(t *testing.T) {
 	h := newHost(t, Config{})
 	dup := mustCreate(t, h.c, alice, "vm")
-	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, []byte("x")), Token: 1}}); err != nil {
+	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, []byte("x"))), Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
 	dup.Close()
@@ -280,7 +280,7 @@ func TestAuthorization(t *testing.T) {
 	for _, name := range []string{"vm-a", "nobody"} {
 		ops := map[string]func() error{
 			"Get":      func() error { _, err := c.Get(bob, name); return err },
-			"Preserve": func() error { _, err := c.Preserve(bob, name, []PreserveFile{{File: mf, Token: 1}}); return err },
+			"Preserve": func() error { _, err := c.Preserve(bob, name, []PreserveFile{{FD: fdOf(mf), Token: 1}}); return err },
 			"Declare":  func() error { return c.Declare(bob, name, []FileDecl{{Token: 1}}) },
 			"Delete":   func() error { return c.Delete(bob, name) },
 			"Finish":   func() error { return c.Finish(bob, name) },
@@ -354,7 +354,7 @@ func TestLimits(t *testing.T) {
 	// Files: refused as a whole, before any ioctl.
 	four := make([]PreserveFile, 4)
 	for i := range four {
-		four[i] = PreserveFile{File: memfd(t, []byte{byte(i)}), Token: uint64(i)}
+		four[i] = PreserveFile{FD: fdOf(memfd(t, []byte{byte(i)})), Token: uint64(i)}
 	}
 	_, err = c.Preserve(alice, "a1", four)
 	wantCode(t, err, CodeLimit)
@@ -398,10 +398,10 @@ func TestPreserveChecks(t *testing.T) {
 		code  string
 		token uint64
 	}{
-		{"nil file", []PreserveFile{{File: mf, Token: 1}, {Token: 2}}, CodeBadFD, 2},
-		{"closed file", []PreserveFile{{File: mf, Token: 1}, {File: closed, Token: 2}}, CodeBadFD, 2},
-		{"same file twice", []PreserveFile{{File: mf, Token: 1}, {File: mf, Token: 2}}, CodeBadFD, 2},
-		{"token twice", []PreserveFile{{File: mf, Token: 1}, {File: memfd(t, nil), Token: 1}}, CodeExists, 1},
+		{"nil file", []PreserveFile{{FD: fdOf(mf), Token: 1}, {FD: -1, Token: 2}}, CodeBadFD, 2},
+		{"closed file", []PreserveFile{{FD: fdOf(mf), Token: 1}, {FD: fdOf(closed), Token: 2}}, CodeBadFD, 2},
+		{"same file twice", []PreserveFile{{FD: fdOf(mf), Token: 1}, {FD: fdOf(mf), Token: 2}}, CodeBadFD, 2},
+		{"token twice", []PreserveFile{{FD: fdOf(mf), Token: 1}, {FD: fdOf(memfd(t, nil)), Token: 1}}, CodeExists, 1},
 	} {
 		done, err := c.Preserve(alice, "vm", tc.files)
 		wantCode(t, err, tc.code)
@@ -415,12 +415,12 @@ func TestPreserveChecks(t *testing.T) {
 	}
 
 	// The kernel's own refusals.
-	if _, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}}); err != nil {
+	if _, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(mf), Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 1}})
+	_, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, nil)), Token: 1}})
 	wantCode(t, err, CodeExists) // recorded token
-	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 2}})
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(mf), Token: 2}})
 	wantCode(t, err, CodeBadFD) // EBUSY: preserved already
 	if !errors.Is(err, unix.EBUSY) {
 		t.Fatalf("%v is not EBUSY", err)
@@ -429,7 +429,7 @@ func TestPreserveChecks(t *testing.T) {
 	if err := ioctl.NewSession(h.fake, dup, "vm", false).PreserveFD(int(memfd(t, nil).Fd()), 5); err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 5}})
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, nil)), Token: 5}})
 	wantCode(t, err, CodeExists)
 	mentions(t, err, "PRESERVE_FD", `"vm"`, "0x5", "EEXIST")
 	// Declare refuses a recorded token.
@@ -453,10 +453,10 @@ func TestPreservePartial(t *testing.T) {
 	}
 	defer onDisk.Close()
 	files := []PreserveFile{
-		{File: memfd(t, []byte("one")), Token: 0x10, Label: "one"},
-		{File: memfd(t, []byte("two!")), Token: 0x20, Label: "two"},
-		{File: onDisk, Token: 0x30, Label: "disk"},
-		{File: memfd(t, []byte("four")), Token: 0x40, Label: "four"},
+		{FD: fdOf(memfd(t, []byte("one"))), Token: 0x10, Label: "one"},
+		{FD: fdOf(memfd(t, []byte("two!"))), Token: 0x20, Label: "two"},
+		{FD: fdOf(onDisk), Token: 0x30, Label: "disk"},
+		{FD: fdOf(memfd(t, []byte("four"))), Token: 0x40, Label: "four"},
 	}
 	done, err := c.Preserve(alice, "vm", files)
 	wantCode(t, err, CodeBadFD)
@@ -482,10 +482,10 @@ func TestPreservePartial(t *testing.T) {
 
 	// A kernel errno without a better code is kernel.
 	h.fake.FailNext(ioctl.ReqPreserveFD, unix.ENOMEM)
-	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 0x50}})
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, nil)), Token: 0x50}})
 	wantCode(t, err, CodeKernel)
 	h.fake.FailNext(ioctl.ReqPreserveFD, unix.ENOSPC)
-	_, err = c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 0x50}})
+	_, err = c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, nil)), Token: 0x50}})
 	wantCode(t, err, CodeLimit)
 }
 
@@ -500,7 +500,7 @@ func TestFreeze(t *testing.T) {
 	mf := memfd(t, nil)
 	ops := map[string]func() error{
 		"Create":   func() error { _, _, err := c.Create(alice, "vm2", nil); return err },
-		"Preserve": func() error { _, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}}); return err },
+		"Preserve": func() error { _, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(mf), Token: 1}}); return err },
 		"Declare":  func() error { return c.Declare(alice, "vm", []FileDecl{{Token: 1}}) },
 		"Delete":   func() error { return c.Delete(alice, "vm") },
 		"Finish":   func() error { return c.Finish(alice, "vm") },
@@ -544,7 +544,7 @@ func TestFreeze(t *testing.T) {
 	if st := c.Snapshot(); st.Frozen || st.ManifestWritten {
 		t.Fatalf("snapshot %+v", st)
 	}
-	if _, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}}); err != nil {
+	if _, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(mf), Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -661,7 +661,7 @@ func TestFreezeWaitsInFlight(t *testing.T) {
 	mf := memfd(t, []byte("ram"))
 	preserved := make(chan error, 1)
 	go func() {
-		_, err := c.Preserve(alice, "vm", []PreserveFile{{File: mf, Token: 1}})
+		_, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(mf), Token: 1}})
 		preserved <- err
 	}()
 	<-bd.entered
@@ -703,7 +703,7 @@ func TestConcurrent(t *testing.T) {
 					return
 				}
 				dup.Close()
-				if _, err := c.Preserve(who, name, []PreserveFile{{File: memfd(t, []byte(name)), Token: 1}}); err != nil {
+				if _, err := c.Preserve(who, name, []PreserveFile{{FD: fdOf(memfd(t, []byte(name))), Token: 1}}); err != nil {
 					t.Error(err)
 				}
 				c.List(who)
@@ -735,7 +735,7 @@ func TestStates(t *testing.T) {
 	if _, err := h2.c.Recover(h2.handover(nil)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = h2.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, nil), Token: 1}})
+	_, err = h2.c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, nil)), Token: 1}})
 	wantCode(t, err, CodeBadRequest)
 	wantCode(t, h2.c.Declare(alice, "vm", []FileDecl{{Token: 1}}), CodeBadRequest)
 	// The incoming name is taken until the session is finished; a
@@ -767,7 +767,7 @@ func TestStates(t *testing.T) {
 func TestDeleteIncoming(t *testing.T) {
 	h := newHost(t, Config{})
 	mustCreate(t, h.c, alice, "vm")
-	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, []byte("ram")), Token: 1}}); err != nil {
+	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, []byte("ram"))), Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
 	h2, _ := h.kexec("", 1, Config{})
@@ -821,7 +821,7 @@ func TestHolds(t *testing.T) {
 func TestReclaimFailures(t *testing.T) {
 	h := newHost(t, Config{})
 	mustCreate(t, h.c, alice, "vm")
-	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, []byte("ram")), Token: 1}}); err != nil {
+	if _, err := h.c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, []byte("ram"))), Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
 	// Declared but never preserved.
@@ -869,5 +869,41 @@ func TestOverdue(t *testing.T) {
 	// Reported, never finished.
 	if st := h2.c.Snapshot(); st.Incoming != 2 {
 		t.Fatalf("snapshot %+v", st)
+	}
+}
+
+// TestCreateWithKeep: CreateWith hands luod's fd to Keep once the files
+// are in and while the session is still busy, so no Delete can come
+// between (the daemon stores the fd in systemd's fd store there); on a
+// refused file Keep is not called and nothing is left.
+func TestCreateWithKeep(t *testing.T) {
+	h := newHost(t, Config{})
+	var kept []string
+	var during error
+	keep := func(name string, f *os.File) {
+		kept = append(kept, name)
+		if f == nil {
+			t.Errorf("Keep of %s without a file", name)
+		}
+		during = h.c.Delete(alice, name) // unlocked but busy: refused
+	}
+	s, done, dup, err := h.c.CreateWith(alice, "vm", nil, []PreserveFile{{FD: fdOf(memfd(t, []byte("ram"))), Token: 1}}, CreateOptions{Keep: keep})
+	if err != nil || dup != nil || len(done) != 1 || done[0].Size != 3 || len(s.Files) != 1 {
+		t.Fatalf("CreateWith = %+v, %+v, %v, %v", s, done, dup, err)
+	}
+	wantCode(t, during, CodeBusy)
+	if len(kept) != 1 || kept[0] != "vm" {
+		t.Fatalf("Keep called for %v", kept)
+	}
+	_, _, _, err = h.c.CreateWith(alice, "vm-bad", nil, []PreserveFile{{FD: -1, Token: 1}}, CreateOptions{Keep: keep})
+	wantCode(t, err, CodeBadFD)
+	if len(kept) != 1 {
+		t.Fatalf("Keep called for a refused session: %v", kept)
+	}
+	if _, ok := h.kernelSession("vm-bad"); ok {
+		t.Fatal("the kernel kept vm-bad")
+	}
+	if _, err := h.c.Get(alice, "vm-bad"); err == nil {
+		t.Fatal("custody kept vm-bad")
 	}
 }

@@ -186,3 +186,13 @@ func mentions(t *testing.T, err error, parts ...string) {
 		}
 	}
 }
+
+// fdOf is f's descriptor for a PreserveFile, -1 for a nil or closed f.
+// f stays referenced by the test (memfd's cleanup), so it is not closed
+// under the number.
+func fdOf(f *os.File) int {
+	if f == nil {
+		return -1
+	}
+	return int(f.Fd())
+}

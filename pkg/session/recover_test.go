@@ -145,7 +145,7 @@ func TestRecover(t *testing.T) {
 			h := newHost(t, Config{Release: "7.1.0"})
 			mustCreate(t, h.c, alice, "vm-a")
 			mustCreate(t, h.c, bob, "vm-b")
-			if _, err := h.c.Preserve(alice, "vm-a", []PreserveFile{{File: memfd(t, []byte("a")), Token: 1}}); err != nil {
+			if _, err := h.c.Preserve(alice, "vm-a", []PreserveFile{{FD: fdOf(memfd(t, []byte("a"))), Token: 1}}); err != nil {
 				t.Fatal(err)
 			}
 			h2, in := tc.run(t, h)
@@ -219,7 +219,7 @@ func TestThousandSessions(t *testing.T) {
 		}
 		f := os.NewFile(uintptr(fd), name)
 		f.WriteString(name)
-		if _, err := c.Preserve(who, name, []PreserveFile{{File: f, Token: uint64(i), Label: "ram"}}); err != nil {
+		if _, err := c.Preserve(who, name, []PreserveFile{{FD: fdOf(f), Token: uint64(i), Label: "ram"}}); err != nil {
 			t.Fatal(err)
 		}
 		f.Close()
