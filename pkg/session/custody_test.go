@@ -601,7 +601,7 @@ func TestPrewriteManifest(t *testing.T) {
 	if _, err := c.PrewriteManifest(1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Preserve(alice, "vm", []PreserveFile{{File: memfd(t, []byte("ram")), Token: 7}}); err != nil {
+	if _, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, []byte("ram"))), Token: 7}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := h.kernelSession(ReservedName); ok {
