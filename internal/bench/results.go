@@ -50,8 +50,10 @@ type Retrieve struct {
 	// timed as luod is): RETRIEVE_SESSION, RETRIEVE_FD of every file and
 	// FINISH for every session, by internal/bench/directretrieve, pkg/ioctl
 	// used raw. MinimalStart is the same program's exec to READY=1 with
-	// nothing to retrieve, in the same boot: what a Go program's start
-	// costs there. Direct is its loop alone, without the start.
+	// nothing to retrieve, in the same boot, from a copy of the file so
+	// that it is a first run too (under TCG a first run translates the
+	// code): what a Go program's start costs there. Direct is its loop
+	// alone, without the start.
 	Minimal, MinimalStart, Direct time.Duration
 	// Ready is luod's exec to its READY=1 (every session of the manifest
 	// retrieved, RETRIEVE_SESSION, and in its custody); Reclaim is every
@@ -245,6 +247,7 @@ func (r *Results) Markdown() string {
 		"Both programs are started the same way (as a Type=notify service: `$NOTIFY_SOCKET`, output into a pipe) and timed the same way, from exec to their READY=1. "+
 		"Direct: a minimal Go program (internal/bench/directretrieve) makes RETRIEVE_SESSION, RETRIEVE_FD of each file and FINISH for every session, then READY=1; "+
 		"its start alone is the same program with nothing to retrieve, its loop alone is timed inside it. "+
+		"Each of the three runs is the first of its binary in that boot (the start alone runs from a copy): under TCG a binary's first run pays the translation of its code, and a second run of the same file would not. "+
 		"luod: READY=1 once recovered (handover decoded, manifest read, every session retrieved with RETRIEVE_SESSION and in custody); "+
 		"its files are retrieved when a workload reclaims them: reclaim is every session reclaimed with finish by reclaim_sessions, as many a request as %d fds allow. "+
 		"(b) is luod's exec → READY over the direct program's exec → READY; end to end adds luod's reclaim, the same kernel work as the direct program's. "+
