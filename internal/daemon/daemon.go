@@ -333,10 +333,10 @@ type bootInfo struct {
 
 func readBootInfo() bootInfo {
 	var b bootInfo
-	if r, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+	if r, err := readFile("/proc/sys/kernel/osrelease"); err == nil {
 		b.release = strings.TrimSpace(string(r))
 	}
-	if r, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+	if r, err := readFile("/proc/sys/kernel/random/boot_id"); err == nil {
 		b.bootID = strings.TrimSpace(string(r))
 	}
 	return b
