@@ -115,7 +115,6 @@ func main() {
 		notifier.RemoveFD(f.Name())
 		f.Close()
 	}
-	cfg.Ready = func(status string) { notifier.Ready(status) }
 	cfg.Status = func(status string) { notifier.Status(status) }
 
 	m, err := strconv.ParseUint(*sockMode, 8, 32)
@@ -141,9 +140,16 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	// The metrics are not needed to recover: luod registers its own once
+	// READY, and client_golang's Go and process collectors are built then
+	// too, not before READY in the pause of a live update. The endpoint
+	// listens from the start; a scrape before READY finds nothing yet.
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.Registerer = reg
+	cfg.Ready = func(status string) {
+		notifier.Ready(status)
+		go registerProcessMetrics(cfg.Log, reg)
+	}
 	go func() {
 		// A metrics endpoint that cannot listen is reported, not fatal:
 		// luod exiting would drop every session it holds.
@@ -163,6 +169,17 @@ func main() {
 	if err != nil {
 		cfg.Log.Error("luod failed", "err", err)
 		os.Exit(1)
+	}
+}
+
+// registerProcessMetrics adds client_golang's Go and process collectors
+// (go_*, process_*) to reg. A failure is reported, not fatal: luod exiting
+// would drop every session it holds.
+func registerProcessMetrics(log *slog.Logger, reg *prometheus.Registry) {
+	for _, c := range []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := reg.Register(c); err != nil {
+			log.Warn("a metrics collector could not be registered", "err", err)
+		}
 	}
 }
 

@@ -16,9 +16,9 @@ func TestVerdicts(t *testing.T) {
 			{Sessions: 1000, Files: 1, FileSize: 1 << 20, Direct: 1000 * ms, Luod: 1200 * ms, RSSKiB: 15000},
 		},
 		Retrieve: []Retrieve{
-			{Sessions: 10, Files: 10, Direct: 10 * ms, Ready: 5 * ms, Reclaim: 5 * ms},
-			{Sessions: 100, Files: 10, Direct: 100 * ms, Ready: 100 * ms, Reclaim: 60 * ms},
-			{Sessions: 1000, Files: 10, Direct: 1000 * ms, Ready: 500 * ms, Reclaim: 600 * ms, RSSKiB: 30000},
+			{Sessions: 10, Files: 10, Minimal: 12 * ms, Direct: 10 * ms, Ready: 5 * ms, Reclaim: 5 * ms},
+			{Sessions: 100, Files: 10, MinimalStart: 40 * ms, Minimal: 100 * ms, Direct: 50 * ms, Ready: 160 * ms, Reclaim: 60 * ms},
+			{Sessions: 1000, Files: 10, Minimal: 1000 * ms, Direct: 900 * ms, Ready: 500 * ms, Reclaim: 600 * ms, RSSKiB: 30000},
 		},
 		Blackout: []Blackout{{SinceReady: 5 * ms, Sync: 4 * ms}},
 	}
@@ -35,12 +35,22 @@ func TestVerdicts(t *testing.T) {
 		}
 	}
 	md := r.Markdown()
-	for _, s := range []string{"| 1000 × 1 | 1 MiB | 1000.00 | 1200.00 | 1.20× |", "| 100 × 10 |", "1.60×"} {
+	for _, s := range []string{"| 1000 × 1 | 1 MiB | 1000.00 | 1200.00 | 1.20× |",
+		"| 100 × 10 | 0 B | 40.00 | 100.00 | 50.00 | 160.00 | 1.60× | 60.00 | 220.00 | 2.20× |",
+		"1.60× (end to end, READY + reclaim: 2.20×)", "a Go program's start alone: up to 40.00 ms"} {
 		if !strings.Contains(md, s) {
 			t.Errorf("report lacks %q:\n%s", s, md)
 		}
 	}
 	if v := (&Results{}).Verdicts(); v[0].Met {
 		t.Error("a target with nothing measured is met")
+	}
+	// (b) without the direct program's figure is not met, however fast
+	// luod was.
+	r.Retrieve[1].Minimal, r.Retrieve[1].Ready = 0, ms
+	for _, v := range r.Verdicts() {
+		if strings.HasPrefix(v.Target, "(b)") && v.Met {
+			t.Errorf("%s met with no direct figure (%s)", v.Target, v.Measured)
+		}
 	}
 }

@@ -101,7 +101,8 @@ type Config struct {
 	// does not run under systemd.
 	Manager Manager
 
-	// Registerer receives luod's metrics (pkg/metrics); nil for none.
+	// Registerer receives luod's metrics (pkg/metrics), once luod is READY
+	// (Serve, before its first client); nil for none.
 	Registerer prometheus.Registerer
 	// FaultRebootFails is a test-only switch: the first FaultRebootFails
 	// reboot calls fail with EIO instead of reaching the kernel, to prove
@@ -198,7 +199,9 @@ type Daemon struct {
 	rec  recovery
 	next uint64 // liveupdate number the next kernel will report; see setRecovery
 
-	metrics *metrics.Metrics // nil-safe: nil when Config.Registerer is
+	metrics *metrics.Metrics // nil-safe: nil when Config.Registerer is; set by startMetrics
+	// recoveryTime is how long New's recovery took (for the metrics).
+	recoveryTime time.Duration
 
 	beat atomic.Int64 // unix nanos of the last heartbeat, see Healthy
 
@@ -267,19 +270,27 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		dev.Close()
 		return nil, err
 	}
-	recovery := time.Since(t0)
-	if cfg.Registerer != nil {
-		m, err := metrics.New(cfg.Registerer, metrics.SourceFunc(d.metricsSnapshot),
-			metrics.BuildInfo{Version: strings.TrimPrefix(Version, "luod ")})
-		if err != nil {
-			d.custody.Close()
-			dev.Close()
-			return nil, err
-		}
-		d.metrics = m
-		m.ObserveRecovery(recovery)
-	}
+	d.recoveryTime = time.Since(t0)
 	return d, nil
+}
+
+// startMetrics makes luod's metrics, once it is READY: nothing in them is
+// needed to recover, and under TCG building them cost milliseconds of the
+// pause. Serve calls it before it accepts the first client, so that every
+// request finds them. A failure is logged, not fatal: luod exiting would
+// drop every session it holds.
+func (d *Daemon) startMetrics() {
+	if d.cfg.Registerer == nil {
+		return
+	}
+	m, err := metrics.New(d.cfg.Registerer, metrics.SourceFunc(d.metricsSnapshot),
+		metrics.BuildInfo{Version: strings.TrimPrefix(Version, "luod ")})
+	if err != nil {
+		d.log.Error("luod's metrics could not be registered; serving without them", "err", err)
+		return
+	}
+	m.ObserveRecovery(d.recoveryTime)
+	d.metrics = m
 }
 
 // openDevice opens /dev/liveupdate, retrying with backoff while another
@@ -329,10 +340,10 @@ type bootInfo struct {
 
 func readBootInfo() bootInfo {
 	var b bootInfo
-	if r, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+	if r, err := readFile("/proc/sys/kernel/osrelease"); err == nil {
 		b.release = strings.TrimSpace(string(r))
 	}
-	if r, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+	if r, err := readFile("/proc/sys/kernel/random/boot_id"); err == nil {
 		b.bootID = strings.TrimSpace(string(r))
 	}
 	return b

@@ -179,7 +179,7 @@ type bootState struct {
 func (d *Daemon) bootStatePath() string { return filepath.Join(d.cfg.StateDir, "boot.json") }
 
 func (d *Daemon) loadBootState() (*bootState, bool) {
-	b, err := os.ReadFile(d.bootStatePath())
+	b, err := readFile(d.bootStatePath())
 	if err != nil {
 		return nil, false
 	}
@@ -196,7 +196,7 @@ func (d *Daemon) saveBootState() {
 	}
 	b, _ := json.MarshalIndent(bootState{BootID: d.boot.bootID, Continuity: d.rec.continuity, Got: d.rec.got,
 		Expected: d.rec.expected, PreviousRelease: d.rec.previousRelease, Lost: d.rec.lost}, "", "  ")
-	if err := os.WriteFile(d.bootStatePath(), b, 0o644); err != nil {
+	if err := writeFile(d.bootStatePath(), b, 0o644); err != nil {
 		d.log.Warn("cannot record that this boot's handover was taken over", "file", d.bootStatePath(), "err", err)
 	}
 }

@@ -301,7 +301,7 @@ func (d *Daemon) expectedNext() uint64 { return d.next }
 func (d *Daemon) setRecovery(r recovery) {
 	d.rec = r
 	d.next = r.got + 1
-	if b, err := os.ReadFile(d.cfg.KHOOutLUO); err == nil {
+	if b, err := readFile(d.cfg.KHOOutLUO); err == nil {
 		if l, err := kho.DecodeLUO(b); err == nil {
 			d.next = l.LiveUpdateNumber
 		}

@@ -60,6 +60,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if d.cfg.Ready != nil {
 		d.cfg.Ready(d.statusLine())
 	}
+	d.startMetrics()
 
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, d.cfg.MaxConnections)

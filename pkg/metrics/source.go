@@ -85,67 +85,80 @@ var (
 
 func fqName(subsystem, name string) string { return prometheus.BuildFQName(Namespace, subsystem, name) }
 
-// Descriptions of the live-state metrics.
-var (
-	buildInfoDesc = prometheus.NewDesc(fqName("", "build_info"),
-		"A metric with a constant value of 1 labeled by the version, Go version and revision luod was built from.",
-		[]string{"version", "goversion", "revision"}, nil)
-	continuityDesc = prometheus.NewDesc(fqName("boot", "continuity"),
-		"Whether this boot continues the last one as recovery found: 1 for the current verdict (ok, mismatch, cold_boot, no_manifest, fresh), 0 for the others and for all while recovery runs.",
-		[]string{"continuity"}, nil)
-	liveUpdateNumberDesc = prometheus.NewDesc(fqName("boot", "liveupdate_number"),
-		"The liveupdate number this boot's kernel reported: live updates since the last cold boot.",
-		nil, nil)
-	sessionsDesc = prometheus.NewDesc(fqName("", "sessions"),
-		"Sessions luod holds, by state (open, incoming, claimed, finished).",
-		[]string{"state"}, nil)
-	sessionFilesDesc = prometheus.NewDesc(fqName("session", "files"),
-		"Preserved files of the sessions luod holds, by the state of their session.",
-		[]string{"state"}, nil)
-	preservedBytesDesc = prometheus.NewDesc(fqName("", "preserved_bytes"),
-		"Total size of the files of open, incoming and claimed sessions: the memory a live update carries.",
-		nil, nil)
-	clientsConnectedDesc = prometheus.NewDesc(fqName("clients", "connected"),
-		"Client connections open on luod's socket.",
-		nil, nil)
-	clientsSubscribedDesc = prometheus.NewDesc(fqName("clients", "subscribed"),
-		"Client connections subscribed to upgrade events, which the next barrier waits for.",
-		nil, nil)
-	sessionsLostDesc = prometheus.NewDesc(fqName("sessions", "lost"),
-		"Sessions of the previous boot that this boot could not give back.",
-		nil, nil)
-	sessionLostInfoDesc = prometheus.NewDesc(fqName("session", "lost_info"),
-		"A metric with a constant value of 1 per session of the previous boot that this boot could not give back, labeled by its name and owner's uid (luoctl status lists them too).",
-		[]string{"session", "uid"}, nil)
-	unclaimedOverdueDesc = prometheus.NewDesc(fqName("sessions", "unclaimed_overdue"),
-		"Sessions handed over by the live update and still unclaimed by their owners after the reclaim grace period.",
-		nil, nil)
-	upgradePhaseDesc = prometheus.NewDesc(fqName("upgrade", "phase"),
-		"The phase of the upgrade in progress: 1 for the current phase (barrier, manifest, reboot), 0 for the others and for all when no upgrade runs.",
-		[]string{"phase"}, nil)
-	kernelLoadedDesc = prometheus.NewDesc(fqName("kexec", "kernel_loaded"),
-		"Whether a kernel is loaded for the next live update (1) or not (0).",
-		nil, nil)
-)
+// descs describe the live-state metrics. They are built by New, not at
+// package init: luod's start runs every package's init before main, in
+// the pause of a live update, and nothing here is needed to recover.
+type descs struct {
+	buildInfoDesc, continuityDesc, liveUpdateNumberDesc         *prometheus.Desc
+	sessionsDesc, sessionFilesDesc, preservedBytesDesc          *prometheus.Desc
+	clientsConnectedDesc, clientsSubscribedDesc                 *prometheus.Desc
+	sessionsLostDesc, sessionLostInfoDesc, unclaimedOverdueDesc *prometheus.Desc
+	upgradePhaseDesc, kernelLoadedDesc                          *prometheus.Desc
+}
+
+func newDescs() descs {
+	return descs{
+		buildInfoDesc: prometheus.NewDesc(fqName("", "build_info"),
+			"A metric with a constant value of 1 labeled by the version, Go version and revision luod was built from.",
+			[]string{"version", "goversion", "revision"}, nil),
+		continuityDesc: prometheus.NewDesc(fqName("boot", "continuity"),
+			"Whether this boot continues the last one as recovery found: 1 for the current verdict (ok, mismatch, cold_boot, no_manifest, fresh), 0 for the others and for all while recovery runs.",
+			[]string{"continuity"}, nil),
+		liveUpdateNumberDesc: prometheus.NewDesc(fqName("boot", "liveupdate_number"),
+			"The liveupdate number this boot's kernel reported: live updates since the last cold boot.",
+			nil, nil),
+		sessionsDesc: prometheus.NewDesc(fqName("", "sessions"),
+			"Sessions luod holds, by state (open, incoming, claimed, finished).",
+			[]string{"state"}, nil),
+		sessionFilesDesc: prometheus.NewDesc(fqName("session", "files"),
+			"Preserved files of the sessions luod holds, by the state of their session.",
+			[]string{"state"}, nil),
+		preservedBytesDesc: prometheus.NewDesc(fqName("", "preserved_bytes"),
+			"Total size of the files of open, incoming and claimed sessions: the memory a live update carries.",
+			nil, nil),
+		clientsConnectedDesc: prometheus.NewDesc(fqName("clients", "connected"),
+			"Client connections open on luod's socket.",
+			nil, nil),
+		clientsSubscribedDesc: prometheus.NewDesc(fqName("clients", "subscribed"),
+			"Client connections subscribed to upgrade events, which the next barrier waits for.",
+			nil, nil),
+		sessionsLostDesc: prometheus.NewDesc(fqName("sessions", "lost"),
+			"Sessions of the previous boot that this boot could not give back.",
+			nil, nil),
+		sessionLostInfoDesc: prometheus.NewDesc(fqName("session", "lost_info"),
+			"A metric with a constant value of 1 per session of the previous boot that this boot could not give back, labeled by its name and owner's uid (luoctl status lists them too).",
+			[]string{"session", "uid"}, nil),
+		unclaimedOverdueDesc: prometheus.NewDesc(fqName("sessions", "unclaimed_overdue"),
+			"Sessions handed over by the live update and still unclaimed by their owners after the reclaim grace period.",
+			nil, nil),
+		upgradePhaseDesc: prometheus.NewDesc(fqName("upgrade", "phase"),
+			"The phase of the upgrade in progress: 1 for the current phase (barrier, manifest, reboot), 0 for the others and for all when no upgrade runs.",
+			[]string{"phase"}, nil),
+		kernelLoadedDesc: prometheus.NewDesc(fqName("kexec", "kernel_loaded"),
+			"Whether a kernel is loaded for the next live update (1) or not (0).",
+			nil, nil),
+	}
+}
 
 // collector is everything New registers, as one prometheus.Collector: the
 // live state read from src at scrape time, and the event metrics.
 type collector struct {
+	descs
 	src    Source
 	build  BuildInfo
 	events []prometheus.Collector
 }
 
 func newCollector(src Source, build BuildInfo, events []prometheus.Collector) *collector {
-	return &collector{src: src, build: build, events: events}
+	return &collector{descs: newDescs(), src: src, build: build, events: events}
 }
 
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		buildInfoDesc, continuityDesc, liveUpdateNumberDesc, sessionsDesc, sessionFilesDesc,
-		preservedBytesDesc, clientsConnectedDesc, clientsSubscribedDesc, sessionsLostDesc,
-		sessionLostInfoDesc, unclaimedOverdueDesc, upgradePhaseDesc, kernelLoadedDesc,
+		c.buildInfoDesc, c.continuityDesc, c.liveUpdateNumberDesc, c.sessionsDesc, c.sessionFilesDesc,
+		c.preservedBytesDesc, c.clientsConnectedDesc, c.clientsSubscribedDesc, c.sessionsLostDesc,
+		c.sessionLostInfoDesc, c.unclaimedOverdueDesc, c.upgradePhaseDesc, c.kernelLoadedDesc,
 	} {
 		ch <- d
 	}
@@ -157,26 +170,26 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	b := c.build
-	ch <- prometheus.MustNewConstMetric(buildInfoDesc, prometheus.GaugeValue, 1, b.Version, b.GoVersion, b.Revision)
+	ch <- prometheus.MustNewConstMetric(c.buildInfoDesc, prometheus.GaugeValue, 1, b.Version, b.GoVersion, b.Revision)
 
 	s := c.src.Snapshot()
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	stateSet(ch, continuityDesc, continuities, s.Continuity)
-	gauge(liveUpdateNumberDesc, float64(s.LiveUpdateNumber))
-	byState(ch, sessionsDesc, s.SessionsByState)
-	byState(ch, sessionFilesDesc, s.FilesByState)
-	gauge(preservedBytesDesc, float64(s.PreservedBytes))
-	gauge(clientsConnectedDesc, float64(s.ConnectedClients))
-	gauge(clientsSubscribedDesc, float64(s.SubscribedClients))
-	gauge(sessionsLostDesc, float64(len(s.Lost)))
+	stateSet(ch, c.continuityDesc, continuities, s.Continuity)
+	gauge(c.liveUpdateNumberDesc, float64(s.LiveUpdateNumber))
+	byState(ch, c.sessionsDesc, s.SessionsByState)
+	byState(ch, c.sessionFilesDesc, s.FilesByState)
+	gauge(c.preservedBytesDesc, float64(s.PreservedBytes))
+	gauge(c.clientsConnectedDesc, float64(s.ConnectedClients))
+	gauge(c.clientsSubscribedDesc, float64(s.SubscribedClients))
+	gauge(c.sessionsLostDesc, float64(len(s.Lost)))
 	for _, l := range s.Lost {
-		gauge(sessionLostInfoDesc, 1, l.Name, strconv.FormatUint(uint64(l.UID), 10))
+		gauge(c.sessionLostInfoDesc, 1, l.Name, strconv.FormatUint(uint64(l.UID), 10))
 	}
-	gauge(unclaimedOverdueDesc, float64(s.UnclaimedOverdue))
-	stateSet(ch, upgradePhaseDesc, phases, s.UpgradePhase)
-	gauge(kernelLoadedDesc, boolValue(s.KernelLoaded))
+	gauge(c.unclaimedOverdueDesc, float64(s.UnclaimedOverdue))
+	stateSet(ch, c.upgradePhaseDesc, phases, s.UpgradePhase)
+	gauge(c.kernelLoadedDesc, boolValue(s.KernelLoaded))
 
 	for _, e := range c.events {
 		e.Collect(ch)
