@@ -22,7 +22,7 @@ import (
 // Targets of issue #5, checked by Results.Verdicts.
 const (
 	TargetPreserveRatio = 1.3                  // (a) luod / direct, 1000 memfds of 1 MiB
-	TargetRetrieveRatio = 1.5                  // (b) luod exec..READY / the direct program's exec..READY, 100 sessions × 10 fds
+	TargetRetrieveRatio = 1.5                  // (b) luod exec..READY + reclaim / the direct program's exec..READY, 100 sessions × 10 fds
 	TargetBlackout      = 2 * time.Millisecond // (c) each, sync apart
 	TargetRSSKiB        = 20 << 10             // (d) at 1000 sessions
 	TargetGrowth        = 1.5                  // (e) time per session at 1000 / at 10
@@ -34,7 +34,10 @@ const (
 type Preserve struct {
 	Sessions, Files int
 	FileSize        int64
-	Direct, Luod    time.Duration
+	// Luod is through luod batched as the protocol allows
+	// (create_sessions); OneByOne is one create_session request a
+	// session (zero for one session).
+	Direct, Luod, OneByOne time.Duration
 	// RSSKiB is luod's VmRSS holding these sessions.
 	RSSKiB int64
 }
@@ -151,14 +154,18 @@ func (r *Results) Verdicts() []Verdict {
 			re = append(re, ratio(x.Luod(), x.Minimal))
 		}
 	}
-	w, ok = worst(rr)
-	we, _ := worst(re)
+	// Judged end to end: luod's READY comes before any file is retrieved
+	// (a workload's reclaim retrieves them), while the direct program's
+	// READY comes after every RETRIEVE_FD; only READY + reclaim has the
+	// same kernel work on both sides.
+	w, ok = worst(re)
+	wr, _ := worst(rr)
 	// A ratio of 0 has no direct figure under it: not a pass.
-	if slices.Contains(rr, 0) {
+	if slices.Contains(re, 0) {
 		ok = false
 	}
-	out = append(out, Verdict{fmt.Sprintf("(b) retrieve 100 × 10: luod exec → READY / direct program exec → READY ≤ %.1f×", TargetRetrieveRatio),
-		fmt.Sprintf("%.2f× (end to end, READY + reclaim: %.2f×)", w, we), ok && w <= TargetRetrieveRatio})
+	out = append(out, Verdict{fmt.Sprintf("(b) retrieve 100 × 10: luod exec → READY + reclaim / direct program exec → READY ≤ %.1f×", TargetRetrieveRatio),
+		fmt.Sprintf("%.2f× (luod's exec → READY alone, its files not yet retrieved: %.2f×)", w, wr), ok && w <= TargetRetrieveRatio})
 
 	var bl []float64
 	for _, b := range r.Blackout {
@@ -235,11 +242,17 @@ func (r *Results) Markdown() string {
 	}
 
 	p("\n### (a), (d), (e) Preserve: sessions created and memfds preserved\n\n")
-	p("Direct: CREATE_SESSION and PRESERVE_FD on /dev/liveupdate. luod: `CreateSessionWithFiles` over the socket (the files ride with create_session, up to %d fds a message, more as preserve requests), luod doing the ioctls.\n\n", proto.MaxFDs)
-	p("| sessions × files | file size | direct ms | luod ms | luod/direct | luod per session µs | luod RSS MiB |\n|---|---|---|---|---|---|---|\n")
+	p("Direct: CREATE_SESSION and PRESERVE_FD on /dev/liveupdate, one process. luod batched: `CreateSessions` over the socket "+
+		"(create_sessions: up to %d sessions and %d fds a request; a session of more files goes by create_session and preserve), luod doing the ioctls; (a) is judged on it. "+
+		"luod one by one: one `CreateSessionWithFiles` request a session, as independent workloads would each ask.\n\n", proto.MaxCreateSessions, proto.MaxFDs)
+	p("| sessions × files | file size | direct ms | luod batched ms | luod/direct | luod one by one ms | one by one/direct | luod per session µs | luod RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Preserve {
-		p("| %d × %d | %s | %s | %s | %.2f× | %.0f | %.1f |\n", x.Sessions, x.Files, size(x.FileSize), ms(x.Direct), ms(x.Luod),
-			ratio(x.Luod, x.Direct), float64(x.Luod)/float64(x.Sessions)/float64(time.Microsecond), float64(x.RSSKiB)/1024)
+		one, oneRatio := "–", "–"
+		if x.OneByOne > 0 {
+			one, oneRatio = ms(x.OneByOne), fmt.Sprintf("%.2f×", ratio(x.OneByOne, x.Direct))
+		}
+		p("| %d × %d | %s | %s | %s | %.2f× | %s | %s | %.0f | %.1f |\n", x.Sessions, x.Files, size(x.FileSize), ms(x.Direct), ms(x.Luod),
+			ratio(x.Luod, x.Direct), one, oneRatio, float64(x.Luod)/float64(x.Sessions)/float64(time.Microsecond), float64(x.RSSKiB)/1024)
 	}
 
 	p("\n### (b), (c), (d), (e) Retrieve after the kexec\n\n")
@@ -250,9 +263,9 @@ func (r *Results) Markdown() string {
 		"Each of the three runs is the first of its binary in that boot (the start alone runs from a copy): under TCG a binary's first run pays the translation of its code, and a second run of the same file would not. "+
 		"luod: READY=1 once recovered (handover decoded, manifest read, every session retrieved with RETRIEVE_SESSION and in custody); "+
 		"its files are retrieved when a workload reclaims them: reclaim is every session reclaimed with finish by reclaim_sessions, as many a request as %d fds allow. "+
-		"(b) is luod's exec → READY over the direct program's exec → READY; end to end adds luod's reclaim, the same kernel work as the direct program's. "+
+		"(b) is judged end to end, luod's exec → READY plus its reclaim (the same kernel work as the direct program's) over the direct program's exec → READY; luod's READY alone, before any file is retrieved, is shown beside it. "+
 		"Every file of both was checked byte-exact by the bench (the direct program hands its fds back over the socket).\n\n", proto.MaxFDs)
-	p("| kernel | sessions × files | file size | direct: start alone ms | direct: exec → READY ms | direct: loop alone ms | luod exec → READY ms | (b) luod READY / direct | luod reclaim ms | luod end to end ms | end to end / direct | luod per session µs | luod RSS MiB | files verified |\n")
+	p("| kernel | sessions × files | file size | direct: start alone ms | direct: exec → READY ms | direct: loop alone ms | luod exec → READY ms | luod READY alone / direct | luod reclaim ms | luod end to end ms | (b) end to end / direct | luod per session µs | luod RSS MiB | files verified |\n")
 	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Retrieve {
 		p("| %s | %d × %d | %s | %s | %s | %s | %s | %.2f× | %s | %s | %.2f× | %.0f | %.1f | %d |\n", x.Release, x.Sessions, x.Files, size(x.FileSize),
