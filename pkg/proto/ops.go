@@ -90,11 +90,7 @@ type CreateSessionsArgs struct {
 
 // SessionToCreate is one session of CreateSessionsArgs: the
 // CreateSessionArgs of one create_session.
-type SessionToCreate struct {
-	Name   string            `json:"name"`
-	Labels map[string]string `json:"labels,omitempty"`
-	Files  []FileSpec        `json:"files,omitempty"`
-}
+type SessionToCreate = CreateSessionArgs
 
 // CreateSessionsResult is the result of OpCreateSessions: one entry per
 // session of the request, in request order. The response carries no fd:
