@@ -244,7 +244,8 @@ func TestCheckInitrd(t *testing.T) {
 	main := cpioArchive(map[string]string{"init": strings.Repeat("#!/bin/sh\n", 5000), "bin/x": "x"})
 	early := cpioArchive(map[string]string{"kernel/x86/microcode/GenuineIntel.bin": "ucode"})
 	gz := gzipped(main)
-	zstdMagic := []byte{0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3}
+	zstdCut := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x20, 0, 0x00} // a frame header, a block that says more follow
+	xzMagic := []byte{0xfd, '7', 'z', 'X', 'Z', 0, 1, 2}
 	for _, tc := range []struct {
 		name string
 		b    []byte
@@ -254,7 +255,8 @@ func TestCheckInitrd(t *testing.T) {
 		{name: "plain cpio", b: main},
 		{name: "gzip cpio", b: gz},
 		{name: "early cpio, padding, gzip", b: append(append(append([]byte{}, early...), 0, 0, 0, 0), gz...)},
-		{name: "zstd named, not verified", b: append(append([]byte{}, early...), zstdMagic...), note: "zstd-compressed part not verified"},
+		{name: "xz named, not verified", b: append(append([]byte{}, early...), xzMagic...), note: "xz-compressed part not verified"},
+		{name: "zstd cut short", b: append(append([]byte{}, early...), zstdCut...), want: "truncated: the zstd frame ends early"},
 		{name: "empty", b: nil, want: "is empty"},
 		{name: "zeros only", b: make([]byte, 512), want: "no cpio archive"},
 		{name: "truncated gzip", b: gz[:len(gz)/2], want: "truncated"},

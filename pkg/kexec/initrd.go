@@ -15,7 +15,8 @@ import (
 var ErrBadInitrd = errors.New("initrd the new kernel could not unpack")
 
 // compressions the kernel's initramfs unpacker recognizes by magic
-// (lib/decompress.c); luod verifies gzip whole and names the others.
+// (lib/decompress.c); luod verifies gzip whole, walks zstd frames and
+// names the others.
 var compressions = []struct {
 	magic []byte
 	name  string
@@ -35,8 +36,9 @@ var compressions = []struct {
 // that boots with an initrd it cannot unpack has no /init and panics, and
 // every preserved session is gone with it; kexec_file_load itself never
 // looks inside. gzip streams are decompressed and checked whole (CRC and
-// length included); another compression is reported in the returned note,
-// and what follows it is not checked.
+// length included); zstd frames (Debian's default) are walked block by
+// block without decompressing (verifyZstd); another compression is
+// reported in the returned note, and what follows it is not checked.
 func verifyInitrd(r io.Reader) (note string, err error) {
 	br := bufio.NewReader(r)
 	archives, err := walkArchives(br, func(byte) (bool, error) {
@@ -53,8 +55,10 @@ func verifyInitrd(r io.Reader) (note string, err error) {
 			return false, fmt.Errorf("%w: invalid magic %q at the start of an archive", ErrBadInitrd, head)
 		case "gzip":
 			return false, verifyGzip(br)
+		case "zstd":
+			return false, verifyZstd(br)
 		}
-		note = fmt.Sprintf("%s-compressed part not verified (luod checks gzip and plain cpio)", name)
+		note = fmt.Sprintf("%s-compressed part not verified (luod checks gzip, zstd frames and plain cpio)", name)
 		return true, nil
 	})
 	switch {
