@@ -114,3 +114,23 @@ func TestVerifyZstdHeaders(t *testing.T) {
 		}
 	}
 }
+
+// FuzzVerifyInitrd feeds the initrd walker arbitrary bytes (seeded with
+// cpio, gzip and the zstd files): it must never panic, and whatever it
+// refuses it refuses as ErrBadInitrd.
+func FuzzVerifyInitrd(f *testing.F) {
+	main := cpioArchive(map[string]string{"init": "#!/bin/sh\n"})
+	f.Add(main)
+	f.Add(gzipped(main))
+	paths, _ := filepath.Glob("testdata/zstd/*.zst")
+	for _, p := range paths {
+		if b, err := os.ReadFile(p); err == nil && len(b) < 4096 {
+			f.Add(append(append([]byte{}, main...), b...))
+		}
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if _, err := verifyInitrd(bytes.NewReader(b)); err != nil && !errors.Is(err, ErrBadInitrd) {
+			t.Fatalf("verifyInitrd: %v, not ErrBadInitrd", err)
+		}
+	})
+}
