@@ -362,7 +362,7 @@ func faultsBeforeKexec(t *testing.T, e env) {
 	})
 
 	step("load_refused", func(t *testing.T) {
-		reliability(t, "kexec_file_load refused: truncated initrd, kernel over 256 MiB, initrd over 2 GiB",
+		reliability(t, "kexec_file_load refused: truncated initrd (gzip, zstd), kernel over 256 MiB, initrd over 2 GiB",
 			"VM: luoctl load of each, with sessions held",
 			"preflight_failed naming the file and the reason; nothing loaded; every session intact (sizes)")
 		before := sessionSizes(t)
@@ -390,6 +390,11 @@ func faultsBeforeKexec(t *testing.T, e env) {
 		}
 		for _, tc := range []struct{ kernel, initrd, named, why string }{
 			{kernel, write("initrd-truncated.img", initrd[:len(initrd)/2], 0), "initrd-truncated.img", "truncated"},
+			// The whole initrd, then a zstd frame (Debian's default
+			// compression) cut short: its block says 1000 bytes, 10 follow.
+			{kernel, write("initrd-zstd-cut.img", append(append([]byte{}, initrd...),
+				0x28, 0xb5, 0x2f, 0xfd, 0x20, 0, 0x45, 0x1f, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9), 0),
+				"initrd-zstd-cut.img", "the zstd frame ends early"},
 			{write("vmlinuz-huge", kb, kexec.MaxKernelSize+1), "", "vmlinuz-huge", "over luod's limit"},
 			{kernel, write("initrd-huge.img", initrd[:4096], kexec.MaxInitrdSize+1), "initrd-huge.img", "over luod's limit"},
 		} {
