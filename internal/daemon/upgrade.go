@@ -145,8 +145,9 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		return nil, proto.Errorf(proto.CodeAborted, "upgrade %s aborted: %s", id, why)
 	}
 
-	// Manifest: freeze the custody, write the manifest into luod's own
-	// session, keep a readable copy, sync.
+	// Manifest: freeze the custody and keep the manifest written before
+	// the barrier if no session changed since, else write it (luod's own
+	// session and the readable copy) anew; sync.
 	progress(proto.PhaseManifest)
 	t0 = time.Now()
 	w, unfreeze, err := d.writeManifest()
