@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -100,22 +99,6 @@ func (n Notifier) WatchdogLoop(ctx context.Context, healthy func() bool) error {
 			return err
 		}
 	}
-}
-
-// fdStoreMax returns FileDescriptorStoreMax= of the unit, which systemd
-// 254 and later export as $FDSTORE when it is not 0. known is false
-// without the variable: either the store is off or systemd is older and
-// does not say (252 does not). luod does not use it yet.
-func (Notifier) fdStoreMax() (n int, known bool) {
-	v := os.Getenv("FDSTORE")
-	if v == "" {
-		return 0, false
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 {
-		return 0, false
-	}
-	return n, true
 }
 
 // StoreFD puts a duplicate of f into systemd's fd store under name

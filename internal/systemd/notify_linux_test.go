@@ -306,19 +306,6 @@ func TestWatchdogLoop(t *testing.T) {
 	}
 }
 
-func TestFDStoreMax(t *testing.T) {
-	var n Notifier
-	for v, want := range map[string]struct {
-		n  int
-		ok bool
-	}{"": {0, false}, "4096": {4096, true}, "x": {0, false}, "-1": {0, false}} {
-		t.Setenv("FDSTORE", v)
-		if got, ok := n.fdStoreMax(); got != want.n || ok != want.ok {
-			t.Errorf("FDSTORE=%q: fdStoreMax() = %d, %v; want %d, %v", v, got, ok, want.n, want.ok)
-		}
-	}
-}
-
 // openFDs counts this process's open fds.
 func openFDs(t *testing.T) int {
 	t.Helper()

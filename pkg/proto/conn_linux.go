@@ -330,12 +330,6 @@ func parseControl(oob []byte) (fds []int, cred *unix.Ucred) {
 	return fds, cred
 }
 
-func closeFiles(files []*os.File) {
-	for _, f := range files {
-		f.Close()
-	}
-}
-
 // Listener accepts protocol connections with SO_PASSCRED enabled, so that
 // every packet read from them carries its sender's credentials.
 type Listener struct {

@@ -346,3 +346,9 @@ func TestFileListener(t *testing.T) {
 		t.Errorf("FileListener(memfd) = %v", err)
 	}
 }
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
