@@ -379,13 +379,14 @@ func (d *Daemon) createSessions(caller session.Caller, cred *unix.Ucred, a proto
 	if len(created) > 0 {
 		d.changed(created...)
 	}
-	if refused == 0 {
-		d.log.Info("sessions created", "sessions", len(created), "first", created[0], "last", created[len(created)-1],
-			"uid", caller.UID, "pid", cred.Pid, "files", nfiles, "bytes", bytes)
-	} else {
-		d.log.Info("sessions created", "sessions", len(created), "refused", refused, "first_refusal", firstErr,
-			"uid", caller.UID, "pid", cred.Pid, "files", nfiles, "bytes", bytes)
+	attrs := []any{"sessions", len(created), "uid", caller.UID, "pid", cred.Pid, "files", nfiles, "bytes", bytes}
+	if len(created) > 0 {
+		attrs = append(attrs, "first", created[0], "last", created[len(created)-1])
 	}
+	if refused > 0 {
+		attrs = append(attrs, "refused", refused, "first_refusal", firstErr)
+	}
+	d.log.Info("sessions created", attrs...)
 	fitAnswer(res)
 	return res
 }

@@ -128,8 +128,12 @@ func (d *Daemon) recover() error {
 		d.unstoreSession(session.ReservedName)
 	}
 	left := d.slot.takeCarried()
+	unasked := make(map[string]bool, len(left))
+	for _, h := range left {
+		unasked[h.Name()] = true
+	}
 	for _, name := range slices.Sorted(maps.Keys(carried)) {
-		if !slices.ContainsFunc(left, func(h session.Handle) bool { return h.Name() == name }) {
+		if !unasked[name] {
 			d.log.Info("session handed back by systemd's fd store after the kexec, already retrieved", "session", name)
 		}
 	}
