@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -416,7 +415,7 @@ func TestBarrierAbort(t *testing.T) {
 		t.Fatalf("sessions after abort = %+v, %v", ss, err)
 	}
 	// The manifest written before the barrier went with it.
-	if hasKernelSession(fake, session.ReservedName) {
+	if _, ok := findSession(fake, session.ReservedName); ok {
 		t.Fatal("the prewritten manifest stayed in the kernel after the abort")
 	}
 	// luod still serves: a new session works while the mute one is around.
@@ -439,10 +438,6 @@ func TestBarrierAbort(t *testing.T) {
 	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
 		t.Fatalf("upgrade after the mute client left: %v", err)
 	}
-}
-
-func hasKernelSession(fake *ioctltest.Fake, name string) bool {
-	return slices.ContainsFunc(fake.Sessions(), func(s ioctltest.SessionState) bool { return s.Name == name })
 }
 
 // TestManifestPrewritten: the manifest is written before the barrier. A
@@ -492,7 +487,7 @@ func TestManifestPrewritten(t *testing.T) {
 	if !regexp.MustCompile(`dry run finished.* sessions=2 .*manifest_prewritten=true`).MatchString(h.logText()[from:]) {
 		t.Errorf("dry run without a change did not keep the prewritten manifest:\n%s", h.logText()[from:])
 	}
-	if hasKernelSession(fake, session.ReservedName) {
+	if _, ok := findSession(fake, session.ReservedName); ok {
 		t.Fatal("the manifest stayed in the kernel after the dry run")
 	}
 
