@@ -808,7 +808,14 @@ func blackout(t *testing.T, e env, rel string) (Blackout, bool) {
 	}
 	n, _ := strconv.Atoi(regexp.MustCompile(` sessions=(\d+)`).FindStringSubmatch(line + " sessions=0")[1])
 	x := Blackout{From: regexp.MustCompile(`\S+`).FindString(readTrim(filepath.Join(e.share, fmt.Sprintf("boot%d/release", e.stage-1)))),
-		To: rel, Sessions: n, SinceReady: dur("since_ready"), Manifest: dur("manifest"), Sync: dur("sync")}
+		To: rel, Sessions: n, SinceReady: dur("since_ready"), Manifest: dur("manifest"), Sync: dur("sync"),
+		Prewritten: strings.Contains(line, " manifest_prewritten=true")}
+	// Nothing changes during the bench's barrier: the pause must have
+	// kept the manifest written before it, or its figure is not the one
+	// docs/performance.md explains.
+	if !x.Prewritten {
+		t.Errorf("luod's reboot line does not say manifest_prewritten=true: %s", line)
+	}
 	say("blackout %s -> %s: last ready to reboot(2) %s ms, sync %s ms, manifest phase %s ms",
 		x.From, x.To, ms(x.SinceReady), ms(x.Sync), ms(x.Manifest))
 	return x, true

@@ -85,6 +85,9 @@ type Blackout struct {
 	SinceReady time.Duration
 	Manifest   time.Duration
 	Sync       time.Duration
+	// Prewritten is the reboot line's manifest_prewritten: the manifest
+	// written before the barrier was still true in the pause.
+	Prewritten bool
 }
 
 // Own is the blackout without the sync.
@@ -287,9 +290,9 @@ func (r *Results) Markdown() string {
 
 	p("\n### (c) luod's share of the blackout, from its log\n\n")
 	p("From the last client's ready to the reboot(2) call; the sync(2) in the manifest phase (the kernel flushing every dirty page) apart.\n\n")
-	p("| update | sessions in manifest | last ready → reboot(2) ms | of which sync ms | without sync ms | manifest phase ms |\n|---|---|---|---|---|---|\n")
+	p("| update | sessions in manifest | last ready → reboot(2) ms | of which sync ms | without sync ms | manifest phase ms | manifest written before the barrier kept |\n|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Blackout {
-		p("| %s → %s | %d | %s | %s | %s | %s |\n", x.From, x.To, x.Sessions, ms(x.SinceReady), ms(x.Sync), ms(x.Own()), ms(x.Manifest))
+		p("| %s → %s | %d | %s | %s | %s | %s | %v |\n", x.From, x.To, x.Sessions, ms(x.SinceReady), ms(x.Sync), ms(x.Own()), ms(x.Manifest), x.Prewritten)
 	}
 	return b.String()
 }
