@@ -160,20 +160,29 @@ func TestDaemon(t *testing.T) {
 	})
 
 	t.Run("create_sessions", func(t *testing.T) {
-		reliability(t, "many sessions created in one create_sessions request, one refused", "VM: client.CreateSessions of 20 sessions of one memfd and one whose name is taken", "19 created with their sizes, exists for the taken name and nothing else lost; the kept session intact")
+		reliability(t, "many sessions created in one create_sessions request, two refused", "VM: client.CreateSessions of 20 sessions of one memfd, one whose name is taken, one whose second file is /dev/null (the kernel refuses PRESERVE_FD after its memfd went in)", "18 created with their sizes; exists for the taken name; bad_fd for the other, which the kernel dropped (not listed, its name free again); nothing else lost; the kept session intact")
 		var req []client.SessionToCreate
+		const rollback = 12 // its second file is no memfd
 		for i := range 20 {
 			data := []byte(strings.Repeat(fmt.Sprintf("batch %d ", i), 1000+i))
 			name := fmt.Sprintf("vmtest-batch-%02d", i)
 			if i == 7 {
 				name = "vmtest-keep" // taken
 			}
-			req = append(req, client.SessionToCreate{Name: name, Labels: map[string]string{"i": fmt.Sprint(i)},
-				Files: []client.FileToPreserve{{File: memfdOf(t, data), Token: uint64(i + 1), Label: "ram"}}})
+			files := []client.FileToPreserve{{File: memfdOf(t, data), Token: uint64(i + 1), Label: "ram"}}
+			if i == rollback {
+				devNull, err := os.Open("/dev/null")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer devNull.Close()
+				files = append(files, client.FileToPreserve{File: devNull, Token: 100, Label: "not-a-memfd"})
+			}
+			req = append(req, client.SessionToCreate{Name: name, Labels: map[string]string{"i": fmt.Sprint(i)}, Files: files})
 		}
 		got, err := admin.CreateSessions(tctx(t, 30*time.Second), req)
-		if err == nil || !strings.Contains(err.Error(), "1 of 20") {
-			t.Fatalf("create_sessions = %v, want 1 of 20 not created", err)
+		if err == nil || !strings.Contains(err.Error(), "2 of 20") {
+			t.Fatalf("create_sessions = %v, want 2 of 20 not created", err)
 		}
 		ss, lerr := admin.Sessions(tctx(t, 10*time.Second))
 		if lerr != nil {
@@ -187,6 +196,20 @@ func TestDaemon(t *testing.T) {
 			if i == 7 {
 				if !isCode(r.Err, proto.CodeExists) {
 					t.Errorf("taken name: %v, want exists", r.Err)
+				}
+				continue
+			}
+			if i == rollback {
+				// All or nothing on the real kernel: the memfd went in,
+				// /dev/null did not, luod closed its only fd of the
+				// session and the kernel dropped it with the memfd.
+				if _, ok := held[req[i].Name]; !isCode(r.Err, proto.CodeBadFD) || ok {
+					t.Errorf("%s with /dev/null: %v, listed %v; want bad_fd and not listed", req[i].Name, r.Err, ok)
+				}
+				if again, err := admin.CreateSession(tctx(t, 10*time.Second), req[i].Name, nil); err != nil {
+					t.Errorf("%s again after the refusal: %v, want its name free", req[i].Name, err)
+				} else if again.Close(); admin.DeleteSession(tctx(t, 10*time.Second), req[i].Name) != nil {
+					t.Errorf("delete %s after creating it again", req[i].Name)
 				}
 				continue
 			}
