@@ -116,6 +116,7 @@ func main() {
 		f.Close()
 	}
 	cfg.Status = func(status string) { notifier.Status(status) }
+	cfg.Ready = func(status string) { notifier.Ready(status) }
 
 	m, err := strconv.ParseUint(*sockMode, 8, 32)
 	if err != nil {
@@ -146,9 +147,8 @@ func main() {
 	// listens from the start; a scrape before READY finds nothing yet.
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
-	cfg.Ready = func(status string) {
-		notifier.Ready(status)
-		go registerProcessMetrics(cfg.Log, reg)
+	cfg.Collectors = func() []prometheus.Collector {
+		return []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
 	}
 	go func() {
 		// A metrics endpoint that cannot listen is reported, not fatal:
@@ -169,17 +169,6 @@ func main() {
 	if err != nil {
 		cfg.Log.Error("luod failed", "err", err)
 		os.Exit(1)
-	}
-}
-
-// registerProcessMetrics adds client_golang's Go and process collectors
-// (go_*, process_*) to reg. A failure is reported, not fatal: luod exiting
-// would drop every session it holds.
-func registerProcessMetrics(log *slog.Logger, reg *prometheus.Registry) {
-	for _, c := range []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
-		if err := reg.Register(c); err != nil {
-			log.Warn("a metrics collector could not be registered", "err", err)
-		}
 	}
 }
 

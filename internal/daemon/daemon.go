@@ -104,6 +104,11 @@ type Config struct {
 	// Registerer receives luod's metrics (pkg/metrics), once luod is READY
 	// (Serve, before its first client); nil for none.
 	Registerer prometheus.Registerer
+	// Collectors, if set, gives more collectors for Registerer (cmd/luod:
+	// client_golang's Go and process collectors), built and registered
+	// with luod's own once READY: not needed to recover, so not in the
+	// pause of a live update. One that does not register is logged.
+	Collectors func() []prometheus.Collector
 	// FaultRebootFails is a test-only switch: the first FaultRebootFails
 	// reboot calls fail with EIO instead of reaching the kernel, to prove
 	// the recovery path; the next one is real.
@@ -291,6 +296,14 @@ func (d *Daemon) startMetrics() {
 	}
 	m.ObserveRecovery(d.recoveryTime)
 	d.metrics = m
+	if d.cfg.Collectors == nil {
+		return
+	}
+	for _, c := range d.cfg.Collectors() {
+		if err := d.cfg.Registerer.Register(c); err != nil {
+			d.log.Warn("a metrics collector could not be registered", "err", err)
+		}
+	}
 }
 
 // openDevice opens /dev/liveupdate, retrying with backoff while another

@@ -641,7 +641,12 @@ func TestMetricsFollowState(t *testing.T) {
 	dir := t.TempDir()
 	fake := ioctltest.New()
 	reg := prometheus.NewRegistry()
-	h := boot(t, dir, fake, false, func(c *Config) { c.Registerer = reg })
+	extra := prometheus.NewGauge(prometheus.GaugeOpts{Name: "extra_collector_up", Help: "Config.Collectors, registered once READY."})
+	extra.Set(1)
+	h := boot(t, dir, fake, false, func(c *Config) {
+		c.Registerer = reg
+		c.Collectors = func() []prometheus.Collector { return []prometheus.Collector{extra} }
+	})
 	c := h.dial()
 	if _, err := c.CreateSession(ctx(t), "vm-m", nil); err != nil {
 		t.Fatal(err)
@@ -660,6 +665,7 @@ func TestMetricsFollowState(t *testing.T) {
 		{"luod_sessions", map[string]string{"state": "open"}, 1},
 		{"luod_preserved_bytes", nil, 4096},
 		{"luod_errors_total", map[string]string{"op": "upgrade"}, 1},
+		{"extra_collector_up", nil, 1},
 	} {
 		if got, ok := sample(t, reg, tc.name, tc.labels); !ok || got != tc.want {
 			t.Errorf("%s%v = %v (found %v), want %v", tc.name, tc.labels, got, ok, tc.want)
