@@ -3,7 +3,6 @@
 package daemon
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -94,9 +93,6 @@ func TestKilledWithoutFDStoreNamesNewestLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.kill() // at once: no time for the disk writer
-	if b, _ := os.ReadFile(filepath.Join(dir, "state", session.ManifestFileName)); !bytes.Contains(b, []byte("vm-newest")) {
-		t.Logf("as expected, the manifest copy did not name vm-newest yet at the kill")
-	}
 	c.Close()
 
 	h2 := boot(t, dir, fake, false, same)
