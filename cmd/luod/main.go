@@ -11,18 +11,15 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-
 	"github.com/luod/luod/internal/daemon"
 	"github.com/luod/luod/internal/systemd"
-	"github.com/luod/luod/pkg/metrics"
 	"github.com/luod/luod/pkg/proto"
 )
 
@@ -36,6 +33,7 @@ func main() {
 		logLevel   = flag.String("log.level", "info", "log level: debug, info, warn, error")
 		webAddr    = flag.String("web.listen-address", "127.0.0.1:9478", "address of the Prometheus metrics endpoint; empty turns it off")
 		webPath    = flag.String("web.telemetry-path", "/metrics", "path of the metrics endpoint")
+		exporter   = flag.String("web.exporter", "", "the metrics exporter luod starts once ready to serve the endpoint; empty: luod-exporter beside luod's executable")
 		faultHang  = flag.Bool("test.fault-hang-on-sigusr2", false, "TEST ONLY: hang the main loop on SIGUSR2, to exercise systemd's watchdog")
 		faultBoot  = flag.Int("test.fault-reboot", 0, "TEST ONLY: make the first N reboot calls fail, to exercise the recovery path")
 		cpuProfile = flag.String("debug.cpuprofile", "", "write a CPU profile (pprof) of luod to this file, from start until exit or the first upgrade request")
@@ -141,22 +139,18 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	// The metrics are not needed to recover: luod registers its own once
-	// READY, and client_golang's Go and process collectors are built then
-	// too, not before READY in the pause of a live update. The endpoint
-	// listens from the start; a scrape before READY finds nothing yet.
-	reg := prometheus.NewRegistry()
-	cfg.Registerer = reg
-	cfg.Collectors = func() []prometheus.Collector {
-		return []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
-	}
-	go func() {
-		// A metrics endpoint that cannot listen is reported, not fatal:
-		// luod exiting would drop every session it holds.
-		if err := metrics.Serve(ctx, *webAddr, *webPath, reg); err != nil {
-			cfg.Log.Warn("metrics endpoint failed", "address", *webAddr, "err", err)
+	if *webAddr != "" {
+		// The endpoint is served by luod-exporter, which luod starts once
+		// READY (docs/metrics.md): luod itself does not link client_golang.
+		// Metrics missing is reported, never fatal: luod exiting would drop
+		// every session it holds.
+		path, err := exporterPath(*exporter)
+		if err != nil {
+			cfg.Log.Warn("metrics endpoint off: no exporter", "err", err)
+		} else {
+			cfg.Exporter = []string{path, "--luod.fd=3", "--web.listen-address=" + *webAddr, "--web.telemetry-path=" + *webPath}
 		}
-	}()
+	}
 	d, err := daemon.New(ctx, cfg)
 	if err != nil {
 		cfg.Log.Error("luod failed to start", "err", err)
@@ -170,6 +164,28 @@ func main() {
 		cfg.Log.Error("luod failed", "err", err)
 		os.Exit(1)
 	}
+}
+
+// exporterPath is the exporter to run: flag if set, else luod-exporter in
+// the directory of luod's own executable. It must be an executable
+// regular file.
+func exporterPath(flag string) (string, error) {
+	path := flag
+	if path == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return "", err
+		}
+		path = filepath.Join(filepath.Dir(exe), "luod-exporter")
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return "", fmt.Errorf("%s is not an executable file (%s)", path, fi.Mode())
+	}
+	return path, nil
 }
 
 func lookupGroup(name string) (int, error) {

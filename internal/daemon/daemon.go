@@ -15,12 +15,13 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/luod/luod/pkg/ioctl"
@@ -101,14 +102,12 @@ type Config struct {
 	// does not run under systemd.
 	Manager Manager
 
-	// Registerer receives luod's metrics (pkg/metrics), once luod is READY
-	// (Serve, before its first client); nil for none.
-	Registerer prometheus.Registerer
-	// Collectors, if set, gives more collectors for Registerer (cmd/luod:
-	// client_golang's Go and process collectors), built and registered
-	// with luod's own once READY: not needed to recover, so not in the
-	// pause of a live update. One that does not register is logged.
-	Collectors func() []prometheus.Collector
+	// Exporter is the command line of luod's metrics exporter
+	// (cmd/luod-exporter), which Serve starts once READY with a
+	// connection to luod as its fd 3, and starts again if it exits;
+	// nil for none. luod answers its "metrics" requests; it serves them
+	// to Prometheus. See exporter.go.
+	Exporter []string
 	// FaultRebootFails is a test-only switch: the first FaultRebootFails
 	// reboot calls fail with EIO instead of reaching the kernel, to prove
 	// the recovery path; the next one is real.
@@ -204,9 +203,7 @@ type Daemon struct {
 	rec  recovery
 	next uint64 // liveupdate number the next kernel will report; see setRecovery
 
-	metrics *metrics.Metrics // nil-safe: nil when Config.Registerer is; set by startMetrics
-	// recoveryTime is how long New's recovery took (for the metrics).
-	recoveryTime time.Duration
+	metrics *metrics.Metrics // luod's event counts, for the "metrics" operation
 
 	beat atomic.Int64 // unix nanos of the last heartbeat, see Healthy
 
@@ -250,6 +247,7 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		diskDirty: make(chan struct{}, 1),
 		epoch:     time.Now(),
 		stopping:  make(chan struct{}),
+		metrics:   metrics.New(),
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
 		d.log.Warn("state directory unusable; the manifest copy will not be written", "dir", cfg.StateDir, "err", err)
@@ -275,35 +273,8 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		dev.Close()
 		return nil, err
 	}
-	d.recoveryTime = time.Since(t0)
+	d.metrics.ObserveRecovery(time.Since(t0))
 	return d, nil
-}
-
-// startMetrics makes luod's metrics, once it is READY: nothing in them is
-// needed to recover, and under TCG building them cost milliseconds of the
-// pause. Serve calls it before it accepts the first client, so that every
-// request finds them. A failure is logged, not fatal: luod exiting would
-// drop every session it holds.
-func (d *Daemon) startMetrics() {
-	if d.cfg.Registerer == nil {
-		return
-	}
-	m, err := metrics.New(d.cfg.Registerer, metrics.SourceFunc(d.metricsSnapshot),
-		metrics.BuildInfo{Version: strings.TrimPrefix(Version, "luod ")})
-	if err != nil {
-		d.log.Error("luod's metrics could not be registered; serving without them", "err", err)
-		return
-	}
-	m.ObserveRecovery(d.recoveryTime)
-	d.metrics = m
-	if d.cfg.Collectors == nil {
-		return
-	}
-	for _, c := range d.cfg.Collectors() {
-		if err := d.cfg.Registerer.Register(c); err != nil {
-			d.log.Warn("a metrics collector could not be registered", "err", err)
-		}
-	}
 }
 
 // openDevice opens /dev/liveupdate, retrying with backoff while another
@@ -375,10 +346,16 @@ func (d *Daemon) statusLine() string {
 	return s
 }
 
-// metricsSnapshot is the live state pkg/metrics reads at each scrape.
+// metricsSnapshot answers the "metrics" operation: luod's state and
+// event counts, which luod-exporter serves at each scrape.
 func (d *Daemon) metricsSnapshot() metrics.Snapshot {
 	all := d.custody.List(session.Caller{Admin: true})
-	snap := metrics.Snapshot{SessionsByState: map[string]int{}, FilesByState: map[string]int{}}
+	snap := metrics.Snapshot{
+		Build:           buildInfo(),
+		SessionsByState: map[string]int{},
+		FilesByState:    map[string]int{},
+		Events:          d.metrics.Events(),
+	}
 	for _, s := range all {
 		snap.SessionsByState[string(s.State)]++
 		snap.FilesByState[string(s.State)] += len(s.Files)
@@ -392,15 +369,34 @@ func (d *Daemon) metricsSnapshot() metrics.Snapshot {
 	defer d.mu.Unlock()
 	snap.LiveUpdateNumber = d.rec.got
 	snap.Continuity = d.rec.continuity
-	snap.ConnectedClients = len(d.conns)
+	for c := range d.conns {
+		if !c.internal {
+			snap.ConnectedClients++
+		}
+	}
 	snap.SubscribedClients = len(d.subs)
-	for _, l := range d.rec.lost {
+	snap.LostTotal = len(d.rec.lost)
+	for _, l := range d.rec.lost[:min(len(d.rec.lost), metrics.MaxLostNamed)] {
 		snap.Lost = append(snap.Lost, metrics.LostSession{Name: l.Name, UID: l.UID})
 	}
 	snap.UnclaimedOverdue = len(d.overdue)
 	snap.UpgradePhase = d.phase
 	snap.KernelLoaded = d.loaded != nil
 	return snap
+}
+
+// buildInfo says which luod this is: its version, and the Go toolchain
+// and VCS revision it was built from.
+func buildInfo() metrics.BuildInfo {
+	b := metrics.BuildInfo{Version: strings.TrimPrefix(Version, "luod "), GoVersion: runtime.Version()}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				b.Revision = s.Value
+			}
+		}
+	}
+	return b
 }
 
 // heartbeat proves every few hundred milliseconds that luod's locks are

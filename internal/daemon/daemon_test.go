@@ -20,8 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
 	"github.com/luod/luod/internal/systemd"
@@ -635,71 +633,6 @@ func TestRestartWithinBootReportsLoss(t *testing.T) {
 	if !strings.Contains(h2.logText(), "restarted within this boot") {
 		t.Errorf("the restart was not logged:\n%s", h2.logText())
 	}
-}
-
-func TestMetricsFollowState(t *testing.T) {
-	dir := t.TempDir()
-	fake := ioctltest.New()
-	reg := prometheus.NewRegistry()
-	extra := prometheus.NewGauge(prometheus.GaugeOpts{Name: "extra_collector_up", Help: "Config.Collectors, registered once READY."})
-	extra.Set(1)
-	h := boot(t, dir, fake, false, func(c *Config) {
-		c.Registerer = reg
-		c.Collectors = func() []prometheus.Collector { return []prometheus.Collector{extra} }
-	})
-	c := h.dial()
-	if _, err := c.CreateSession(ctx(t), "vm-m", nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Preserve(ctx(t), "vm-m", []client.FileToPreserve{{File: memfd(t, make([]byte, 4096)), Token: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil) // no kernel: an error by op
-	for _, tc := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
-		{"luod_boot_continuity", map[string]string{"continuity": "fresh"}, 1},
-		{"luod_boot_continuity", map[string]string{"continuity": "ok"}, 0},
-		{"luod_sessions", map[string]string{"state": "open"}, 1},
-		{"luod_preserved_bytes", nil, 4096},
-		{"luod_errors_total", map[string]string{"op": "upgrade"}, 1},
-		{"extra_collector_up", nil, 1},
-	} {
-		if got, ok := sample(t, reg, tc.name, tc.labels); !ok || got != tc.want {
-			t.Errorf("%s%v = %v (found %v), want %v", tc.name, tc.labels, got, ok, tc.want)
-		}
-	}
-	if probs, err := testutil.GatherAndLint(reg); err != nil || len(probs) > 0 {
-		t.Errorf("lint: %v %v", probs, err)
-	}
-}
-
-// sample finds one gauge or counter value in what reg exposes.
-func sample(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) (float64, bool) {
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
-					continue next
-				}
-			}
-			if m.GetGauge() != nil {
-				return m.GetGauge().GetValue(), true
-			}
-			return m.GetCounter().GetValue(), true
-		}
-	}
-	return 0, false
 }
 
 // TestSocketActivation: a listener handed over (as systemd's luod.socket

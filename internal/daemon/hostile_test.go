@@ -701,7 +701,7 @@ func TestHostileRequests(t *testing.T) {
 		defer func() { c.t = env.t }()
 		before := openFDs(t)
 		creds := unix.UnixCredentials(&unix.Ucred{Pid: int32(os.Getpid()), Uid: 1000, Gid: 1000})
-		for i, op := range []string{proto.OpStatus, proto.OpLoad, proto.OpUpgrade, proto.OpInspect, proto.OpSessions, proto.OpUnload} {
+		for i, op := range []string{proto.OpStatus, proto.OpLoad, proto.OpUpgrade, proto.OpInspect, proto.OpSessions, proto.OpUnload, proto.OpMetrics} {
 			id := uint64(500 + i)
 			b := fmt.Appendf(nil, `{"v":1,"id":%d,"op":%q}`, id, op)
 			if _, _, err := c.uc.WriteMsgUnix(b, creds, nil); err != nil {

@@ -29,7 +29,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		return nil, nil, proto.Errorf(proto.CodeBadRequest, "%s takes no file descriptors, got %d", req.Op, len(files))
 	}
 	switch req.Op {
-	case proto.OpHello, proto.OpSubscribe, proto.OpStatus, proto.OpUnload:
+	case proto.OpHello, proto.OpSubscribe, proto.OpStatus, proto.OpUnload, proto.OpMetrics:
 		if err := decode(req, &struct{}{}); err != nil {
 			return nil, nil, err
 		}
@@ -202,6 +202,8 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 
 	case proto.OpStatus:
 		return d.status(), nil, nil
+	case proto.OpMetrics:
+		return d.metricsSnapshot(), nil, nil
 	case proto.OpInspect:
 		var a proto.InspectArgs
 		if err := decode(req, &a); err != nil {

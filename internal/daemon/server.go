@@ -27,6 +27,9 @@ type conn struct {
 	c    *proto.Conn
 	id   uint64
 	peer unix.Ucred
+	// internal: luod's own exporter (exporter.go), not a client; left
+	// out of the connected clients luod reports.
+	internal bool
 
 	wmu    sync.Mutex
 	closed atomic.Bool
@@ -60,9 +63,14 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if d.cfg.Ready != nil {
 		d.cfg.Ready(d.statusLine())
 	}
-	d.startMetrics()
-
 	var wg sync.WaitGroup
+	if len(d.cfg.Exporter) > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.runExporter(ctx)
+		}()
+	}
 	sem := make(chan struct{}, d.cfg.MaxConnections)
 	for {
 		c, err := l.Accept()
@@ -86,7 +94,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			d.serveConn(ctx, c)
+			d.serveConn(ctx, c, false)
 		}()
 	}
 	d.mu.Lock()
@@ -105,8 +113,8 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	return nil
 }
 
-func (d *Daemon) serveConn(ctx context.Context, pc *proto.Conn) {
-	c := &conn{d: d, c: pc, id: connIDs.Add(1)}
+func (d *Daemon) serveConn(ctx context.Context, pc *proto.Conn, internal bool) {
+	c := &conn{d: d, c: pc, id: connIDs.Add(1), internal: internal}
 	if cred, err := pc.PeerCred(); err == nil {
 		c.peer = *cred
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 
 	"github.com/luod/luod/pkg/ioctl"
+	"github.com/luod/luod/pkg/metrics"
 	"github.com/luod/luod/pkg/proto"
 )
 
@@ -577,6 +578,16 @@ func (c *Client) Status(ctx context.Context) (*proto.Status, error) {
 		return nil, err
 	}
 	return &res, nil
+}
+
+// Metrics returns luod's state and event counts (admin only): what
+// luod-exporter serves to Prometheus.
+func (c *Client) Metrics(ctx context.Context) (*metrics.Snapshot, error) {
+	var s metrics.Snapshot
+	if _, err := c.do(ctx, proto.OpMetrics, nil, nil, &s, 0); err != nil {
+		return nil, err
+	}
+	return &s, nil
 }
 
 // Sessions lists every user's sessions (admin), sorted by name, page

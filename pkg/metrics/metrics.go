@@ -1,44 +1,40 @@
-// Package metrics is luod's Prometheus instrumentation.
+// Package metrics is what luod counts and reports about itself, without
+// Prometheus: the wire shape of luod's "metrics" operation (Snapshot) and
+// the event counters luod keeps for it (Metrics).
 //
-// cmd/luod makes one private registry (prometheus.NewRegistry), hands it
-// to New as a prometheus.Registerer and serves it with Serve or Handler;
-// nothing is registered in the global default registry. Metrics come in
-// two kinds:
+// luod does not link client_golang. Its start after a live update runs
+// inside the workloads' pause, and linking client_golang (with protobuf,
+// net/http and expvar behind it) costs a luod start its package init and a
+// binary twice the size: about 50 ms of a 220 ms start under QEMU's TCG
+// here, several ms on hardware (docs/performance.md, sixth round). luod
+// answers the admin operation "metrics" with a Snapshot instead, and
+// cmd/luod-exporter, which luod starts once READY with a connection of its
+// own, serves it to Prometheus (package exporter, one registry).
+//
+// A Snapshot holds two kinds of figures:
 //
 //   - Live state (sessions, files, preserved bytes, clients, continuity,
-//     upgrade phase, loaded kernel) is read from a Source at scrape time
-//     and emitted as const metrics, node_exporter style: luod keeps no
-//     second copy of its state that could drift.
+//     upgrade phase, loaded kernel), read from luod's state when asked:
+//     luod keeps no second copy that could drift.
 //   - Events (kexec loads, upgrade phases and outcomes, recovery time,
-//     errors) are counted by the daemon through the methods of *Metrics.
-//     Every method is safe on a nil *Metrics, so the daemon runs unchanged
-//     without metrics.
-//
-// Names follow luod_<subsystem>_<name>_<unit>: base units (seconds, bytes)
-// in the name, _total on counters, and label values known in advance are
-// exported from the start, at 0, so that rate() and absent() work before
-// the first event. docs/metrics.md lists every metric with alerts.
+//     errors), counted by the daemon through the methods of *Metrics.
+//     Every method is safe on a nil *Metrics.
 //
 // A live update kexecs into a new kernel and a new luod process: every
 // counter starts again at 0 in the new boot. What must survive the kexec
 // (the liveupdate number, continuity, lost sessions) is re-derived by
-// recovery and exported as live state.
+// recovery and reported as live state.
 package metrics
 
 import (
-	"errors"
-	"runtime"
+	"slices"
+	"sync"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/luod/luod/pkg/proto"
 )
 
-// Namespace is the first part of every metric name.
-const Namespace = "luod"
-
-// Results of luod_kexec_loads_total.
+// Results of a kexec load (Events.KexecLoads).
 const (
 	// LoadSuccess: kexec_file_load accepted the kernel.
 	LoadSuccess = "success"
@@ -47,15 +43,15 @@ const (
 	LoadFailure = "failure"
 )
 
-// Results of luod_upgrades_total, passed to Upgrade.
+// Results of an upgrade (Events.Upgrades), passed to Upgrade.
 const (
 	// UpgradeCommitted: the barrier passed, the manifest was written,
 	// the workloads were told "committed" and luod is calling
 	// reboot(LINUX_REBOOT_CMD_KEXEC). The process ends with the old
 	// kernel, so this is seen only by a scrape in the last instant; count
-	// successful updates across boots with luod_boot_liveupdate_number
-	// instead. A reboot(2) that then fails is counted once more, as
-	// UpgradeFailed: the workloads were told it was going, and it did not.
+	// successful updates across boots with the liveupdate number instead.
+	// A reboot(2) that then fails is counted once more, as UpgradeFailed:
+	// the workloads were told it was going, and it did not.
 	UpgradeCommitted = "committed"
 	// UpgradeAborted: the barrier failed (a subscriber did not answer
 	// ready in time or went away); every session is intact.
@@ -69,10 +65,10 @@ const (
 )
 
 var (
-	// upgradeResults are the results luod_upgrades_total starts with.
-	upgradeResults = []string{UpgradeCommitted, UpgradeAborted, UpgradeFailed, UpgradeDryRun}
-	// phases are the upgrade phases, in order.
-	phases = []string{proto.PhaseBarrier, proto.PhaseManifest, proto.PhaseReboot}
+	// UpgradeResults are the results Events.Upgrades starts with, at 0.
+	UpgradeResults = []string{UpgradeCommitted, UpgradeAborted, UpgradeFailed, UpgradeDryRun}
+	// Phases are the upgrade phases, in order.
+	Phases = []string{proto.PhaseBarrier, proto.PhaseManifest, proto.PhaseReboot}
 )
 
 // Bucket upper bounds, in seconds.
@@ -86,131 +82,226 @@ var (
 	KexecLoadBuckets = []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 )
 
-// BuildInfo labels luod_build_info.
+// BuildInfo says which luod runs.
 type BuildInfo struct {
 	// Version is luod's version, e.g. "0.1.0".
-	Version string
+	Version string `json:"version"`
 	// Revision is the VCS revision luod was built from.
-	Revision string
-	// GoVersion is the Go toolchain; empty means runtime.Version().
-	GoVersion string
+	Revision string `json:"revision"`
+	// GoVersion is the Go toolchain luod was built with.
+	GoVersion string `json:"goversion"`
 }
 
-// Metrics is luod's instrumentation. A nil *Metrics is valid: every
-// method then does nothing.
+// Snapshot is luod's state and event counts at one instant, as plain
+// values: the result of the "metrics" operation (docs/protocol.md).
+type Snapshot struct {
+	// Build says which luod answered.
+	Build BuildInfo `json:"build"`
+
+	// LiveUpdateNumber is the liveupdate number this boot's kernel
+	// reported: how many live updates led to this boot since the last cold
+	// boot; 0 after a cold boot.
+	LiveUpdateNumber uint64 `json:"liveupdate_number"`
+	// Continuity is recovery's verdict on this boot (proto.ContinuityOK,
+	// …); "" while recovery has not finished.
+	Continuity string `json:"continuity"`
+	// SessionsByState counts the sessions luod holds by state
+	// (proto.StateOpen, StateIncoming, StateClaimed, StateFinished).
+	// Missing states count 0.
+	SessionsByState map[string]int `json:"sessions_by_state"`
+	// FilesByState counts the preserved files of those sessions, by the
+	// state of their session.
+	FilesByState map[string]int `json:"files_by_state"`
+	// PreservedBytes is the sum of the sizes of the files of open,
+	// incoming and claimed sessions: the memory a live update carries or
+	// carried over.
+	PreservedBytes int64 `json:"preserved_bytes"`
+	// ConnectedClients counts the client connections open now, admin ones
+	// included, the exporter's own not.
+	ConnectedClients int `json:"connected_clients"`
+	// SubscribedClients counts the connections subscribed to upgrade
+	// events: the clients the next barrier waits for.
+	SubscribedClients int `json:"subscribed_clients"`
+	// LostTotal counts the sessions the previous boot held that this
+	// boot could not give back (Status.LostSessions); Lost names the
+	// first MaxLostNamed of them, with their owners' uids, so that the
+	// answer fits one message however many were lost.
+	LostTotal int           `json:"lost_total"`
+	Lost      []LostSession `json:"lost,omitempty"`
+	// UnclaimedOverdue counts incoming sessions still unclaimed after
+	// --reclaim.grace (Status.UnclaimedOverdue).
+	UnclaimedOverdue int `json:"unclaimed_overdue"`
+	// UpgradePhase is the phase of the upgrade in progress
+	// (proto.PhaseBarrier, …), "" when none runs.
+	UpgradePhase string `json:"upgrade_phase,omitempty"`
+	// KernelLoaded is set while a kernel is loaded for the next live
+	// update (luoctl load, until unload or reboot).
+	KernelLoaded bool `json:"kernel_loaded"`
+
+	// Events are what luod counted since it started.
+	Events Events `json:"events"`
+}
+
+// MaxLostNamed is the most lost sessions a Snapshot names.
+const MaxLostNamed = 256
+
+// LostSession is one session of Snapshot.Lost.
+type LostSession struct {
+	Name string `json:"name"`
+	UID  uint32 `json:"uid"`
+}
+
+// Events are luod's event counts since it started (a *Metrics' Events).
+type Events struct {
+	// KexecLoads counts calls of kexec_file_load by result (LoadSuccess,
+	// LoadFailure), and KexecLoadSeconds how long each took.
+	KexecLoads       map[string]uint64 `json:"kexec_loads"`
+	KexecLoadSeconds Histogram         `json:"kexec_load_seconds"`
+	// PhaseSeconds is how long each upgrade phase (Phases) took.
+	PhaseSeconds map[string]Histogram `json:"phase_seconds"`
+	// Upgrades counts upgrades by result (UpgradeResults).
+	Upgrades map[string]uint64 `json:"upgrades"`
+	// Errors counts failed operations by operation.
+	Errors map[string]uint64 `json:"errors"`
+	// RecoverySeconds is how long this boot's recovery took; 0 until it
+	// finished.
+	RecoverySeconds float64 `json:"recovery_seconds"`
+}
+
+// Histogram is a distribution of observations in seconds, Prometheus
+// style: Counts[i] is how many were at most Bounds[i] (cumulative), Count
+// how many in all, Sum their sum.
+type Histogram struct {
+	Bounds []float64 `json:"bounds"`
+	Counts []uint64  `json:"counts"`
+	Count  uint64    `json:"count"`
+	Sum    float64   `json:"sum"`
+}
+
+func newHistogram(bounds []float64) Histogram {
+	return Histogram{Bounds: bounds, Counts: make([]uint64, len(bounds))}
+}
+
+func (h *Histogram) observe(v float64) {
+	for i, b := range h.Bounds {
+		if v <= b {
+			h.Counts[i]++
+		}
+	}
+	h.Count++
+	h.Sum += v
+}
+
+func (h Histogram) clone() Histogram {
+	h.Counts = slices.Clone(h.Counts)
+	return h
+}
+
+// Metrics counts luod's events. A nil *Metrics is valid: every method
+// then does nothing. Methods are safe for concurrent use.
 type Metrics struct {
-	c *collector
-
-	kexecLoadDuration prometheus.Histogram
-	kexecLoads        *prometheus.CounterVec
-	phaseDuration     *prometheus.HistogramVec
-	recoveryDuration  prometheus.Gauge
-	upgrades          *prometheus.CounterVec
-	errors            *prometheus.CounterVec
+	mu sync.Mutex
+	ev Events
 }
 
-// New makes luod's metrics and registers them with reg, all at once: on
-// error nothing is registered. src is read at every scrape (see Source).
-// reg and src must not be nil; a daemon without metrics keeps a nil
-// *Metrics instead.
-func New(reg prometheus.Registerer, src Source, build BuildInfo) (*Metrics, error) {
-	if reg == nil {
-		return nil, errors.New("metrics: nil Registerer")
+// New returns counters with every label value known in advance present
+// at 0 (both load results, every phase, every upgrade result), so that
+// rate() and absent() work before the first event.
+func New() *Metrics {
+	ev := Events{
+		KexecLoads:       map[string]uint64{LoadSuccess: 0, LoadFailure: 0},
+		KexecLoadSeconds: newHistogram(KexecLoadBuckets),
+		PhaseSeconds:     map[string]Histogram{},
+		Upgrades:         map[string]uint64{},
+		Errors:           map[string]uint64{},
 	}
-	if src == nil {
-		return nil, errors.New("metrics: nil Source")
+	for _, p := range Phases {
+		ev.PhaseSeconds[p] = newHistogram(PhaseBuckets)
 	}
-	if build.GoVersion == "" {
-		build.GoVersion = runtime.Version()
+	for _, r := range UpgradeResults {
+		ev.Upgrades[r] = 0
 	}
-	m := &Metrics{
-		kexecLoadDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: Namespace, Subsystem: "kexec", Name: "load_duration_seconds",
-			Help:    "Time kexec_file_load took to load the next kernel, whatever its outcome.",
-			Buckets: KexecLoadBuckets,
-		}),
-		kexecLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: Namespace, Subsystem: "kexec", Name: "loads_total",
-			Help: "Calls of kexec_file_load to load the next kernel, by result (success or failure).",
-		}, []string{"result"}),
-		phaseDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: Namespace, Subsystem: "upgrade", Name: "phase_duration_seconds",
-			Help:    "Time each upgrade phase (barrier, manifest, reboot) took; a reboot is observed only when it failed.",
-			Buckets: PhaseBuckets,
-		}, []string{"phase"}),
-		recoveryDuration: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: Namespace, Subsystem: "recovery", Name: "duration_seconds",
-			Help: "Time this boot's recovery took, from reading the handover to holding every session; 0 until it finished.",
-		}),
-		upgrades: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: Namespace, Name: "upgrades_total",
-			Help: "Upgrades run since luod started, by result (committed, aborted, failed, dry_run).",
-		}, []string{"result"}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: Namespace, Name: "errors_total",
-			Help: "Operations of luod that failed, by operation.",
-		}, []string{"op"}),
+	return &Metrics{ev: ev}
+}
+
+// Events returns a copy of the counts so far; nil *Metrics: the zero
+// Events.
+func (m *Metrics) Events() Events {
+	if m == nil {
+		return Events{}
 	}
-	for _, r := range []string{LoadSuccess, LoadFailure} {
-		m.kexecLoads.WithLabelValues(r)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ev := m.ev
+	ev.KexecLoads = cloneMap(ev.KexecLoads)
+	ev.KexecLoadSeconds = ev.KexecLoadSeconds.clone()
+	ev.PhaseSeconds = make(map[string]Histogram, len(m.ev.PhaseSeconds))
+	for p, h := range m.ev.PhaseSeconds {
+		ev.PhaseSeconds[p] = h.clone()
 	}
-	for _, p := range phases {
-		m.phaseDuration.WithLabelValues(p)
+	ev.Upgrades = cloneMap(ev.Upgrades)
+	ev.Errors = cloneMap(ev.Errors)
+	return ev
+}
+
+func cloneMap(m map[string]uint64) map[string]uint64 {
+	c := make(map[string]uint64, len(m))
+	for k, v := range m {
+		c[k] = v
 	}
-	for _, r := range upgradeResults {
-		m.upgrades.WithLabelValues(r)
-	}
-	m.c = newCollector(src, build, []prometheus.Collector{
-		m.kexecLoadDuration, m.kexecLoads, m.phaseDuration, m.recoveryDuration, m.upgrades, m.errors,
-	})
-	if err := reg.Register(m.c); err != nil {
-		return nil, err
-	}
-	return m, nil
+	return c
 }
 
 // ObserveKexecLoad records one call of kexec_file_load that took d and
-// returned err: luod_kexec_load_duration_seconds and
-// luod_kexec_loads_total{result}. Preflight refusals never reach the
-// kernel and are not loads; every failed load request, preflight or
-// kernel, is Error("load").
+// returned err. Preflight refusals never reach the kernel and are not
+// loads; every failed load request, preflight or kernel, is Error("load").
 func (m *Metrics) ObserveKexecLoad(d time.Duration, err error) {
 	if m == nil {
 		return
 	}
-	m.kexecLoadDuration.Observe(d.Seconds())
 	r := LoadSuccess
 	if err != nil {
 		r = LoadFailure
 	}
-	m.kexecLoads.WithLabelValues(r).Inc()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ev.KexecLoadSeconds.observe(d.Seconds())
+	m.ev.KexecLoads[r]++
 }
 
 // ObservePhase records that the upgrade phase (proto.PhaseBarrier,
-// PhaseManifest, PhaseReboot) took d, in
-// luod_upgrade_phase_duration_seconds{phase}. Call it when the phase ends,
+// PhaseManifest, PhaseReboot) took d. Call it when the phase ends,
 // whether it passed or failed.
 func (m *Metrics) ObservePhase(phase string, d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.phaseDuration.WithLabelValues(phase).Observe(d.Seconds())
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h, ok := m.ev.PhaseSeconds[phase]
+	if !ok {
+		h = newHistogram(PhaseBuckets)
+	}
+	h.observe(d.Seconds())
+	m.ev.PhaseSeconds[phase] = h
 }
 
-// ObserveRecovery sets luod_recovery_duration_seconds to d, the time this
-// boot's recovery took. Call it once, when recovery finished.
+// ObserveRecovery records d, the time this boot's recovery took. Call it
+// once, when recovery finished.
 func (m *Metrics) ObserveRecovery(d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.recoveryDuration.Set(d.Seconds())
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ev.RecoverySeconds = d.Seconds()
 }
 
-// Error counts one failed operation in luod_errors_total{op}. op is a
-// protocol operation (docs/protocol.md: "preserve", "load", "upgrade", …)
-// or one of luod's own ("accept", "save_manifest", …). It must come from a
-// fixed set in luod's code, never from a client's request: every distinct
-// op is a time series kept until luod exits.
+// Error counts one failed operation. op is a protocol operation
+// (docs/protocol.md: "preserve", "load", "upgrade", …) or one of luod's
+// own ("accept", "save_manifest", …), "" counting as "unknown". It must
+// come from a fixed set in luod's code, never from a client's request:
+// every distinct op is a time series kept until luod exits.
 func (m *Metrics) Error(op string) {
 	if m == nil {
 		return
@@ -218,16 +309,20 @@ func (m *Metrics) Error(op string) {
 	if op == "" {
 		op = "unknown"
 	}
-	m.errors.WithLabelValues(op).Inc()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ev.Errors[op]++
 }
 
 // Upgrade counts one upgrade that ended with result (UpgradeCommitted,
-// UpgradeAborted, UpgradeFailed, UpgradeDryRun) in
-// luod_upgrades_total{result}. Requests refused before the barrier (busy,
-// no kernel loaded) are not upgrades: count them with Error("upgrade").
+// UpgradeAborted, UpgradeFailed, UpgradeDryRun). Requests refused before
+// the barrier (busy, no kernel loaded) are not upgrades: count them with
+// Error("upgrade").
 func (m *Metrics) Upgrade(result string) {
 	if m == nil {
 		return
 	}
-	m.upgrades.WithLabelValues(result).Inc()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ev.Upgrades[result]++
 }

@@ -51,6 +51,7 @@ const (
 	OpLoad     = "load"     // LoadArgs + kernel [, initrd][, config] fds; LoadResult
 	OpUnload   = "unload"   // no args; empty result
 	OpUpgrade  = "upgrade"  // UpgradeArgs; progress events, then UpgradeResult or EOF
+	OpMetrics  = "metrics"  // no args; metrics.Snapshot (luod-exporter asks it at each scrape)
 )
 
 var ops = map[string]bool{ // op → admin only
@@ -59,7 +60,7 @@ var ops = map[string]bool{ // op → admin only
 	OpSubscribe: false, OpReady: false, OpRetrieveSession: false,
 	OpReclaim: false, OpReclaimSessions: false, OpFinishSession: false,
 	OpStatus: true, OpSessions: true, OpInspect: true, OpLoad: true,
-	OpUnload: true, OpUpgrade: true,
+	OpUnload: true, OpUpgrade: true, OpMetrics: true,
 }
 
 // KnownOp reports whether op is an operation of this protocol version.

@@ -1,4 +1,4 @@
-package metrics
+package exporter
 
 import (
 	"context"
@@ -23,7 +23,7 @@ const maxScrapes = 10
 // its context is done.
 const shutdownTimeout = 5 * time.Second
 
-// Handler serves the metrics of g (luod's private registry) in the
+// Handler serves the metrics of g (the exporter's registry) in the
 // Prometheus text format, or protobuf if the scraper asks for it. A
 // collector that fails does not blank the page: the others are served
 // and the error is reported in the response only if nothing could be.
@@ -41,8 +41,8 @@ func Handler(g prometheus.Gatherer) http.Handler {
 //
 // The metrics tell who holds sessions and when upgrades run; expose them
 // beyond loopback only on a trusted network. A failure (the port is in
-// use) is returned at once: luod should log it and go on, since exiting
-// would drop the sessions in its custody.
+// use) is returned at once: luod-exporter then exits, and luod, which
+// never exits over metrics, logs it and starts it again later.
 func Serve(ctx context.Context, addr, path string, g prometheus.Gatherer) error {
 	if addr == "" {
 		return nil

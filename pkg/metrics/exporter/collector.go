@@ -1,79 +1,41 @@
-package metrics
+// Package exporter serves luod's metrics to Prometheus: it turns the
+// metrics.Snapshot luod answers to the "metrics" operation into
+// Prometheus metrics, from one private registry (nothing in
+// client_golang's global one), over HTTP.
+//
+// cmd/luod-exporter uses it. luod itself never links client_golang (see
+// package metrics for why): it starts luod-exporter once READY, with a
+// connection of its own, and the exporter asks luod for a Snapshot at
+// every scrape. Every figure is read from luod when scraped, node_exporter
+// style, so nothing here can drift from luod's state.
+//
+// Names follow luod_<subsystem>_<name>_<unit>: base units (seconds, bytes)
+// in the name, _total on counters, and label values known in advance are
+// exported from the start, at 0, so that rate() and absent() work before
+// the first event. docs/metrics.md lists every metric with alerts.
+package exporter
 
 import (
+	"errors"
 	"slices"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/luod/luod/pkg/metrics"
 	"github.com/luod/luod/pkg/proto"
 )
 
-// Source is luod's live state, read at every scrape. The daemon implements
-// it.
+// Namespace is the first part of every metric name.
+const Namespace = "luod"
+
+// Source gives luod's Snapshot, asked at every scrape: cmd/luod-exporter
+// asks luod over its connection (client.Metrics). An error means luod did
+// not answer: luod_up is 0 and no other luod_ metric is exported.
 //
 // Snapshot is called from the HTTP server's goroutines, concurrently with
-// everything else luod does and with other scrapes: it must read every
-// field under the lock that guards it, must not block on an upgrade in
-// progress, and must return maps of its own (metrics does not keep them).
-// It is called about once per scrape interval, so walking every session
-// is fine.
-type Source interface {
-	Snapshot() Snapshot
-}
-
-// SourceFunc is a func used as a Source.
-type SourceFunc func() Snapshot
-
-// Snapshot calls f.
-func (f SourceFunc) Snapshot() Snapshot { return f() }
-
-// Snapshot is luod's state at one instant, as plain values.
-type Snapshot struct {
-	// LiveUpdateNumber is the liveupdate number this boot's kernel
-	// reported: how many live updates led to this boot since the last cold
-	// boot; 0 after a cold boot.
-	LiveUpdateNumber uint64
-	// Continuity is recovery's verdict on this boot (proto.ContinuityOK,
-	// …); "" while recovery has not finished.
-	Continuity string
-	// SessionsByState counts the sessions luod holds by state
-	// (proto.StateOpen, StateIncoming, StateClaimed, StateFinished).
-	// Missing states count 0.
-	SessionsByState map[string]int
-	// FilesByState counts the preserved files of those sessions, by the
-	// state of their session.
-	FilesByState map[string]int
-	// PreservedBytes is the sum of the sizes of the files of open,
-	// incoming and claimed sessions: the memory a live update carries or
-	// carried over.
-	PreservedBytes int64
-	// ConnectedClients counts the client connections open now, admin ones
-	// included.
-	ConnectedClients int
-	// SubscribedClients counts the connections subscribed to upgrade
-	// events: the clients the next barrier waits for.
-	SubscribedClients int
-	// Lost names the sessions the previous boot held that this boot
-	// could not give back (Status.LostSessions), with their owners' uids:
-	// luod_sessions_lost counts them, luod_session_lost_info names them.
-	Lost []LostSession
-	// UnclaimedOverdue counts incoming sessions still unclaimed after
-	// --reclaim.grace (Status.UnclaimedOverdue).
-	UnclaimedOverdue int
-	// UpgradePhase is the phase of the upgrade in progress
-	// (proto.PhaseBarrier, …), "" when none runs.
-	UpgradePhase string
-	// KernelLoaded is set while a kernel is loaded for the next live
-	// update (luoctl load, until unload or reboot).
-	KernelLoaded bool
-}
-
-// LostSession is one session of Snapshot.Lost.
-type LostSession struct {
-	Name string
-	UID  uint32
-}
+// other scrapes.
+type Source func() (metrics.Snapshot, error)
 
 var (
 	// continuities are the values of Snapshot.Continuity.
@@ -85,19 +47,24 @@ var (
 
 func fqName(subsystem, name string) string { return prometheus.BuildFQName(Namespace, subsystem, name) }
 
-// descs describe the live-state metrics. They are built by New, not at
-// package init: luod's start runs every package's init before main, in
-// the pause of a live update, and nothing here is needed to recover.
+// descs describe every luod metric.
 type descs struct {
+	upDesc                                                      *prometheus.Desc
 	buildInfoDesc, continuityDesc, liveUpdateNumberDesc         *prometheus.Desc
 	sessionsDesc, sessionFilesDesc, preservedBytesDesc          *prometheus.Desc
 	clientsConnectedDesc, clientsSubscribedDesc                 *prometheus.Desc
 	sessionsLostDesc, sessionLostInfoDesc, unclaimedOverdueDesc *prometheus.Desc
 	upgradePhaseDesc, kernelLoadedDesc                          *prometheus.Desc
+
+	kexecLoadsDesc, kexecLoadDurationDesc, phaseDurationDesc *prometheus.Desc
+	recoveryDurationDesc, upgradesDesc, errorsDesc           *prometheus.Desc
 }
 
 func newDescs() descs {
 	return descs{
+		upDesc: prometheus.NewDesc(fqName("", "up"),
+			"Whether luod answered the exporter's last request for its metrics (1) or not (0); without it no other luod metric is exported.",
+			nil, nil),
 		buildInfoDesc: prometheus.NewDesc(fqName("", "build_info"),
 			"A metric with a constant value of 1 labeled by the version, Go version and revision luod was built from.",
 			[]string{"version", "goversion", "revision"}, nil),
@@ -126,7 +93,7 @@ func newDescs() descs {
 			"Sessions of the previous boot that this boot could not give back.",
 			nil, nil),
 		sessionLostInfoDesc: prometheus.NewDesc(fqName("session", "lost_info"),
-			"A metric with a constant value of 1 per session of the previous boot that this boot could not give back, labeled by its name and owner's uid (luoctl status lists them too).",
+			"A metric with a constant value of 1 per session of the previous boot that this boot could not give back (the first 256), labeled by its name and owner's uid (luoctl status lists them all).",
 			[]string{"session", "uid"}, nil),
 		unclaimedOverdueDesc: prometheus.NewDesc(fqName("sessions", "unclaimed_overdue"),
 			"Sessions handed over by the live update and still unclaimed by their owners after the reclaim grace period.",
@@ -137,45 +104,70 @@ func newDescs() descs {
 		kernelLoadedDesc: prometheus.NewDesc(fqName("kexec", "kernel_loaded"),
 			"Whether a kernel is loaded for the next live update (1) or not (0).",
 			nil, nil),
+
+		kexecLoadsDesc: prometheus.NewDesc(fqName("kexec", "loads_total"),
+			"Calls of kexec_file_load to load the next kernel, by result (success or failure).",
+			[]string{"result"}, nil),
+		kexecLoadDurationDesc: prometheus.NewDesc(fqName("kexec", "load_duration_seconds"),
+			"Time kexec_file_load took to load the next kernel, whatever its outcome.",
+			nil, nil),
+		phaseDurationDesc: prometheus.NewDesc(fqName("upgrade", "phase_duration_seconds"),
+			"Time each upgrade phase (barrier, manifest, reboot) took; a reboot is observed only when it failed.",
+			[]string{"phase"}, nil),
+		recoveryDurationDesc: prometheus.NewDesc(fqName("recovery", "duration_seconds"),
+			"Time this boot's recovery took, from reading the handover to holding every session; 0 until it finished.",
+			nil, nil),
+		upgradesDesc: prometheus.NewDesc(fqName("", "upgrades_total"),
+			"Upgrades run since luod started, by result (committed, aborted, failed, dry_run).",
+			[]string{"result"}, nil),
+		errorsDesc: prometheus.NewDesc(fqName("", "errors_total"),
+			"Operations of luod that failed, by operation.",
+			[]string{"op"}, nil),
 	}
 }
 
-// collector is everything New registers, as one prometheus.Collector: the
-// live state read from src at scrape time, and the event metrics.
-type collector struct {
+// Collector is every luod metric, as one prometheus.Collector reading a
+// Source at each scrape.
+type Collector struct {
 	descs
-	src    Source
-	build  BuildInfo
-	events []prometheus.Collector
+	src Source
 }
 
-func newCollector(src Source, build BuildInfo, events []prometheus.Collector) *collector {
-	return &collector{descs: newDescs(), src: src, build: build, events: events}
+// NewCollector returns the collector of src's snapshots; register it
+// with a registry of its own (prometheus.NewRegistry).
+func NewCollector(src Source) (*Collector, error) {
+	if src == nil {
+		return nil, errors.New("exporter: nil Source")
+	}
+	return &Collector{descs: newDescs(), src: src}, nil
 }
 
 // Describe implements prometheus.Collector.
-func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		c.buildInfoDesc, c.continuityDesc, c.liveUpdateNumberDesc, c.sessionsDesc, c.sessionFilesDesc,
+		c.upDesc, c.buildInfoDesc, c.continuityDesc, c.liveUpdateNumberDesc, c.sessionsDesc, c.sessionFilesDesc,
 		c.preservedBytesDesc, c.clientsConnectedDesc, c.clientsSubscribedDesc, c.sessionsLostDesc,
 		c.sessionLostInfoDesc, c.unclaimedOverdueDesc, c.upgradePhaseDesc, c.kernelLoadedDesc,
+		c.kexecLoadsDesc, c.kexecLoadDurationDesc, c.phaseDurationDesc, c.recoveryDurationDesc,
+		c.upgradesDesc, c.errorsDesc,
 	} {
 		ch <- d
-	}
-	for _, e := range c.events {
-		e.Describe(ch)
 	}
 }
 
 // Collect implements prometheus.Collector.
-func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	b := c.build
-	ch <- prometheus.MustNewConstMetric(c.buildInfoDesc, prometheus.GaugeValue, 1, b.Version, b.GoVersion, b.Revision)
-
-	s := c.src.Snapshot()
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
+	s, err := c.src()
+	if err != nil {
+		gauge(c.upDesc, 0)
+		return
+	}
+	gauge(c.upDesc, 1)
+	b := s.Build
+	gauge(c.buildInfoDesc, 1, b.Version, b.GoVersion, b.Revision)
 	stateSet(ch, c.continuityDesc, continuities, s.Continuity)
 	gauge(c.liveUpdateNumberDesc, float64(s.LiveUpdateNumber))
 	byState(ch, c.sessionsDesc, s.SessionsByState)
@@ -183,17 +175,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.preservedBytesDesc, float64(s.PreservedBytes))
 	gauge(c.clientsConnectedDesc, float64(s.ConnectedClients))
 	gauge(c.clientsSubscribedDesc, float64(s.SubscribedClients))
-	gauge(c.sessionsLostDesc, float64(len(s.Lost)))
+	gauge(c.sessionsLostDesc, float64(max(s.LostTotal, len(s.Lost))))
 	for _, l := range s.Lost {
 		gauge(c.sessionLostInfoDesc, 1, l.Name, strconv.FormatUint(uint64(l.UID), 10))
 	}
 	gauge(c.unclaimedOverdueDesc, float64(s.UnclaimedOverdue))
-	stateSet(ch, c.upgradePhaseDesc, phases, s.UpgradePhase)
+	stateSet(ch, c.upgradePhaseDesc, metrics.Phases, s.UpgradePhase)
 	gauge(c.kernelLoadedDesc, boolValue(s.KernelLoaded))
 
-	for _, e := range c.events {
-		e.Collect(ch)
+	ev := s.Events
+	counters(ch, c.kexecLoadsDesc, ev.KexecLoads)
+	histogram(ch, c.kexecLoadDurationDesc, ev.KexecLoadSeconds)
+	for p, h := range ev.PhaseSeconds {
+		histogram(ch, c.phaseDurationDesc, h, p)
 	}
+	gauge(c.recoveryDurationDesc, ev.RecoverySeconds)
+	counters(ch, c.upgradesDesc, ev.Upgrades)
+	counters(ch, c.errorsDesc, ev.Errors)
 }
 
 // stateSet emits one series per known value, 1 for cur and 0 for the
@@ -219,6 +217,36 @@ func byState(ch chan<- prometheus.Metric, d *prometheus.Desc, n map[string]int) 
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), st)
 		}
 	}
+}
+
+// counters emits one counter per key of n, the key its label.
+func counters(ch chan<- prometheus.Metric, d *prometheus.Desc, n map[string]uint64) {
+	for k, v := range n {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), k)
+	}
+}
+
+// histogram emits h; a histogram whose bounds and counts disagree (an
+// answer of another luod version, or a broken one) is reported as an
+// invalid metric instead of panicking.
+func histogram(ch chan<- prometheus.Metric, d *prometheus.Desc, h metrics.Histogram, labels ...string) {
+	if h.Bounds == nil {
+		return // luod counts none of this kind
+	}
+	if len(h.Bounds) != len(h.Counts) {
+		ch <- prometheus.NewInvalidMetric(d, errors.New("histogram with "+strconv.Itoa(len(h.Bounds))+
+			" bounds and "+strconv.Itoa(len(h.Counts))+" counts"))
+		return
+	}
+	buckets := make(map[float64]uint64, len(h.Bounds))
+	for i, b := range h.Bounds {
+		buckets[b] = h.Counts[i]
+	}
+	m, err := prometheus.NewConstHistogram(d, h.Count, h.Sum, buckets, labels...)
+	if err != nil {
+		m = prometheus.NewInvalidMetric(d, err)
+	}
+	ch <- m
 }
 
 func boolValue(b bool) float64 {

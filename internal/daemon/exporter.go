@@ -1,0 +1,143 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/pkg/proto"
+)
+
+// luod's metrics are served by a process of their own, luod-exporter
+// (cmd/luod-exporter), so that luod does not link client_golang: its
+// package init and a binary twice the size would lengthen luod's start,
+// which after a live update is part of the workloads' pause (see package
+// metrics). luod starts the exporter once READY, gives it one end of a
+// socketpair as its fd 3 and serves the other end as a connection of its
+// own; the exporter asks "metrics" on it at every scrape.
+//
+// The exporter is luod's child: it gets SIGTERM when luod's thread that
+// started it dies (Pdeathsig) and exits when its connection ends, and
+// luod stops it when it stops. If it exits on its own (a crash, the port
+// taken) luod logs why and starts it again, after 1 s, then twice as
+// long each time up to a minute; a run of a minute or more resets that.
+
+const (
+	exporterBackoffMin = time.Second
+	exporterBackoffMax = time.Minute
+	// exporterStopTimeout is how long a stopping luod waits for the
+	// exporter after SIGTERM before it kills it.
+	exporterStopTimeout = 5 * time.Second
+	// exporterNice is the exporter's nice value.
+	exporterNice = 10
+)
+
+// runExporter keeps cfg.Exporter running until ctx is done.
+func (d *Daemon) runExporter(ctx context.Context) {
+	backoff := exporterBackoffMin
+	for {
+		t0 := time.Now()
+		err := d.exporterOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(t0) >= exporterBackoffMax {
+			backoff = exporterBackoffMin
+		}
+		d.metrics.Error("exporter")
+		d.log.Warn("metrics exporter exited; starting it again", "exporter", d.cfg.Exporter[0], "err", err, "after", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, exporterBackoffMax)
+	}
+}
+
+// exporterOnce runs the exporter once, serving its connection, and
+// returns why it ended.
+func (d *Daemon) exporterOnce(ctx context.Context) error {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socketpair: %w", err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "exporter"), os.NewFile(uintptr(fds[1]), "luod")
+	defer theirs.Close()
+	// luod authenticates every request by the credentials it carries.
+	if err := unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		ours.Close()
+		return fmt.Errorf("SO_PASSCRED: %w", err)
+	}
+	pc, err := proto.FileConn(ours)
+	ours.Close() // FileConn made its own
+	if err != nil {
+		return err
+	}
+
+	cmd := exec.Command(d.cfg.Exporter[0], d.cfg.Exporter[1:]...)
+	cmd.ExtraFiles = []*os.File{theirs} // fd 3
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.Env = exporterEnv(os.Environ())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		pc.Close()
+		return err
+	}
+	theirs.Close()
+	// Scrapes are not urgent: the exporter yields the CPU to luod and the
+	// workloads, which right after READY reclaim their sessions.
+	if err := unix.Setpriority(unix.PRIO_PROCESS, cmd.Process.Pid, exporterNice); err != nil {
+		d.log.Debug("could not lower the exporter's priority", "err", err)
+	}
+	d.log.Info("metrics exporter started", "exporter", d.cfg.Exporter[0], "pid", cmd.Process.Pid)
+
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		d.serveConn(ctx, pc, true)
+	}()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	select {
+	case err = <-exited:
+		if err == nil {
+			err = errors.New("exited with status 0")
+		}
+	case <-ctx.Done():
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err = <-exited:
+		case <-time.After(exporterStopTimeout):
+			cmd.Process.Kill()
+			err = <-exited
+		}
+	}
+	pc.Close()
+	<-served
+	return err
+}
+
+// exporterEnv is luod's environment without what belongs to luod alone:
+// systemd's notify socket and watchdog (the exporter is not the unit's
+// main process) and the socket activation variables.
+func exporterEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES":
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}

@@ -1,0 +1,222 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/luod/luod/pkg/client"
+	"github.com/luod/luod/pkg/ioctl/ioctltest"
+	"github.com/luod/luod/pkg/metrics"
+	"github.com/luod/luod/pkg/metrics/exporter"
+	"github.com/luod/luod/pkg/proto"
+)
+
+// fakeExporterEnv, when set to a directory, makes this test binary act as
+// luod's exporter (TestMain): see fakeExporter.
+const fakeExporterEnv = "LUOD_TEST_FAKE_EXPORTER"
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(fakeExporterEnv); dir != "" {
+		os.Exit(fakeExporter(dir))
+	}
+	os.Exit(m.Run())
+}
+
+// fakeExporter is what luod-exporter does with the connection luod passes
+// as fd 3: it asks "metrics" once and writes the answer to
+// dir/metrics-PID.json. The first one started (no dir/crashed yet) then
+// exits with status 3, as a crash; the others wait until the connection
+// ends (luod gone) or SIGTERM.
+func fakeExporter(dir string) int {
+	pc, err := proto.FileConn(os.NewFile(3, "luod"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake exporter:", err)
+		return 1
+	}
+	c := client.New(pc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := c.Metrics(ctx)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake exporter:", err)
+		return 1
+	}
+	b, _ := json.Marshal(s)
+	os.WriteFile(filepath.Join(dir, fmt.Sprintf("metrics-%d.json.tmp", os.Getpid())), b, 0o644)
+	os.Rename(filepath.Join(dir, fmt.Sprintf("metrics-%d.json.tmp", os.Getpid())), filepath.Join(dir, fmt.Sprintf("metrics-%d.json", os.Getpid())))
+	if _, err := os.Stat(filepath.Join(dir, "crashed")); os.IsNotExist(err) {
+		os.WriteFile(filepath.Join(dir, "crashed"), nil, 0o644)
+		return 3
+	}
+	for range c.Events() {
+	}
+	return 0
+}
+
+// TestMetricsFollowState: the "metrics" operation reports luod's state
+// and events, and the exporter's collector turns them into the metrics
+// docs/metrics.md lists.
+func TestMetricsFollowState(t *testing.T) {
+	dir := t.TempDir()
+	h := boot(t, dir, ioctltest.New(), false, nil)
+	c := h.dial()
+	if _, err := c.CreateSession(ctx(t), "vm-m", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Preserve(ctx(t), "vm-m", []client.FileToPreserve{{File: memfd(t, make([]byte, 4096)), Token: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil) // no kernel: an error by op
+
+	reg := prometheus.NewRegistry()
+	col, err := exporter.NewCollector(func() (metrics.Snapshot, error) {
+		s, err := c.Metrics(ctx(t))
+		if err != nil {
+			return metrics.Snapshot{}, err
+		}
+		return *s, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister(col)
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"luod_up", nil, 1},
+		{"luod_boot_continuity", map[string]string{"continuity": "fresh"}, 1},
+		{"luod_boot_continuity", map[string]string{"continuity": "ok"}, 0},
+		{"luod_sessions", map[string]string{"state": "open"}, 1},
+		{"luod_preserved_bytes", nil, 4096},
+		{"luod_clients_connected", nil, 1},
+		{"luod_errors_total", map[string]string{"op": "upgrade"}, 1},
+		{"luod_upgrades_total", map[string]string{"result": "aborted"}, 0},
+	} {
+		if got, ok := sample(t, reg, tc.name, tc.labels); !ok || got != tc.want {
+			t.Errorf("%s%v = %v (found %v), want %v", tc.name, tc.labels, got, ok, tc.want)
+		}
+	}
+	if probs, err := testutil.GatherAndLint(reg); err != nil || len(probs) > 0 {
+		t.Errorf("lint: %v %v", probs, err)
+	}
+	s, err := c.Metrics(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Build.Version == "" || s.Build.GoVersion == "" || s.Events.RecoverySeconds <= 0 {
+		t.Errorf("build %+v, recovery %v s: want a version, a Go version and the recovery time", s.Build, s.Events.RecoverySeconds)
+	}
+}
+
+// TestExporterProcess: luod starts its exporter once READY with a
+// connection of its own, which is an admin's and not counted as a
+// client; starts it again when it exits; and stops it when luod stops.
+func TestExporterProcess(t *testing.T) {
+	out := t.TempDir()
+	t.Setenv(fakeExporterEnv, out)
+	h := boot(t, t.TempDir(), ioctltest.New(), false, func(c *Config) {
+		c.Exporter = []string{os.Args[0], "-test.run=^$"}
+	})
+
+	// The first one answers, then "crashes"; luod starts a second after
+	// a second.
+	snaps := waitSnapshots(t, out, 2)
+	first, second := snaps[0], snaps[1]
+	if first.s.ConnectedClients != 0 {
+		t.Errorf("first exporter saw %d connected clients, want 0 (its own connection is not a client's)", first.s.ConnectedClients)
+	}
+	if first.s.Continuity != proto.ContinuityFresh {
+		t.Errorf("first exporter saw continuity %q, want %q", first.s.Continuity, proto.ContinuityFresh)
+	}
+	if got := second.s.Events.Errors["exporter"]; got != 1 {
+		t.Errorf("errors{op=exporter} = %d after one exporter exit, want 1", got)
+	}
+	if !strings.Contains(h.logText(), "metrics exporter exited; starting it again") {
+		t.Errorf("the exporter's exit was not logged:\n%s", h.logText())
+	}
+
+	h.stop()
+	// luod stopped and waited for it: the second exporter is gone (reaped).
+	if err := syscall.Kill(second.pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("exporter %d still there after luod stopped: kill(0) = %v", second.pid, err)
+	}
+}
+
+type exporterSnapshot struct {
+	pid int
+	s   metrics.Snapshot
+}
+
+// waitSnapshots waits for n answers written by fake exporters in dir, in
+// the order they were written.
+func waitSnapshots(t *testing.T, dir string, n int) []exporterSnapshot {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		files, _ := filepath.Glob(filepath.Join(dir, "metrics-*.json"))
+		if len(files) >= n {
+			var out []exporterSnapshot
+			var mtimes []time.Time
+			for _, f := range files {
+				var e exporterSnapshot
+				fmt.Sscanf(filepath.Base(f), "metrics-%d.json", &e.pid)
+				b, err := os.ReadFile(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := json.Unmarshal(b, &e.s); err != nil {
+					t.Fatalf("%s: %v", f, err)
+				}
+				fi, _ := os.Stat(f)
+				out, mtimes = append(out, e), append(mtimes, fi.ModTime())
+			}
+			if mtimes[0].After(mtimes[len(mtimes)-1]) {
+				out[0], out[len(out)-1] = out[len(out)-1], out[0]
+			}
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d exporter answers after 20 s, want %d", len(files), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sample finds one gauge or counter value in what reg exposes.
+func sample(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) (float64, bool) {
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+					continue next
+				}
+			}
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue(), true
+			}
+			return m.GetCounter().GetValue(), true
+		}
+	}
+	return 0, false
+}
