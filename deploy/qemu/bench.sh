@@ -35,7 +35,7 @@ echo "bench: installing what the VM needs and building (or reusing) the kernels"
 vm_prepare "$out"
 mv "$out.tmp/gobench.txt" "$out/" && rmdir "$out.tmp"
 (cd "$repo" &&
-	CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod ./internal/bench/directretrieve &&
+	CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod ./cmd/luod-exporter ./internal/bench/directretrieve &&
 	CGO_ENABLED=0 go test -c -o "$out/bin/bench.test" ./internal/bench)
 # The direct program's start alone runs from a copy: under TCG the first run
 # of a file's code pays its translation, and each measured run is a first.

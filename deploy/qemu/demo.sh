@@ -17,9 +17,9 @@ out=${LUOD_OUT:-$repo/_out}/vm/$name$vm_suffix
 
 echo "demo: installing what the VM needs and building (or reusing) the kernels"
 vm_prepare "$out"
-echo "demo: building luod, luoctl and the guestram workload (static)"
+echo "demo: building luod, luod-exporter, luoctl and the guestram workload (static)"
 (cd "$repo" &&
-	CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod ./cmd/luoctl ./examples/guestram &&
+	CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod ./cmd/luod-exporter ./cmd/luoctl ./examples/guestram &&
 	CGO_ENABLED=0 go test -c -o "$out/bin/vmtest.test" ./internal/vmtest)
 cp "$here/demo-stage.sh" "$here/luod-svc.sh" "$out/bin/"
 vm_share "$out"

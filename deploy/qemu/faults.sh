@@ -24,9 +24,9 @@ out=${LUOD_OUT:-$repo/_out}/vm/faults
 . "$here/lib.sh"
 
 vm_prepare "$out"
-echo "faults: building luod, luoctl and the VM tests (static)"
+echo "faults: building luod, luod-exporter, luoctl and the VM tests (static)"
 (cd "$repo" &&
-	CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod ./cmd/luoctl &&
+	CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod ./cmd/luod-exporter ./cmd/luoctl &&
 	CGO_ENABLED=0 go test -c -o "$out/bin/vmtest.test" ./internal/vmtest)
 cp "$here/luod-svc.sh" "$out/bin/"
 vm_share "$out"

@@ -172,17 +172,30 @@ func waitLog(t *testing.T, from int, re string) string {
 	}
 }
 
-// metrics returns luod's metrics lines that start with name.
+// metrics returns luod's metrics lines that start with name. The
+// endpoint is luod-exporter's, which luod starts once ready (and again
+// after a restart): a page is taken once the exporter listens and says
+// luod answered it (luod_up 1).
 func metrics(t *testing.T, name string) []string {
 	t.Helper()
-	resp, err := http.Get(metricsURL)
-	if err != nil {
-		t.Fatalf("metrics: %v", err)
+	var page string
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		resp, err := http.Get(metricsURL)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if page = string(b); strings.Contains(page, "\nluod_up 1\n") {
+				break
+			}
+			err = fmt.Errorf("luod_up is not 1: luod did not answer the exporter")
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
+	for _, l := range strings.Split(page, "\n") {
 		if strings.HasPrefix(l, name+" ") || strings.HasPrefix(l, name+"{") {
 			out = append(out, l)
 		}

@@ -71,7 +71,7 @@ trap 'rm -rf "$root"' EXIT
 cp -a "$base/." "$root/"
 chmod 755 "$root"
 
-install -m 0755 "$bindir/luod" "$root/usr/local/sbin/luod"
+install -m 0755 "$bindir/luod" "$bindir/luod-exporter" "$root/usr/local/sbin/"
 install -m 0755 "$bindir/luoctl" "$bindir/guestram" "$root/usr/local/bin/"
 install -m 0755 "$here/vmtest-stage.sh" "$root/usr/local/bin/vmtest-stage.sh"
 install -m 0644 "$repo/deploy/systemd/luod.service" "$repo/deploy/systemd/luod.socket" \

@@ -91,11 +91,18 @@ show_unit() {
 }
 
 # check_metrics PATTERN...: the metrics endpoint answers and matches.
+# The endpoint is luod-exporter's, which luod starts once ready: wait up to
+# 30 s for a page on which luod answered the exporter (luod_up 1).
 probe_metrics() {
-	m=$(curl -s --max-time 10 "$metrics_url") && [ -n "$m" ]
+	i=0
+	until m=$(curl -s --max-time 10 "$metrics_url") && echo "$m" | grep -q '^luod_up 1$'; do
+		i=$((i + 1))
+		[ $i -lt 150 ] || return 1
+		sleep 0.2
+	done
 }
 check_metrics() {
-	probe_metrics || die "metrics endpoint $metrics_url does not answer"
+	probe_metrics || die "metrics endpoint $metrics_url does not answer with luod_up 1"
 	echo "$m" | grep -E '^luod_boot_(continuity|liveupdate_number)' | indent
 	for p in "$@"; do
 		echo "$m" | grep -q -E -e "$p" || die "metrics lack /$p/"
@@ -128,7 +135,11 @@ case "$stage" in
 	expect "luod's journal" "$(luodlog)" 'using the socket passed by systemd socket activation'
 	vm "LUOD-VM-SUITE: PASS stage=1 $suite/ready"
 
-	probe_metrics || die "metrics endpoint $metrics_url does not answer under luod.service: $(luodlog | grep -i 'metrics endpoint failed' | tail -1)"
+	probe_metrics || die "metrics endpoint $metrics_url does not answer under luod.service: $(luodlog | grep -i -E 'metrics endpoint|exporter|cannot serve' | tail -3)"
+	# The endpoint is luod-exporter's, luod's child in luod.service.
+	expect "luod's journal" "$(luodlog)" 'metrics exporter started'
+	procs=$(for p in $(cat "/sys/fs/cgroup$(systemctl show -p ControlGroup --value luod)/cgroup.procs"); do cat "/proc/$p/comm"; done)
+	expect "luod.service's processes" "$procs" '^luod$' '^luod-exporter$'
 
 	say "workload: guestram keeps $size in a memfd, session $sess (detached)"
 	out=$(guestram run --session "$sess" --size "$size" --detach 2>&1) && rc=0 || rc=$?
