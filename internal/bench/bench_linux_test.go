@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -134,10 +136,11 @@ func TestBench(t *testing.T) {
 		var n int
 		r.Reclaim, n = reclaimLuod(t, l, e.stage-1, carried[k])
 		r.Verified += n
+		r.ExporterRSSKiB = l.exporterRSS(t)
 		res.Retrieve = append(res.Retrieve, r)
-		say("retrieve %d x %d: direct program exec to READY %s ms (start alone %s ms, loop %s ms); luod exec to READY %s ms (%.2fx), + reclaim %s ms = %s ms (%.2fx), rss %d KiB, %d files verified",
+		say("retrieve %d x %d: direct program exec to READY %s ms (start alone %s ms, loop %s ms); luod exec to READY %s ms (%.2fx), + reclaim %s ms = %s ms (%.2fx), rss %d KiB (exporter %d KiB), %d files verified",
 			r.Sessions, r.Files, ms(r.Minimal), ms(r.MinimalStart), ms(r.Direct), ms(r.Ready), ratio(r.Ready, r.Minimal),
-			ms(r.Reclaim), ms(r.Luod()), ratio(r.Luod(), r.Minimal), r.RSSKiB, r.Verified)
+			ms(r.Reclaim), ms(r.Luod()), ratio(r.Luod(), r.Minimal), r.RSSKiB, r.ExporterRSSKiB, r.Verified)
 		if k+1 == len(carried) {
 			finish(t, e, res, l)
 			return
@@ -314,15 +317,15 @@ func measurePreserveLuod(t *testing.T, l *luod, res *Results) {
 		// and up to proto.MaxFDs files a request; a session of more files
 		// goes by create_session and preserve): the figure (a) is judged by.
 		p.Luod = preserveThroughLuod(t, l, s, f, true)
-		p.RSSKiB = l.rss(t)
+		p.RSSKiB, p.ExporterRSSKiB = l.rss(t), l.exporterRSS(t)
 		deletePreserved(t, l, s)
 		// One request a session, as independent workloads would each ask.
 		if s > 1 {
 			p.OneByOne = preserveThroughLuod(t, l, s, f, false)
 			deletePreserved(t, l, s)
 		}
-		say("preserve luod %d x %d: %s ms (direct %s ms, %.2fx; one request a session %s ms), rss %d KiB",
-			s, f, ms(p.Luod), ms(p.Direct), ratio(p.Luod, p.Direct), ms(p.OneByOne), p.RSSKiB)
+		say("preserve luod %d x %d: %s ms (direct %s ms, %.2fx; one request a session %s ms), rss %d KiB (exporter %d KiB)",
+			s, f, ms(p.Luod), ms(p.Direct), ratio(p.Luod, p.Direct), ms(p.OneByOne), p.RSSKiB, p.ExporterRSSKiB)
 	}
 }
 
@@ -651,7 +654,9 @@ func startLuod(t *testing.T, e env, tag string) *luod {
 	if tag != "" {
 		name += "-" + tag
 	}
-	p := start(t, e, "luod", []string{"--socket.path", luodSocket, "--web.listen-address", "",
+	// luod's metrics endpoint on, as by default: luod starts its exporter
+	// once READY, and the exporter's memory counts in (d).
+	p := start(t, e, "luod", []string{"--socket.path", luodSocket,
 		"--reclaim.grace", "1h", "--limits.sessions-per-uid", "4096",
 		"--debug.cpuprofile", filepath.Join(e.dir, name+".cpu.pprof")},
 		name+".log", false)
@@ -709,8 +714,48 @@ func notifySink(s int, readyAt chan<- readyMsg, fds chan<- fdMsg, keep bool) {
 	}
 }
 
-func (l *luod) rss(t *testing.T) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", l.cmd.Process.Pid))
+func (l *luod) rss(t *testing.T) int64 { return vmRSS(t, l.cmd.Process.Pid) }
+
+// exporterRSS scrapes luod's metrics endpoint (waiting, as the exporter
+// starts once luod is READY, until luod answered it: luod_up 1) and
+// returns the VmRSS of the exporter serving it, luod's child.
+func (l *luod) exporterRSS(t *testing.T) int64 {
+	for deadline := time.Now().Add(time.Minute); ; {
+		resp, err := http.Get("http://127.0.0.1:9478/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(b), "\nluod_up 1\n") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("luod's metrics endpoint: no page with luod_up 1 after a minute (last error %v)", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, s := range stats {
+		b, err := os.ReadFile(s)
+		// pid (comm) state ppid ...
+		_, rest, ok := strings.Cut(string(b), "(luod-exporter) ")
+		if err != nil || !ok {
+			continue
+		}
+		var state string
+		var ppid int
+		if _, err := fmt.Sscan(rest, &state, &ppid); err != nil || ppid != l.cmd.Process.Pid {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(s)))
+		return vmRSS(t, pid)
+	}
+	t.Fatalf("no luod-exporter child of luod (pid %d)", l.cmd.Process.Pid)
+	return 0
+}
+
+func vmRSS(t *testing.T, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -723,7 +768,7 @@ func (l *luod) rss(t *testing.T) int64 {
 			return n
 		}
 	}
-	t.Fatal("no VmRSS in luod's status")
+	t.Fatalf("no VmRSS in /proc/%d/status", pid)
 	return 0
 }
 

@@ -61,4 +61,18 @@ func TestVerdicts(t *testing.T) {
 			t.Errorf("%s met with no direct figure (%s)", v.Target, v.Measured)
 		}
 	}
+	// (d) counts the exporter luod runs: luod alone within the target
+	// does not make it.
+	r.Retrieve[2].RSSKiB = 10000
+	for _, c := range []struct {
+		exporter int64
+		met      bool
+	}{{6000, false}, {4000, true}} {
+		r.Preserve[1].ExporterRSSKiB = c.exporter // luod 15000 KiB
+		for _, v := range r.Verdicts() {
+			if strings.HasPrefix(v.Target, "(d)") && v.Met != c.met {
+				t.Errorf("luod 15000 KiB + exporter %d KiB: %s met = %v (%s), want %v", c.exporter, v.Target, v.Met, v.Measured, c.met)
+			}
+		}
+	}
 }
