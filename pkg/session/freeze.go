@@ -50,10 +50,10 @@ func (c *Custody) unfreeze() {
 // touchLocked notes a change of the table, at e; c.mu is held. The
 // encoding of e's manifest entry is dropped: every change of an entry ends
 // here (end, insert, remove), so no change can leave a stale one. A
-// manifest prewritten outside a freeze is no longer true after it: the reserved
-// session is closed at once, so that the kernel never holds a stale
-// manifest (a kexec started by someone else would carry it). Inside a
-// freeze only the operations Freeze waits for change the table, and
+// manifest prewritten outside a freeze is no longer true after it: the
+// reserved session is closed at once, so that the kernel never holds a
+// stale manifest (a kexec started by someone else would carry it). Inside
+// a freeze only the operations Freeze waits for change the table, and
 // WriteManifest, seeing the generation moved, writes the manifest anew.
 func (c *Custody) touchLocked(e *entry) {
 	c.gen++
