@@ -348,11 +348,11 @@ func (l *cli) load(args []string) error {
 	}
 	cpath := *config
 	if cpath == "" {
+		// The release only helps find the config: luod gives the verdict
+		// on the image, and only luod reads it whole for its digest.
 		release := ""
-		if fi, err := kf.Stat(); err == nil {
-			if img, err := kexec.Inspect(kf, fi.Size()); err == nil {
-				release = img.Release
-			}
+		if img, err := kexec.InspectFileNoHash(kf); err == nil {
+			release = img.Release
 		}
 		cpath = kexec.FindConfig(kernel, release)
 	}

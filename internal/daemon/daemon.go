@@ -209,11 +209,10 @@ type Daemon struct {
 
 	// record is the custody record (storeRecord), in systemd's fd store or
 	// the state directory, which changes are appended to; recordMu orders
-	// them. recordFailed: the last write of the one in the state
-	// directory failed, and the disk writer tries again.
-	recordMu     sync.Mutex
-	record       *session.RecordFile
-	recordFailed bool
+	// them. Without the store, no record after recovery means its last
+	// write failed, and the disk writer tries again (syncRecord).
+	recordMu sync.Mutex
+	record   *session.RecordFile
 
 	upgradeMu     sync.Mutex // one upgrade at a time (TryLock)
 	rebootsFailed int        // by the fault switch; guarded by upgradeMu

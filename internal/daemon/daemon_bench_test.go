@@ -143,7 +143,6 @@ func BenchmarkPreserve1MiB(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.StopTimer()
-	var timed time.Duration
 	for i, n := range chunks(b.N) {
 		name := fmt.Sprintf("bench-%d", i)
 		s, err := c.CreateSession(cx, name, nil)
@@ -158,11 +157,9 @@ func BenchmarkPreserve1MiB(b *testing.B) {
 			req[j] = client.FileToPreserve{File: f, Token: want[j], Label: fmt.Sprintf("ram-%d", j)}
 		}
 
-		t0 := time.Now()
 		b.StartTimer()
 		got, err := c.Preserve(cx, name, req)
 		b.StopTimer()
-		timed += time.Since(t0)
 		if err != nil {
 			closeAllFiles(files)
 			b.Fatal(err)
@@ -201,7 +198,7 @@ func BenchmarkPreserve1MiB(b *testing.B) {
 			b.Fatalf("kernel still has %d sessions after deleting %q", len(ss), name)
 		}
 	}
-	b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N), "ns/file")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/file")
 }
 
 // BenchmarkPreserveDirect1MiB does what BenchmarkPreserve1MiB does, the
@@ -218,7 +215,6 @@ func BenchmarkPreserveDirect1MiB(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.StopTimer()
-	var timed time.Duration
 	for i, n := range chunks(b.N) {
 		name := fmt.Sprintf("bench-%d", i)
 		s, err := dev.CreateSession(name)
@@ -228,7 +224,6 @@ func BenchmarkPreserveDirect1MiB(b *testing.B) {
 		files := memfds(b, n)
 		want := tokens(n)
 
-		t0 := time.Now()
 		b.StartTimer()
 		for j, f := range files {
 			if err := s.PreserveFD(int(f.Fd()), want[j]); err != nil {
@@ -238,7 +233,6 @@ func BenchmarkPreserveDirect1MiB(b *testing.B) {
 			}
 		}
 		b.StopTimer()
-		timed += time.Since(t0)
 
 		checkFake(b, fake, name, want)
 		s.Close() // the last fd of the session: the kernel unpreserves all
@@ -247,7 +241,7 @@ func BenchmarkPreserveDirect1MiB(b *testing.B) {
 			b.Fatalf("kernel still has %d sessions after closing %q", len(ss), name)
 		}
 	}
-	b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N), "ns/file")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/file")
 }
 
 // benchSessions is how many sessions the per-session benchmarks hold at
@@ -298,13 +292,13 @@ func asUnderSystemd(tb testing.TB) func(*Config) {
 // each (create, then preserve: two requests a session), as VMs starting
 // one after another would. It reports the time per session; deleting
 // them is not timed.
-func BenchmarkSessions1000(b *testing.B) { benchSessionsOneByOne(b, asUnderSystemd(b), false) }
+func BenchmarkSessions1000(b *testing.B) { benchSessionsCreated(b, asUnderSystemd(b), oneByOne(false)) }
 
 // BenchmarkSessions1000OneRequest is BenchmarkSessions1000 with the memfd
 // carried by the create_session request itself (CreateSessionWithFiles):
 // one request a session.
 func BenchmarkSessions1000OneRequest(b *testing.B) {
-	benchSessionsOneByOne(b, asUnderSystemd(b), true)
+	benchSessionsCreated(b, asUnderSystemd(b), oneByOne(true))
 }
 
 // BenchmarkSessions1000Batched is BenchmarkSessions1000 with the sessions
@@ -312,9 +306,54 @@ func BenchmarkSessions1000OneRequest(b *testing.B) {
 // as proto.MaxFDs files allow (253 sessions of one memfd), no session fd
 // coming back.
 func BenchmarkSessions1000Batched(b *testing.B) {
+	benchSessionsCreated(b, asUnderSystemd(b), (*client.Client).CreateSessions)
+}
+
+// BenchmarkSessions1000NoFDStore is BenchmarkSessions1000 without an fd
+// store: each change is appended to record.log in the state directory.
+func BenchmarkSessions1000NoFDStore(b *testing.B) {
+	benchSessionsCreated(b, func(c *Config) {
+		c.Log = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}, oneByOne(false))
+}
+
+// createSessions is how a benchmark has the sessions created: one
+// CreatedSession each, in order, as CreateSessions answers.
+type createSessions func(c *client.Client, cx context.Context, sessions []client.SessionToCreate) ([]client.CreatedSession, error)
+
+// oneByOne creates the sessions one after another: CreateSession, then
+// Preserve, or, if oneRequest, CreateSessionWithFiles. The session fds
+// coming back are closed; luod holds the sessions.
+func oneByOne(oneRequest bool) createSessions {
+	return func(c *client.Client, cx context.Context, sessions []client.SessionToCreate) ([]client.CreatedSession, error) {
+		out := make([]client.CreatedSession, len(sessions))
+		for i, s := range sessions {
+			var cs *client.Session
+			var err error
+			if oneRequest {
+				cs, out[i].Files, err = c.CreateSessionWithFiles(cx, s.Name, s.Labels, s.Files)
+				if cs != nil {
+					cs.Close()
+				}
+			} else if cs, err = c.CreateSession(cx, s.Name, s.Labels); err == nil {
+				cs.Close()
+				out[i].Files, err = c.Preserve(cx, s.Name, s.Files)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("session %s: %w", s.Name, err)
+			}
+		}
+		return out, nil
+	}
+}
+
+// benchSessionsCreated has create make benchSessions sessions of one memfd
+// of 64 KiB each, b.N times, through a live luod booted with mod, and
+// reports the time per session; checking and deleting them is not timed.
+func benchSessionsCreated(b *testing.B, mod func(*Config), create createSessions) {
 	fake := ioctltest.New()
 	b.Cleanup(func() { fake.Close() })
-	h := boot(b, b.TempDir(), fake, false, asUnderSystemd(b))
+	h := boot(b, b.TempDir(), fake, false, mod)
 	c := h.dial()
 	cx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -326,17 +365,14 @@ func BenchmarkSessions1000Batched(b *testing.B) {
 			Files: []client.FileToPreserve{{File: memfd(b, data), Token: 1, Label: "ram"}}}
 	}
 	b.ReportAllocs()
-	var timed time.Duration
 	for b.Loop() {
-		t0 := time.Now()
-		got, err := c.CreateSessions(cx, req)
-		timed += time.Since(t0)
+		got, err := create(c, cx, req)
 		b.StopTimer()
 		if err != nil {
 			b.Fatal(err)
 		}
 		for i, r := range got {
-			if len(r.Files) != 1 || r.Files[0].Size != int64(len(data)) {
+			if r.Err != nil || len(r.Files) != 1 || r.Files[0].Size != int64(len(data)) {
 				b.Fatalf("%s: %+v", req[i].Name, r)
 			}
 		}
@@ -351,71 +387,7 @@ func BenchmarkSessions1000Batched(b *testing.B) {
 		fake.Sessions() // the fake frees the dropped sessions now, untimed
 		b.StartTimer()
 	}
-	b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N*benchSessions), "ns/session")
-}
-
-// BenchmarkSessions1000NoFDStore is BenchmarkSessions1000 without an fd
-// store: each change is appended to record.log in the state directory.
-func BenchmarkSessions1000NoFDStore(b *testing.B) {
-	benchSessionsOneByOne(b, func(c *Config) {
-		c.Log = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}, false)
-}
-
-func benchSessionsOneByOne(b *testing.B, mod func(*Config), oneRequest bool) {
-	fake := ioctltest.New()
-	b.Cleanup(func() { fake.Close() })
-	h := boot(b, b.TempDir(), fake, false, mod)
-	c := h.dial()
-	cx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
-	data := make([]byte, 64<<10)
-	files := make([]*os.File, benchSessions)
-	for i := range files {
-		files[i] = memfd(b, data)
-	}
-	b.ReportAllocs()
-	var timed time.Duration
-	for b.Loop() {
-		t0 := time.Now()
-		for i, f := range files {
-			name := fmt.Sprintf("vm-%04d", i)
-			labels := map[string]string{"vm": name}
-			req := []client.FileToPreserve{{File: f, Token: 1, Label: "ram"}}
-			var got []proto.PreservedFile
-			var err error
-			if oneRequest {
-				var s *client.Session
-				s, got, err = c.CreateSessionWithFiles(cx, name, labels, req)
-				if s != nil {
-					s.Close()
-				}
-			} else {
-				var s *client.Session
-				if s, err = c.CreateSession(cx, name, labels); err != nil {
-					b.Fatal(err)
-				}
-				s.Close()
-				got, err = c.Preserve(cx, name, req)
-			}
-			if err != nil || len(got) != 1 || got[0].Size != int64(len(data)) {
-				b.Fatalf("preserve %s = %+v, %v", name, got, err)
-			}
-		}
-		timed += time.Since(t0)
-		b.StopTimer()
-		if st := h.d.custody.Snapshot(); st.Open != benchSessions {
-			b.Fatalf("luod holds %d open sessions, want %d", st.Open, benchSessions)
-		}
-		for i := range files {
-			if err := c.DeleteSession(cx, fmt.Sprintf("vm-%04d", i)); err != nil {
-				b.Fatal(err)
-			}
-		}
-		fake.Sessions() // the fake frees the dropped sessions now, untimed
-		b.StartTimer()
-	}
-	b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N*benchSessions), "ns/session")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchSessions), "ns/session")
 }
 
 // BenchmarkManifestPhase1000 is upgrade's manifest phase, the workloads
@@ -475,14 +447,12 @@ func benchReclaim(b *testing.B, batched bool) {
 	for i := range names {
 		names[i] = fmt.Sprintf("vm-%04d", i)
 	}
-	var timed time.Duration
 	b.ReportAllocs()
 	for b.Loop() {
 		b.StopTimer()
 		h := carried(b)
 		c := h.dial()
 		b.StartTimer()
-		t0 := time.Now()
 		all := make([][]client.ReclaimedFile, len(names))
 		if batched {
 			var err error
@@ -505,7 +475,6 @@ func benchReclaim(b *testing.B, batched bool) {
 			}
 			got += len(rf)
 		}
-		timed += time.Since(t0)
 		b.StopTimer()
 		if got != reclaimSessions*reclaimFiles {
 			b.Fatalf("reclaimed %d files, want %d", got, reclaimSessions*reclaimFiles)
@@ -513,7 +482,7 @@ func benchReclaim(b *testing.B, batched bool) {
 		h.stop()
 		b.StartTimer()
 	}
-	b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N*reclaimSessions), "ns/session")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*reclaimSessions), "ns/session")
 }
 
 // carried runs a live update on a new fake kernel with reclaimSessions

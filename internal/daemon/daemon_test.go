@@ -612,21 +612,13 @@ func TestColdBootReportsLostSessions(t *testing.T) {
 // what it held; the next instance in the same boot says so by name and
 // does not take the handover over a second time.
 func TestRestartWithinBootReportsLoss(t *testing.T) {
-	dir := t.TempDir()
 	fake := ioctltest.New()
 	same := func(c *Config) { c.BootID = "one-boot" }
-	h := boot(t, dir, fake, false, same)
-	c := h.dial()
-	if _, err := c.CreateSession(ctx(t), "vm-crash", nil); err != nil {
-		t.Fatal(err)
-	}
+	h, c := bootHolding(t, fake, same, "vm-crash")
 	c.Close()
 	h.stop()
-	h2 := boot(t, dir, fake, false, same)
-	st, err := h2.dial().Status(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h2 := boot(t, h.dir, fake, false, same)
+	st, _ := lostNames(t, h2)
 	if len(st.LostSessions) != 1 || st.LostSessions[0] != "vm-crash" {
 		t.Fatalf("status after a restart = %+v, want vm-crash lost", st)
 	}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"io/fs"
@@ -88,11 +89,10 @@ func (d *Daemon) storeRecordLocked() {
 			// matters crosses the kexec in memory. The disk writer tries
 			// again (saveDisk), not every change: rewriting the whole
 			// record for each would cost O(sessions) a change.
-			d.recordFailed = true
 			d.log.Warn("cannot write the manifest copy", "file", d.recordPath(), "err", err)
 			return
 		}
-		d.record, d.recordFailed = r, false
+		d.record = r
 		return
 	}
 	r, err := session.NewRecordFile(m)
@@ -115,27 +115,29 @@ func (d *Daemon) storeRecordLocked() {
 // fsync: a SIGKILL loses no written page, and a power loss ends the
 // sessions anyway. The whole record is rewritten only when the appended
 // changes outweigh it, so a change costs O(1) amortized, not
-// O(sessions).
+// O(sessions). Before that, a session the line removes (luod no longer
+// holds it) leaves systemd's fd store.
 func (d *Daemon) recordChange(names ...string) {
 	d.recordMu.Lock()
 	defer d.recordMu.Unlock()
-	if d.record == nil && d.recordFailed {
-		return // the disk writer tries again
-	}
-	if d.record == nil || d.record.Stale() {
-		d.storeRecordLocked()
-		return
-	}
 	var lines []byte
 	var err error
 	for _, name := range names {
-		var line []byte
-		if line, err = d.custody.RecordChange(name); err != nil {
-			break
+		line, gone, lerr := d.custody.RecordChange(name)
+		if gone {
+			d.unstoreSession(name)
 		}
-		lines = append(lines, line...)
+		if err = cmp.Or(err, lerr); err == nil {
+			lines = append(lines, line...)
+		}
 	}
-	if err == nil {
+	switch {
+	case d.record == nil && d.cfg.FDStore == nil:
+		return // writing the log failed; the disk writer tries again
+	case d.record == nil || d.record.Stale():
+		d.storeRecordLocked()
+		return
+	case err == nil:
 		err = d.record.Append(lines)
 	}
 	if err != nil {
@@ -145,7 +147,7 @@ func (d *Daemon) recordChange(names ...string) {
 }
 
 // syncRecord makes the record log as durable as the manifest copy about to
-// be written, or writes it again after a failure (recordFailed). It runs
+// be written, or writes it again after a failure (no record). It runs
 // in the disk writer, off the request path.
 func (d *Daemon) syncRecord() {
 	if d.cfg.FDStore != nil {

@@ -114,15 +114,10 @@ func (d *Daemon) storeAllForKexec() error {
 	if err != nil {
 		return fmt.Errorf("storing luod's reserved session: %w", err)
 	}
-	var open []string
-	for _, ss := range d.custody.List(session.Caller{Admin: true}) {
-		if ss.State == session.StateOpen { // one retrieved in this boot cannot be carried again
-			open = append(open, ss.Name)
-		}
-	}
-	// The record needs no rewrite here: every change was appended to it
-	// before its answer, and the next boot's luod reads the manifest.
-	d.custody.EachFile(open, func(name string, f *os.File) {
+	// Open sessions only: one retrieved in this boot cannot be carried
+	// again. The record needs no rewrite here: every change was appended
+	// to it before its answer, and the next boot's luod reads the manifest.
+	d.custody.EachFileIn(session.StateOpen, func(name string, f *os.File) {
 		if err != nil {
 			return
 		}

@@ -57,6 +57,38 @@ func (h *host) kill() {
 	}
 }
 
+// bootHolding boots luod in a new directory on fake with mod and creates
+// the named sessions in it, for a test that then kills or stops it.
+func bootHolding(t *testing.T, fake *ioctltest.Fake, mod func(*Config), names ...string) (*host, *client.Client) {
+	t.Helper()
+	h := boot(t, t.TempDir(), fake, false, mod)
+	c := h.dial()
+	for _, n := range names {
+		if _, err := c.CreateSession(ctx(t), n, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return h, c
+}
+
+// lostAfterKill kills h (kill) and closes its client c (if not nil);
+// alter (if not nil) changes the state directory left behind, and the
+// next luod boots in h's directory on fake with mod. It returns that
+// luod, its status and the sessions it names lost (lostNames).
+func lostAfterKill(t *testing.T, h *host, c *client.Client, alter func(state string), fake *ioctltest.Fake, mod func(*Config)) (*host, *proto.Status, []string) {
+	t.Helper()
+	h.kill()
+	if c != nil {
+		c.Close()
+	}
+	if alter != nil {
+		alter(filepath.Join(h.dir, "state"))
+	}
+	h2 := boot(t, h.dir, fake, false, mod)
+	st, got := lostNames(t, h2)
+	return h2, st, got
+}
+
 func lostNames(t *testing.T, h *host) (*proto.Status, []string) {
 	t.Helper()
 	st, err := h.dial().Status(ctx(t))
@@ -73,16 +105,9 @@ func lostNames(t *testing.T, h *host) (*proto.Status, []string) {
 // every session it held as lost, the newest too, from the record log
 // (the lazy manifest copy cannot have caught up).
 func TestKilledWithoutFDStoreNamesNewestLost(t *testing.T) {
-	dir := t.TempDir()
 	fake := ioctltest.New()
 	same := func(c *Config) { c.BootID = "kill-boot" }
-	h := boot(t, dir, fake, false, same)
-	c := h.dial()
-	for _, n := range []string{"vm-1", "vm-2", "vm-3", "vm-4"} {
-		if _, err := c.CreateSession(ctx(t), n, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	h, c := bootHolding(t, fake, same, "vm-1", "vm-2", "vm-3", "vm-4")
 	if _, err := c.Preserve(ctx(t), "vm-4", []client.FileToPreserve{{File: memfd(t, []byte("x")), Token: 1}}); err != nil {
 		t.Fatal(err)
 	}
@@ -92,11 +117,8 @@ func TestKilledWithoutFDStoreNamesNewestLost(t *testing.T) {
 	if _, err := c.CreateSession(ctx(t), "vm-newest", nil); err != nil {
 		t.Fatal(err)
 	}
-	h.kill() // at once: no time for the disk writer
-	c.Close()
-
-	h2 := boot(t, dir, fake, false, same)
-	_, got := lostNames(t, h2)
+	// At once: no time for the disk writer.
+	h2, _, got := lostAfterKill(t, h, c, nil, fake, same)
 	if want := []string{"vm-1", "vm-3", "vm-4", "vm-newest"}; !slices.Equal(got, want) {
 		t.Fatalf("lost after the kill = %v, want %v\n%s", got, want, h2.logText())
 	}
@@ -109,27 +131,17 @@ func TestKilledWithoutFDStoreNamesNewestLost(t *testing.T) {
 // last line cut short; the next luod ignores it (its change was never
 // answered) and names the rest.
 func TestRecordLogTornLineIgnored(t *testing.T) {
-	dir := t.TempDir()
 	fake := ioctltest.New()
 	same := func(c *Config) { c.BootID = "torn-boot" }
-	h := boot(t, dir, fake, false, same)
-	c := h.dial()
-	for _, n := range []string{"vm-a", "vm-b"} {
-		if _, err := c.CreateSession(ctx(t), n, nil); err != nil {
+	h, c := bootHolding(t, fake, same, "vm-a", "vm-b")
+	h2, _, got := lostAfterKill(t, h, c, func(state string) {
+		f, err := os.OpenFile(filepath.Join(state, session.RecordFileName), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	h.kill()
-	c.Close()
-	f, err := os.OpenFile(filepath.Join(dir, "state", session.RecordFileName), os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString(`{"set":{"state":"open","name":"vm-tor`)
-	f.Close()
-
-	h2 := boot(t, dir, fake, false, same)
-	_, got := lostNames(t, h2)
+		f.WriteString(`{"set":{"state":"open","name":"vm-tor`)
+		f.Close()
+	}, fake, same)
 	if want := []string{"vm-a", "vm-b"}; !slices.Equal(got, want) {
 		t.Fatalf("lost = %v, want %v\n%s", got, want, h2.logText())
 	}
@@ -142,15 +154,10 @@ func TestRecordLogTornLineIgnored(t *testing.T) {
 // log is rewritten (temp file + rename), stays small, leaves no temporary
 // file behind, and reads back after a kill.
 func TestRecordLogCompacts(t *testing.T) {
-	dir := t.TempDir()
 	fake := ioctltest.New()
 	same := func(c *Config) { c.BootID = "compact-boot" }
-	h := boot(t, dir, fake, false, same)
-	c := h.dial()
-	if _, err := c.CreateSession(ctx(t), "vm-keep", nil); err != nil {
-		t.Fatal(err)
-	}
-	log := filepath.Join(dir, "state", session.RecordFileName)
+	h, c := bootHolding(t, fake, same, "vm-keep")
+	log := filepath.Join(h.dir, "state", session.RecordFileName)
 	before, err := os.Stat(log)
 	if err != nil {
 		t.Fatal(err)
@@ -184,14 +191,10 @@ func TestRecordLogCompacts(t *testing.T) {
 	if os.SameFile(before, fi) {
 		t.Fatal("the record log was never replaced")
 	}
-	if tmps, _ := filepath.Glob(filepath.Join(dir, "state", ".*tmp*")); len(tmps) > 0 {
+	if tmps, _ := filepath.Glob(filepath.Join(h.dir, "state", ".*tmp*")); len(tmps) > 0 {
 		t.Fatalf("temporary files left: %v", tmps)
 	}
-	h.kill()
-	c.Close()
-
-	h2 := boot(t, dir, fake, false, same)
-	_, got := lostNames(t, h2)
+	_, _, got := lostAfterKill(t, h, c, nil, fake, same)
 	if want := []string{"vm-keep", "vm-last"}; !slices.Equal(got, want) {
 		t.Fatalf("lost after compaction and a kill = %v, want %v", got, want)
 	}
@@ -201,18 +204,8 @@ func TestRecordLogCompacts(t *testing.T) {
 // store) was killed right after an answer, then cold booted: the newer
 // record log names the newest session lost.
 func TestColdBootAfterKillUsesRecordLog(t *testing.T) {
-	dir := t.TempDir()
-	h := boot(t, dir, ioctltest.New(), false, nil)
-	c := h.dial()
-	for _, n := range []string{"vm-a", "vm-newest"} {
-		if _, err := c.CreateSession(ctx(t), n, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	h.kill()
-	c.Close()
-	h2 := boot(t, dir, ioctltest.New(), false, nil)
-	st, got := lostNames(t, h2)
+	h, c := bootHolding(t, ioctltest.New(), nil, "vm-a", "vm-newest")
+	_, st, got := lostAfterKill(t, h, c, nil, ioctltest.New(), nil)
 	if want := []string{"vm-a", "vm-newest"}; st.Continuity != proto.ContinuityColdBoot || !slices.Equal(got, want) {
 		t.Fatalf("after a cold boot: continuity %s, lost %v; want cold_boot, %v", st.Continuity, got, want)
 	}
@@ -222,47 +215,40 @@ func TestColdBootAfterKillUsesRecordLog(t *testing.T) {
 // files; a newer record log that does not read is a warning naming it,
 // and the manifest copy is used.
 func TestDiskCopyNewerThanRecordLogWins(t *testing.T) {
-	dir := t.TempDir()
-	h := boot(t, dir, ioctltest.New(), false, nil)
-	c := h.dial()
-	if _, err := c.CreateSession(ctx(t), "vm-old", nil); err != nil {
-		t.Fatal(err)
-	}
-	h.kill()
-	c.Close()
-	state := filepath.Join(dir, "state")
-	rec, err := session.LoadRecordFile(state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := rec.OpenSessions()
-	m.Sessions[0].Name = "vm-copy"
-	copyBytes, err := m.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := session.WriteFile(state, copyBytes, true); err != nil {
-		t.Fatal(err)
-	}
+	h, c := bootHolding(t, ioctltest.New(), nil, "vm-old")
+	state := filepath.Join(h.dir, "state")
 	log := filepath.Join(state, session.RecordFileName)
 	old := time.Now().Add(-time.Hour)
-	os.Chtimes(log, old, old)
-
-	h2 := boot(t, dir, ioctltest.New(), false, nil)
-	if _, got := lostNames(t, h2); !slices.Equal(got, []string{"vm-copy"}) {
+	var copyBytes []byte
+	h2, _, got := lostAfterKill(t, h, c, func(state string) {
+		rec, err := session.LoadRecordFile(state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := rec.OpenSessions()
+		m.Sessions[0].Name = "vm-copy"
+		if copyBytes, err = m.Encode(); err != nil {
+			t.Fatal(err)
+		}
+		if err := session.WriteFile(state, copyBytes, true); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(log, old, old)
+	}, ioctltest.New(), nil)
+	if !slices.Equal(got, []string{"vm-copy"}) {
 		t.Fatalf("lost = %v, want the newer manifest copy's vm-copy", got)
 	}
-	h2.kill()
 
 	// The manifest copy as before; the record log newer, but torn in its
 	// first line.
-	if err := session.WriteFile(state, copyBytes, true); err != nil {
-		t.Fatal(err)
-	}
-	os.Chtimes(filepath.Join(state, session.ManifestFileName), old, old)
-	os.WriteFile(log, []byte(`{"format":"luod-manifest-v1","sess`), 0o600)
-	h3 := boot(t, dir, ioctltest.New(), false, nil)
-	if _, got := lostNames(t, h3); !slices.Equal(got, []string{"vm-copy"}) {
+	h3, _, got := lostAfterKill(t, h2, nil, func(state string) {
+		if err := session.WriteFile(state, copyBytes, true); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(filepath.Join(state, session.ManifestFileName), old, old)
+		os.WriteFile(log, []byte(`{"format":"luod-manifest-v1","sess`), 0o600)
+	}, ioctltest.New(), nil)
+	if !slices.Equal(got, []string{"vm-copy"}) {
 		t.Fatalf("lost = %v, want the manifest copy's vm-copy", got)
 	}
 	if !strings.Contains(h3.logText(), `msg="cannot read the manifest copy on disk" file=`+log) {

@@ -265,16 +265,9 @@ func (d *Daemon) saveDisk() {
 // changed follows a change of the named sessions in the custody: a
 // session luod no longer holds (deleted, finished) leaves systemd's fd
 // store, and the record is brought up to date at once, so that a luod
-// killed right after still leaves the truth behind; the disk copy is
-// refreshed in the background (diskWriter).
+// killed right after still leaves the truth behind (recordChange does
+// both); the disk copy is refreshed in the background (diskWriter).
 func (d *Daemon) changed(names ...string) {
-	if d.cfg.FDStore != nil {
-		for _, name := range names {
-			if !d.custody.Holds(name) {
-				d.unstoreSession(name)
-			}
-		}
-	}
 	d.recordChange(names...)
 	d.markDirty()
 }

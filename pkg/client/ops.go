@@ -66,15 +66,23 @@ func (c *Client) CreateSession(ctx context.Context, name string, labels map[stri
 	if err := proto.ValidateSessionName(name); err != nil {
 		return nil, err
 	}
+	s, _, err := c.createSession(ctx, name, labels, nil, nil)
+	return s, err
+}
+
+// createSession sends one create_session request for name, with the files
+// specs (none for CreateSession), fds riding along, and returns the
+// session and the files luod says it preserved.
+func (c *Client) createSession(ctx context.Context, name string, labels map[string]string, specs []proto.FileSpec, fds []*os.File) (*Session, []proto.PreservedFile, error) {
 	var res proto.CreateSessionResult
-	files, err := c.do(ctx, proto.OpCreateSession, proto.CreateSessionArgs{Name: name, Labels: labels}, nil, &res, 1)
+	got, err := c.do(ctx, proto.OpCreateSession, proto.CreateSessionArgs{Name: name, Labels: labels, Files: specs}, fds, &res, 1)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if res.Name == "" {
 		res.Name = name
 	}
-	return &Session{Session: ioctl.NewSession(c.backend, files[0], res.Name, false)}, nil
+	return &Session{Session: ioctl.NewSession(c.backend, got[0], res.Name, false)}, res.Files, nil
 }
 
 // CreateSessionWithFiles creates a session as CreateSession does and has
@@ -100,29 +108,28 @@ func (c *Client) CreateSessionWithFiles(ctx context.Context, name string, labels
 	if err := checkFiles(proto.OpCreateSession, files); err != nil {
 		return nil, nil, err
 	}
-	base := baseSize(proto.OpCreateSession, proto.CreateSessionArgs{Name: name, Labels: labels, Files: []proto.FileSpec{}})
-	runs, err := batches(base, files, proto.MaxFDs)
+	// Every file is measured once and checked to fit a request before
+	// anything is sent; the files past the first request go to preserve.
+	specs, fds := wireFiles(files)
+	sizes, err := listSizes(specs)
+	var ends []int
+	if err == nil {
+		base := baseSize(proto.OpCreateSession, proto.CreateSessionArgs{Name: name, Labels: labels, Files: []proto.FileSpec{}})
+		ends, err = runs(base, sizes, 1)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("luod create_session: %w", err)
 	}
-	first := runs[0]
-	specs, fds := wireFiles(first)
-	args := proto.CreateSessionArgs{Name: name, Labels: labels, Files: specs}
-	var res proto.CreateSessionResult
-	got, err := c.do(ctx, proto.OpCreateSession, args, fds, &res, 1)
+	n := ends[0]
+	s, done, err := c.createSession(ctx, name, labels, specs[:n], fds[:n])
 	if err != nil {
 		return nil, nil, err
 	}
-	if res.Name == "" {
-		res.Name = name
+	if len(done) != n {
+		return s, done, fmt.Errorf("luod create_session: %d files preserved, %d sent", len(done), n)
 	}
-	s := &Session{Session: ioctl.NewSession(c.backend, got[0], res.Name, false)}
-	done := res.Files
-	if len(done) != len(first) {
-		return s, done, fmt.Errorf("luod create_session: %d files preserved, %d sent", len(done), len(first))
-	}
-	if len(first) < len(files) {
-		more, err := c.Preserve(ctx, res.Name, files[len(first):])
+	if n < len(files) {
+		more, err := c.preserve(ctx, s.Name(), specs[n:], fds[n:], sizes[n:])
 		done = append(done, more...)
 		if err != nil {
 			return s, done, err
@@ -170,60 +177,28 @@ type CreatedSession struct {
 // session.
 func (c *Client) CreateSessions(ctx context.Context, sessions []SessionToCreate) ([]CreatedSession, error) {
 	out := make([]CreatedSession, len(sessions))
-	base := baseSize(proto.OpCreateSessions, proto.CreateSessionsArgs{Sessions: []proto.SessionToCreate{}})
 	seen := make(map[string]bool, len(sessions))
+	size := newRequest(baseSize(proto.OpCreateSessions, proto.CreateSessionsArgs{Sessions: []proto.SessionToCreate{}}), proto.MaxCreateSessions)
 	var batch []int // indexes of sessions in the request being built
 	var specs []proto.SessionToCreate
 	var fds []*os.File
-	size, batched := base, true
+	batched := true
 	var fatal error
 
 	// send sends the request built so far, or creates its sessions one by
 	// one once luod turned out not to know create_sessions.
 	send := func() {
-		if len(batch) == 0 || fatal != nil {
-			return
-		}
-		defer func() { batch, specs, fds, size = batch[:0], specs[:0], fds[:0], base }()
-		if batched {
-			var res proto.CreateSessionsResult
-			_, err := c.do(ctx, proto.OpCreateSessions, proto.CreateSessionsArgs{Sessions: specs}, fds, &res, 0)
-			switch {
-			case errors.Is(err, proto.ErrUnknownOp):
-				batched = false
-			case err != nil:
-				fatal = err
-				for _, i := range batch {
-					out[i].Err = err
-				}
-				return
-			case len(res.Sessions) != len(batch):
-				fatal = fmt.Errorf("luod create_sessions: %w: %d sessions answered for %d asked", ErrProtocol, len(res.Sessions), len(batch))
-			default:
-				for k, i := range batch {
-					if r := res.Sessions[k]; r.Error != nil {
-						out[i].Err = r.Error
-					} else if len(r.Files) != len(sessions[i].Files) {
-						fatal = fmt.Errorf("luod create_sessions: %w: session %q: %d files answered for %d sent",
-							ErrProtocol, sessions[i].Name, len(r.Files), len(sessions[i].Files))
-					} else {
-						out[i].Files = r.Files
-					}
-				}
-			}
-			if fatal != nil {
-				for _, i := range batch {
-					out[i].Files, out[i].Err = nil, fatal
-				}
-				return
-			}
+		if len(batch) > 0 && fatal == nil {
 			if batched {
-				return
+				batched, fatal = c.createBatch(ctx, sessions, batch, specs, fds, out)
+			}
+			if !batched {
+				for _, i := range batch {
+					out[i].Files, out[i].Err = c.createOne(ctx, sessions[i])
+				}
 			}
 		}
-		for _, i := range batch {
-			out[i].Files, out[i].Err = c.createOne(ctx, sessions[i])
-		}
+		batch, specs, fds = batch[:0], specs[:0], fds[:0]
 	}
 
 	for i, s := range sessions {
@@ -250,17 +225,16 @@ func (c *Client) CreateSessions(ctx context.Context, sessions []SessionToCreate)
 		}
 		spec, sfds := wireFiles(s.Files)
 		ps := proto.SessionToCreate{Name: s.Name, Labels: s.Labels, Files: spec}
-		b, err := json.Marshal(ps)
+		n, err := listSize(ps)
 		if err != nil {
 			out[i].Err = fmt.Errorf("luod create_sessions: session %q: %w", s.Name, err)
 			continue
 		}
-		n := len(b) + 1 // and a comma
-		if base+n > proto.MaxMessageSize {
+		if !size.alone(n) {
 			out[i].Err = fmt.Errorf("luod create_sessions: session %q alone is too large for one request (%d bytes of JSON)", s.Name, n)
 			continue
 		}
-		if size+n > proto.MaxMessageSize || len(fds)+len(sfds) > proto.MaxFDs || len(batch) == proto.MaxCreateSessions {
+		if size.add(n, len(sfds)) {
 			send()
 			if fatal != nil {
 				out[i].Err = fatal
@@ -270,7 +244,6 @@ func (c *Client) CreateSessions(ctx context.Context, sessions []SessionToCreate)
 		batch = append(batch, i)
 		specs = append(specs, ps)
 		fds = append(fds, sfds...)
-		size += n
 	}
 	send()
 
@@ -290,6 +263,43 @@ func (c *Client) CreateSessions(ctx context.Context, sessions []SessionToCreate)
 	return out, nil
 }
 
+// createBatch sends sessions[batch] (specs, with fds) in one
+// create_sessions request and sets their out. batched is false, and
+// nothing set, when luod does not know create_sessions; fatal is an error
+// that ends CreateSessions, set for every session of the batch.
+func (c *Client) createBatch(ctx context.Context, sessions []SessionToCreate, batch []int, specs []proto.SessionToCreate, fds []*os.File, out []CreatedSession) (batched bool, fatal error) {
+	var res proto.CreateSessionsResult
+	_, err := c.do(ctx, proto.OpCreateSessions, proto.CreateSessionsArgs{Sessions: specs}, fds, &res, 0)
+	switch {
+	case errors.Is(err, proto.ErrUnknownOp):
+		return false, nil
+	case err != nil:
+		fatal = err
+	case len(res.Sessions) != len(batch):
+		fatal = fmt.Errorf("luod create_sessions: %w: %d sessions answered for %d asked", ErrProtocol, len(res.Sessions), len(batch))
+	}
+	for k, i := range batch {
+		if fatal != nil {
+			break
+		}
+		switch r := res.Sessions[k]; {
+		case r.Error != nil:
+			out[i].Err = r.Error
+		case len(r.Files) != len(sessions[i].Files):
+			fatal = fmt.Errorf("luod create_sessions: %w: session %q: %d files answered for %d sent",
+				ErrProtocol, sessions[i].Name, len(r.Files), len(sessions[i].Files))
+		default:
+			out[i].Files = r.Files
+		}
+	}
+	if fatal != nil {
+		for _, i := range batch {
+			out[i].Files, out[i].Err = nil, fatal
+		}
+	}
+	return true, fatal
+}
+
 // createOne creates one session of CreateSessions with
 // CreateSessionWithFiles, closing the session fd it hands back.
 func (c *Client) createOne(ctx context.Context, s SessionToCreate) ([]proto.PreservedFile, error) {
@@ -300,31 +310,70 @@ func (c *Client) createOne(ctx context.Context, s SessionToCreate) ([]proto.Pres
 	return done, err
 }
 
-// batches splits items into runs that each fit one request: at most
-// maxItems items (no limit if 0) and, with the envelope's base size, at
-// most proto.MaxMessageSize bytes of JSON.
-func batches[T any](base int, items []T, maxItems int) ([][]T, error) {
-	var runs [][]T
-	start, size := 0, base
-	for i, it := range items {
-		b, err := json.Marshal(it)
-		if err != nil {
+// request is a request being filled with items, against the protocol's
+// limits: at most proto.MaxMessageSize bytes of JSON (its envelope without
+// the items, base, included), proto.MaxFDs fds and, if maxItems is not 0,
+// maxItems items.
+type request struct {
+	base, maxItems   int
+	size, fds, items int
+}
+
+func newRequest(base, maxItems int) request {
+	return request{base: base, maxItems: maxItems, size: base}
+}
+
+// alone reports whether an item of size n (listSize) fits a request of its
+// own.
+func (r *request) alone(n int) bool { return r.base+n <= proto.MaxMessageSize }
+
+// add counts in an item of size n with fds fds, first starting a new
+// request if it does not fit the one being filled; next reports that.
+func (r *request) add(n, fds int) (next bool) {
+	next = r.items > 0 && (r.size+n > proto.MaxMessageSize || r.fds+fds > proto.MaxFDs || r.maxItems > 0 && r.items == r.maxItems)
+	if next {
+		r.size, r.fds, r.items = r.base, 0, 0
+	}
+	r.size, r.fds, r.items = r.size+n, r.fds+fds, r.items+1
+	return next
+}
+
+// listSize is the size of item in a request's list: its JSON and a comma.
+func listSize(item any) (int, error) {
+	b, err := json.Marshal(item)
+	return len(b) + 1, err
+}
+
+// listSizes is listSize of each file.
+func listSizes(files []proto.FileSpec) ([]int, error) {
+	sizes := make([]int, len(files))
+	for i, f := range files {
+		var err error
+		if sizes[i], err = listSize(f); err != nil {
 			return nil, err
 		}
-		n := len(b) + 1 // and a comma
-		if base+n > proto.MaxMessageSize {
+	}
+	return sizes, nil
+}
+
+// runs splits files of sizes (listSizes), fdsEach fds riding with each,
+// into runs that each fit one request whose envelope without them has
+// size base (see request), and returns where each run ends.
+func runs(base int, sizes []int, fdsEach int) ([]int, error) {
+	r := newRequest(base, 0)
+	var ends []int
+	for i, n := range sizes {
+		if !r.alone(n) {
 			return nil, fmt.Errorf("file %d alone is too large for one request (%d bytes of JSON)", i, n)
 		}
-		if size+n > proto.MaxMessageSize || maxItems > 0 && i-start == maxItems {
-			runs = append(runs, items[start:i])
-			start, size = i, base
+		if r.add(n, fdsEach) {
+			ends = append(ends, i)
 		}
-		size += n
 	}
-	if start < len(items) {
-		runs = append(runs, items[start:])
+	if len(sizes) > 0 {
+		ends = append(ends, len(sizes))
 	}
-	return runs, nil
+	return ends, nil
 }
 
 // baseSize is the size of a request for op whose args are args with an
@@ -354,24 +403,36 @@ func (c *Client) Preserve(ctx context.Context, session string, files []FileToPre
 	if err := checkFiles(proto.OpPreserve, files); err != nil {
 		return nil, err
 	}
+	specs, fds := wireFiles(files)
+	sizes, err := listSizes(specs)
+	if err != nil {
+		return nil, fmt.Errorf("luod preserve: %w", err)
+	}
+	return c.preserve(ctx, session, specs, fds, sizes)
+}
+
+// preserve is Preserve of files checked and split (wireFiles), their
+// sizes measured (listSizes).
+func (c *Client) preserve(ctx context.Context, session string, specs []proto.FileSpec, fds []*os.File, sizes []int) ([]proto.PreservedFile, error) {
 	base := baseSize(proto.OpPreserve, proto.PreserveArgs{Session: session, Files: []proto.FileSpec{}})
-	runs, err := batches(base, files, proto.MaxFDs)
+	ends, err := runs(base, sizes, 1)
 	if err != nil {
 		return nil, fmt.Errorf("luod preserve: %w", err)
 	}
 	var done []proto.PreservedFile
-	for _, run := range runs {
-		specs, fds := wireFiles(run)
-		args := proto.PreserveArgs{Session: session, Files: specs}
+	start := 0
+	for _, end := range ends {
+		args := proto.PreserveArgs{Session: session, Files: specs[start:end]}
 		var res proto.PreserveResult
-		if _, err := c.do(ctx, proto.OpPreserve, args, fds, &res, 0); err != nil {
+		if _, err := c.do(ctx, proto.OpPreserve, args, fds[start:end], &res, 0); err != nil {
 			if len(done) > 0 {
 				err = fmt.Errorf("luod preserve: request for files %d to %d of %d failed (the %d before are preserved): %w",
-					len(done), len(done)+len(run)-1, len(files), len(done), err)
+					len(done), len(done)+end-start-1, len(specs), len(done), err)
 			}
 			return done, err
 		}
 		done = append(done, res.Files...)
+		start = end
 	}
 	return done, nil
 }
@@ -382,14 +443,20 @@ func (c *Client) Preserve(ctx context.Context, session string, files []FileToPre
 // accepted or refused as a whole; an empty list sends nothing.
 func (c *Client) Declare(ctx context.Context, session string, files []proto.FileSpec) error {
 	base := baseSize(proto.OpDeclare, proto.DeclareArgs{Session: session, Files: []proto.FileSpec{}})
-	runs, err := batches(base, files, 0)
+	sizes, err := listSizes(files)
+	var ends []int
+	if err == nil {
+		ends, err = runs(base, sizes, 0)
+	}
 	if err != nil {
 		return fmt.Errorf("luod declare: %w", err)
 	}
-	for _, run := range runs {
-		if _, err := c.do(ctx, proto.OpDeclare, proto.DeclareArgs{Session: session, Files: run}, nil, nil, 0); err != nil {
+	start := 0
+	for _, end := range ends {
+		if _, err := c.do(ctx, proto.OpDeclare, proto.DeclareArgs{Session: session, Files: files[start:end]}, nil, nil, 0); err != nil {
 			return err
 		}
+		start = end
 	}
 	return nil
 }

@@ -127,10 +127,16 @@ func inspect(r io.ReaderAt, size int64, body io.Reader) (*Image, error) {
 	return img, nil
 }
 
-// InspectFile inspects an open kernel image file and takes its SHA256,
-// reading the file once: an arm64 Image's banner is looked for in the
-// same pass.
-func InspectFile(f *os.File) (*Image, error) {
+// InspectFile inspects an open kernel image file, which must be a regular
+// file, and takes its SHA256, reading the file once: an arm64 Image's
+// banner is looked for in the same pass.
+func InspectFile(f *os.File) (*Image, error) { return inspectFile(f, true) }
+
+// InspectFileNoHash is InspectFile without the SHA256, for a look at the
+// image that does not read all of it (luoctl's, for the release).
+func InspectFileNoHash(f *os.File) (*Image, error) { return inspectFile(f, false) }
+
+func inspectFile(f *os.File, hash bool) (*Image, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
@@ -138,19 +144,37 @@ func InspectFile(f *os.File) (*Image, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%w: %s is not a regular file", ErrNotKernel, f.Name())
 	}
-	h := sha256.New()
-	body := io.TeeReader(io.NewSectionReader(f, 0, fi.Size()), h)
-	img, err := inspect(f, fi.Size(), body)
-	if err == nil {
-		// The rest of the file: after the banner, or all of it where
-		// the header was enough.
-		_, err = io.Copy(io.Discard, body)
+	var img *Image
+	read := func(body io.Reader) (err error) {
+		img, err = inspect(f, fi.Size(), body)
+		return err
+	}
+	var sum string
+	if hash {
+		sum, err = hashWhile(f, fi.Size(), read)
+	} else {
+		err = read(io.NewSectionReader(f, 0, fi.Size()))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", f.Name(), err)
 	}
-	img.SHA256 = hex.EncodeToString(h.Sum(nil))
+	img.SHA256 = sum
 	return img, nil
+}
+
+// hashWhile has read read f (size bytes) from its start, reads the rest
+// of it after read returns, and returns the hex SHA-256 of all of it: one
+// pass over the file for both.
+func hashWhile(f *os.File, size int64, read func(body io.Reader) error) (string, error) {
+	h := sha256.New()
+	body := io.TeeReader(io.NewSectionReader(f, 0, size), h)
+	if err := read(body); err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(io.Discard, body); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // bannerRelease finds "Linux version RELEASE " (init/version.c's
@@ -222,20 +246,18 @@ func CheckInitrd(f *os.File) (Initrd, error) {
 	case fi.Size() > MaxInitrdSize:
 		return Initrd{}, fmt.Errorf("initrd %s of %d bytes is over luod's limit of %d bytes", f.Name(), fi.Size(), int64(MaxInitrdSize))
 	}
-	h := sha256.New()
-	body := io.TeeReader(io.NewSectionReader(f, 0, fi.Size()), h)
-	note, err := verifyInitrd(body)
-	if err == nil {
-		// The rest of the file: a part the walk could not verify.
-		_, err = io.Copy(io.Discard, body)
-	}
+	var note string
+	sum, err := hashWhile(f, fi.Size(), func(body io.Reader) (err error) {
+		note, err = verifyInitrd(body)
+		return err
+	})
 	if err != nil {
 		return Initrd{}, fmt.Errorf("initrd %s: %w", f.Name(), err)
 	}
 	if note != "" {
 		note = "initrd " + f.Name() + ": " + note
 	}
-	return Initrd{Note: note, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	return Initrd{Note: note, SHA256: sum}, nil
 }
 
 // FindConfig looks beside a kernel image for its build config: the Debian

@@ -111,6 +111,28 @@ func TestInspectFileSHA256(t *testing.T) {
 	}
 }
 
+// TestInspectFileNoHash: the same image as InspectFile's, no digest, and
+// a file that is not regular refused alike.
+func TestInspectFileNoHash(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "bzImage")
+	if err := os.WriteFile(p, bzImage("7.3.4-luod"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err := InspectFileNoHash(mustOpen(t, p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Release != "7.3.4-luod" || img.SHA256 != "" {
+		t.Errorf("InspectFileNoHash = %+v, want release 7.3.4-luod and no digest", img)
+	}
+	for _, inspect := range []func(*os.File) (*Image, error){InspectFile, InspectFileNoHash} {
+		if _, err := inspect(mustOpen(t, dir)); !errors.Is(err, ErrNotKernel) || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("inspecting a directory = %v, want ErrNotKernel, not a regular file", err)
+		}
+	}
+}
+
 func TestInspectTooLarge(t *testing.T) {
 	b := bzImage("7.2")
 	_, err := Inspect(bytes.NewReader(b), MaxKernelSize+1)

@@ -78,3 +78,12 @@ func (c *Custody) EachFile(names []string, fn func(name string, f *os.File)) {
 		}
 	}
 }
+
+// EachFileIn is EachFile of every session in state, in name order.
+func (c *Custody) EachFileIn(state State, fn func(name string, f *os.File)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.sortedLocked(func(e *entry) bool { return e.s.State == state && e.h != nil }) {
+		fn(e.s.Name, e.h.File())
+	}
+}

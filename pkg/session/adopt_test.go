@@ -4,6 +4,7 @@ package session
 
 import (
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/luod/luod/pkg/ioctl"
@@ -84,4 +85,26 @@ func TestAdoptAfterRestart(t *testing.T) {
 	}
 	equalBytes(t, "vm-a", readAll(t, r.Files[0]), data)
 	r.Files[0].Close()
+}
+
+// TestEachFileIn: luod's fd of every session in the state, in name order,
+// the others left out.
+func TestEachFileIn(t *testing.T) {
+	h := newHost(t, Config{})
+	for _, name := range []string{"vm-c", "vm-a", "vm-b"} {
+		mustCreate(t, h.c, alice, name).Close()
+	}
+	h.c.mu.Lock()
+	h.c.byName["vm-b"].s.State = StateClaimed // as if retrieved in this boot
+	h.c.mu.Unlock()
+	var got []string
+	h.c.EachFileIn(StateOpen, func(name string, f *os.File) {
+		if f == nil {
+			t.Errorf("%s: no fd", name)
+		}
+		got = append(got, name)
+	})
+	if want := []string{"vm-a", "vm-c"}; !slices.Equal(got, want) {
+		t.Errorf("EachFileIn(open) gave %v, want %v", got, want)
+	}
 }

@@ -160,8 +160,9 @@ type entry struct {
 	tokens   map[uint64]struct{}
 	busy     bool // an operation is running on it
 	creating bool // CREATE_SESSION not yet returned
-	// enc is the session's manifest entry as last encoded (encodeCached);
-	// used only while it still equals the session.
+	// enc is the encoding of the session's manifest entry (encodeCached),
+	// or the mark of one under way; any change of the entry drops it
+	// (touchLocked).
 	enc *encodedSession
 }
 
@@ -221,7 +222,7 @@ func (c *Custody) begin(caller Caller, name string) (*entry, error) {
 
 // end undoes begin; c.mu is held.
 func (c *Custody) end(e *entry) {
-	c.touchLocked()
+	c.touchLocked(e)
 	e.busy = false
 	c.inflight--
 	if c.inflight == 0 {
@@ -231,7 +232,7 @@ func (c *Custody) end(e *entry) {
 
 // remove drops e from the table; c.mu is held.
 func (c *Custody) remove(e *entry) {
-	c.touchLocked()
+	c.touchLocked(e)
 	delete(c.byName, e.s.Name)
 	if n := c.perUID[e.s.UID] - 1; n > 0 {
 		c.perUID[e.s.UID] = n
@@ -242,7 +243,7 @@ func (c *Custody) remove(e *entry) {
 
 // insert adds e to the table; c.mu is held.
 func (c *Custody) insert(e *entry) {
-	c.touchLocked()
+	c.touchLocked(e)
 	c.byName[e.s.Name] = e
 	c.perUID[e.s.UID]++
 }

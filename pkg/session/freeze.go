@@ -47,14 +47,17 @@ func (c *Custody) unfreeze() {
 	}
 }
 
-// touchLocked notes a change of the table; c.mu is held. A manifest
-// prewritten outside a freeze is no longer true after it: the reserved
-// session is closed at once, so that the kernel never holds a stale
-// manifest (a kexec started by someone else would carry it). Inside a
-// freeze only the operations Freeze waits for change the table, and
+// touchLocked notes a change of the table, at e; c.mu is held. The
+// encoding of e's manifest entry is dropped: every change of an entry ends
+// here (end, insert, remove), so no change can leave a stale one. A
+// manifest prewritten outside a freeze is no longer true after it: the
+// reserved session is closed at once, so that the kernel never holds a
+// stale manifest (a kexec started by someone else would carry it). Inside
+// a freeze only the operations Freeze waits for change the table, and
 // WriteManifest, seeing the generation moved, writes the manifest anew.
-func (c *Custody) touchLocked() {
+func (c *Custody) touchLocked(e *entry) {
 	c.gen++
+	e.enc = nil
 	if c.frozen == 0 {
 		if h := c.takeReservedLocked(); h != nil {
 			h.Close()
@@ -106,8 +109,9 @@ func (c *Custody) Manifest(expected uint64) *Manifest {
 func (c *Custody) EncodedManifest(expected uint64) (*Manifest, []byte, error) {
 	c.mu.Lock()
 	m, es := c.manifestLocked(expected)
+	took := c.encodingsLocked(es)
 	c.mu.Unlock()
-	b, err := c.encodeCached(m, es)
+	b, err := c.encodeCached(m, es, took)
 	return m, b, err
 }
 
@@ -118,24 +122,36 @@ func (c *Custody) manifestLocked(expected uint64) (*Manifest, []*entry) {
 	return c.manifestOf(expected, c.sessionsOf(es, false)), es
 }
 
-// encodeCached is m.Encode, m listing the sessions of es in order, with
-// the encoding of each session taken from its entry when the entry still
-// holds that very session (compared field by field, so no change can be
-// missed), and kept there otherwise. c.mu is not held.
-func (c *Custody) encodeCached(m *Manifest, es []*entry) ([]byte, error) {
-	cache := make([]*encodedSession, len(es))
-	c.mu.Lock()
+// encodingsLocked takes the encodings of es's sessions along with their
+// manifest, for encodeCached; c.mu is held. An entry with none is given a
+// mark, which a change drops: encodeCached keeps its encoding only where
+// the mark is still there, so that it never keeps the encoding of a
+// session changed since the manifest was taken.
+func (c *Custody) encodingsLocked(es []*entry) []*encodedSession {
+	took := make([]*encodedSession, len(es))
 	for i, e := range es {
-		cache[i] = e.enc
+		if e.enc == nil {
+			e.enc = new(encodedSession)
+		}
+		took[i] = e.enc
 	}
-	c.mu.Unlock()
+	return took
+}
+
+// encodeCached is m.Encode, m listing the sessions of es in order, with
+// the encoding of each session taken from took (encodingsLocked) where it
+// has one, and kept in its entry otherwise. c.mu is not held.
+func (c *Custody) encodeCached(m *Manifest, es []*entry, took []*encodedSession) ([]byte, error) {
+	cache := slices.Clone(took)
 	b, err := m.encode(cache)
 	if err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
 	for i, e := range es {
-		e.enc = cache[i]
+		if cache[i] != took[i] && e.enc == took[i] {
+			e.enc = cache[i]
+		}
 	}
 	c.mu.Unlock()
 	return b, nil
@@ -258,6 +274,7 @@ func (c *Custody) writeManifestLocked(expected uint64) (Written, error) {
 		return w, nil
 	}
 	m, es := c.manifestLocked(expected)
+	took := c.encodingsLocked(es)
 	gen := c.gen
 	old := c.takeReservedLocked()
 	c.mu.Unlock()
@@ -265,7 +282,7 @@ func (c *Custody) writeManifestLocked(expected uint64) (Written, error) {
 		old.Close()
 	}
 
-	h, b, err := c.writeReserved(m, es)
+	h, b, err := c.writeReserved(m, es, took)
 	if err != nil {
 		return Written{}, err
 	}
@@ -281,10 +298,11 @@ func (c *Custody) writeManifestLocked(expected uint64) (Written, error) {
 	return Written{Manifest: m, Bytes: b}, nil
 }
 
-// writeReserved encodes m (listing the sessions of es) into a sealed
-// memfd and preserves it in a new reserved session, returned open.
-func (c *Custody) writeReserved(m *Manifest, es []*entry) (Handle, []byte, error) {
-	b, err := c.encodeCached(m, es)
+// writeReserved encodes m (listing the sessions of es, their encodings
+// took) into a sealed memfd and preserves it in a new reserved session,
+// returned open.
+func (c *Custody) writeReserved(m *Manifest, es []*entry, took []*encodedSession) (Handle, []byte, error) {
+	b, err := c.encodeCached(m, es, took)
 	var f *os.File
 	if err == nil {
 		f, err = sealedMemfd(b)

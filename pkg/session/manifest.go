@@ -8,10 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 )
 
@@ -205,22 +203,15 @@ func (m *Manifest) normalized() *Manifest {
 // read back.
 func (m *Manifest) Encode() ([]byte, error) { return m.encode(nil) }
 
-// encodedSession is a session of a manifest and its encoding.
-type encodedSession struct {
-	s ManifestSession // normalized
-	b []byte
-}
-
-// of reports whether x is the encoding of s, normalized.
-func (x *encodedSession) of(s *ManifestSession) bool {
-	return x != nil && x.s.State == s.State && x.s.Name == s.Name && x.s.UID == s.UID && x.s.GID == s.GID &&
-		x.s.Created.Equal(s.Created) && maps.Equal(x.s.Labels, s.Labels) && slices.Equal(x.s.Files, s.Files)
-}
+// encodedSession is the encoding of a session of a manifest, b; with b
+// nil, none (see Custody.encodingsLocked). It is not changed once shared.
+type encodedSession struct{ b []byte }
 
 // encode is Encode, the sessions encoded one by one and joined: where
-// cache (if not nil; one per session) holds the encoding of the very
-// session, it is used; else cache is given the new one. The bytes are
-// those of the manifest encoded whole.
+// cache (if not nil; one per session) holds an encoding, it is taken as
+// the encoding of that very session (the caller vouches for it), already
+// validated; else cache is given a new one. The bytes are those of the
+// manifest encoded whole.
 func (m *Manifest) encode(cache []*encodedSession) ([]byte, error) {
 	n := m.normalized()
 	sessions := n.Sessions
@@ -229,7 +220,7 @@ func (m *Manifest) encode(cache []*encodedSession) ([]byte, error) {
 	if cache != nil {
 		known = make([]bool, len(sessions))
 		for i := range sessions {
-			if known[i] = cache[i].of(&sessions[i]); known[i] {
+			if known[i] = cache[i] != nil && cache[i].b != nil; known[i] {
 				size += len(cache[i].b) + 1
 			}
 		}
@@ -262,7 +253,7 @@ func (m *Manifest) encode(cache []*encodedSession) ([]byte, error) {
 			return nil, err
 		}
 		if cache != nil {
-			cache[i] = &encodedSession{s: *s, b: b}
+			cache[i] = &encodedSession{b: b}
 		}
 		buf = append(buf, b...)
 	}

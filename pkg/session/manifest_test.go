@@ -254,6 +254,33 @@ func TestEncodedManifestCache(t *testing.T) {
 	check("after a delete")
 }
 
+// TestEncodedManifestCacheChangeWhileEncoding changes a session after its
+// manifest was taken and before its encoding is kept: the encoding of the
+// old session must not be kept for the new one.
+func TestEncodedManifestCacheChangeWhileEncoding(t *testing.T) {
+	h := newHost(t, Config{})
+	alice := Caller{UID: 1000, GID: 1000}
+	mustCreate(t, h.c, alice, "vm-a")
+	h.c.mu.Lock()
+	m, es := h.c.manifestLocked(7)
+	took := h.c.encodingsLocked(es)
+	h.c.mu.Unlock()
+	if err := h.c.Declare(alice, "vm-a", []FileDecl{{Token: 5, Label: "ram"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.c.encodeCached(m, es, took); err != nil {
+		t.Fatal(err)
+	}
+	m, b, err := h.c.EncodedManifest(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Sessions) != 1 || len(m.Sessions[0].Files) != 1 {
+		t.Fatalf("manifest lists %+v, want vm-a with its declared file", m.Sessions)
+	}
+	equalBytes(t, "encoding after the change", b, wholeEncoding(t, m))
+}
+
 // saveFile writes m to dir/manifest.json as Encode writes it, durably: the
 // manifest copy luod keeps.
 func saveFile(dir string, m *Manifest) error {

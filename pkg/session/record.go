@@ -30,8 +30,10 @@ type recordChange struct {
 
 // RecordChange is the line that brings a record up to date with session
 // name: its entry as Record lists it, or its removal when Record would
-// not list it (gone, finished, or not yet created).
-func (c *Custody) RecordChange(name string) ([]byte, error) {
+// not list it (gone, finished, or not yet created). gone reports the
+// removal, decided whatever err: luod holds no fd of the session (Holds
+// is false).
+func (c *Custody) RecordChange(name string) (line []byte, gone bool, err error) {
 	c.mu.Lock()
 	var ms []ManifestSession
 	if e := c.byName[name]; e != nil && !e.creating && e.h != nil && e.s.State != StateFinished {
@@ -42,15 +44,15 @@ func (c *Custody) RecordChange(name string) ([]byte, error) {
 	if len(ms) == 1 {
 		one := (&Manifest{Format: FormatV1, Sessions: ms}).normalized()
 		if err := one.validate(); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		ch = recordChange{Set: &one.Sessions[0]}
 	}
 	b, err := json.Marshal(ch)
 	if err != nil {
-		return nil, err
+		return nil, ch.Set == nil, err
 	}
-	return append(b, '\n'), nil
+	return append(b, '\n'), ch.Set == nil, nil
 }
 
 // DecodeRecord reads a record log: the whole record on the first line
