@@ -79,6 +79,11 @@ func TestBench(t *testing.T) {
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
 	}
+	// luod's metrics endpoint listens on 127.0.0.1; the VM's init leaves
+	// lo down.
+	if err := loopbackUp(); err != nil {
+		t.Fatal(err)
+	}
 	res := &Results{}
 	if e.stage == 1 {
 		res.Accel = readTrim(filepath.Join(e.share, "accel"))
@@ -752,6 +757,27 @@ func (l *luod) exporterRSS(t *testing.T) int64 {
 	}
 	t.Fatalf("no luod-exporter child of luod (pid %d)", l.cmd.Process.Pid)
 	return 0
+}
+
+// loopbackUp sets lo up, as the VM's init does not.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("lo: SIOCGIFFLAGS: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("lo: SIOCSIFFLAGS: %w", err)
+	}
+	return nil
 }
 
 func vmRSS(t *testing.T, pid int) int64 {
