@@ -1,8 +1,10 @@
 // Command luod-exporter serves luod's Prometheus metrics. luod starts it
-// once READY (--web.listen-address of luod), with a connection to luod as
-// its fd 3 (--luod.fd=3), and it asks luod for its metrics at every
-// scrape; it can also run on its own and connect to luod's socket
-// (--socket.path), as an admin. luod does not serve the metrics itself so
+// at the first scrape of its endpoint (--web.listen-address of luod),
+// with a connection to luod as its fd 3 (--luod.fd=3), luod's listening
+// socket as its fd 4 (--web.listen-fd=4) and the scrape's connection luod
+// accepted as its fd 5 (--web.conn-fd=5), and it asks luod for its
+// metrics at every scrape; it can also run on its own, listen itself and connect
+// to luod's socket (--socket.path), as an admin. luod does not serve the metrics itself so
 // that it does not link client_golang, whose init and size would lengthen
 // its start in the pause of a live update (docs/metrics.md).
 //
@@ -17,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"sync"
@@ -38,7 +41,9 @@ const askTimeout = 5 * time.Second
 
 func main() {
 	var (
-		addr   = flag.String("web.listen-address", "127.0.0.1:9478", "address to serve the metrics on")
+		addr   = flag.String("web.listen-address", "127.0.0.1:9478", "address to serve the metrics on, unless --web.listen-fd is given")
+		lfd    = flag.Int("web.listen-fd", -1, "fd of a listening TCP socket to serve on (luod passes 4); -1: listen on --web.listen-address")
+		cfd    = flag.Int("web.conn-fd", -1, "fd of a connection accepted on --web.listen-fd, served first (luod passes 5)")
 		path   = flag.String("web.telemetry-path", exporter.DefaultPath, "path of the metrics")
 		fd     = flag.Int("luod.fd", -1, "fd of a connection to luod (luod passes 3); -1: connect to --socket.path")
 		socket = flag.String("socket.path", proto.DefaultSocket, "luod's socket, when not given --luod.fd")
@@ -76,10 +81,69 @@ func main() {
 		os.Exit(1)
 	}
 	reg.MustRegister(col, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{PidFn: l.luodPID}))
+	if *lfd >= 0 {
+		ln, err := listenerFromFD(*lfd, *cfd)
+		if err != nil {
+			log.Error("cannot serve the metrics", "err", err)
+			os.Exit(1)
+		}
+		err = exporter.ServeListener(ctx, ln, *path, reg)
+		if err != nil {
+			log.Error("cannot serve the metrics", "address", ln.Addr().String(), "err", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := exporter.Serve(ctx, *addr, *path, reg); err != nil {
 		log.Error("cannot serve the metrics", "address", *addr, "err", err)
 		os.Exit(1)
 	}
+}
+
+// listenerFromFD is the listening socket luod passed as fd, whose Accept
+// returns first the connection luod accepted (connFD, if not -1).
+func listenerFromFD(fd, connFD int) (net.Listener, error) {
+	f := os.NewFile(uintptr(fd), "listener")
+	if f == nil {
+		return nil, fmt.Errorf("--web.listen-fd=%d is not a valid fd", fd)
+	}
+	defer f.Close()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("--web.listen-fd=%d: %w", fd, err)
+	}
+	if connFD < 0 {
+		return ln, nil
+	}
+	cf := os.NewFile(uintptr(connFD), "scrape")
+	if cf == nil {
+		ln.Close()
+		return nil, fmt.Errorf("--web.conn-fd=%d is not a valid fd", connFD)
+	}
+	defer cf.Close()
+	c, err := net.FileConn(cf)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("--web.conn-fd=%d: %w", connFD, err)
+	}
+	return &firstConn{Listener: ln, first: c}, nil
+}
+
+// firstConn is a listener whose first Accept returns a connection
+// accepted before.
+type firstConn struct {
+	net.Listener
+	once  sync.Once
+	first net.Conn
+}
+
+func (l *firstConn) Accept() (net.Conn, error) {
+	var c net.Conn
+	l.once.Do(func() { c = l.first })
+	if c != nil {
+		return c, nil
+	}
+	return l.Listener.Accept()
 }
 
 // fromFD returns a client on the connection luod passed as fd, and

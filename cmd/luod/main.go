@@ -33,7 +33,7 @@ func main() {
 		logLevel   = flag.String("log.level", "info", "log level: debug, info, warn, error")
 		webAddr    = flag.String("web.listen-address", "127.0.0.1:9478", "address of the Prometheus metrics endpoint; empty turns it off")
 		webPath    = flag.String("web.telemetry-path", "/metrics", "path of the metrics endpoint")
-		exporter   = flag.String("web.exporter", "", "the metrics exporter luod starts once ready to serve the endpoint; empty: luod-exporter beside luod's executable")
+		exporter   = flag.String("web.exporter", "", "the metrics exporter luod starts at the first scrape to serve the endpoint; empty: luod-exporter beside luod's executable")
 		faultHang  = flag.Bool("test.fault-hang-on-sigusr2", false, "TEST ONLY: hang the main loop on SIGUSR2, to exercise systemd's watchdog")
 		faultBoot  = flag.Int("test.fault-reboot", 0, "TEST ONLY: make the first N reboot calls fail, to exercise the recovery path")
 		cpuProfile = flag.String("debug.cpuprofile", "", "write a CPU profile (pprof) of luod to this file, from start until exit or the first upgrade request")
@@ -140,15 +140,17 @@ func main() {
 	defer stop()
 
 	if *webAddr != "" {
-		// The endpoint is served by luod-exporter, which luod starts once
-		// READY (docs/metrics.md): luod itself does not link client_golang.
+		// The endpoint is served by luod-exporter, which luod starts at the
+		// first scrape once READY (docs/metrics.md): luod itself does not
+		// link client_golang.
 		// Metrics missing is reported, never fatal: luod exiting would drop
 		// every session it holds.
 		path, err := exporterPath(*exporter)
 		if err != nil {
 			cfg.Log.Warn("metrics endpoint off: no exporter", "err", err)
 		} else {
-			cfg.Exporter = []string{path, "--luod.fd=3", "--web.listen-address=" + *webAddr, "--web.telemetry-path=" + *webPath}
+			cfg.MetricsAddress = *webAddr
+			cfg.Exporter = []string{path, "--luod.fd=3", "--web.listen-fd=4", "--web.conn-fd=5", "--web.telemetry-path=" + *webPath}
 		}
 	}
 	d, err := daemon.New(ctx, cfg)

@@ -102,12 +102,15 @@ type Config struct {
 	// does not run under systemd.
 	Manager Manager
 
+	// MetricsAddress is where the metrics endpoint listens (host:port);
 	// Exporter is the command line of luod's metrics exporter
-	// (cmd/luod-exporter), which Serve starts once READY with a
-	// connection to luod as its fd 3, and starts again if it exits;
-	// nil for none. luod answers its "metrics" requests; it serves them
-	// to Prometheus. See exporter.go.
-	Exporter []string
+	// (cmd/luod-exporter). Once READY, luod listens there and starts the
+	// exporter at the first connection, with a connection to luod as its
+	// fd 3 and the listening socket as its fd 4; luod answers its
+	// "metrics" requests, it serves them to Prometheus. Either empty: no
+	// endpoint. See exporter.go.
+	MetricsAddress string
+	Exporter       []string
 	// FaultRebootFails is a test-only switch: the first FaultRebootFails
 	// reboot calls fail with EIO instead of reaching the kernel, to prove
 	// the recovery path; the next one is real.

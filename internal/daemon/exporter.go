@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -19,15 +20,23 @@ import (
 // (cmd/luod-exporter), so that luod does not link client_golang: its
 // package init and a binary twice the size would lengthen luod's start,
 // which after a live update is part of the workloads' pause (see package
-// metrics). luod starts the exporter once READY, gives it one end of a
-// socketpair as its fd 3 and serves the other end as a connection of its
-// own; the exporter asks "metrics" on it at every scrape.
+// metrics).
+//
+// Once READY, luod listens on the metrics address itself and starts the
+// exporter at the first connection to it, inetd style: a live update's
+// burst of reclaims right after READY does not share the CPU with the
+// start of a second process unless someone scrapes just then. luod passes
+// the exporter one end of a socketpair as its fd 3, whose other end it
+// serves as a connection of its own, the listening socket as its fd 4 and
+// the connection it accepted as its fd 5; the exporter serves that one,
+// accepts the next scrapes itself, and asks "metrics" on fd 3.
 //
 // The exporter is luod's child: it gets SIGTERM when luod's thread that
 // started it dies (Pdeathsig) and exits when its connection ends, and
-// luod stops it when it stops. If it exits on its own (a crash, the port
-// taken) luod logs why and starts it again, after 1 s, then twice as
-// long each time up to a minute; a run of a minute or more resets that.
+// luod stops it when it stops. If it exits on its own (a crash) luod logs
+// why and starts it again at the next connection, waiting 1 s first, then
+// twice as long each time up to a minute; a run of a minute or more
+// resets that. The port stays luod's all along.
 
 const (
 	exporterBackoffMin = time.Second
@@ -35,16 +44,40 @@ const (
 	// exporterStopTimeout is how long a stopping luod waits for the
 	// exporter after SIGTERM before it kills it.
 	exporterStopTimeout = 5 * time.Second
-	// exporterNice is the exporter's nice value.
+	// exporterNice is the exporter's nice value: scrapes are not urgent.
 	exporterNice = 10
 )
 
-// runExporter keeps cfg.Exporter running until ctx is done.
+// runExporter listens on cfg.MetricsAddress and runs cfg.Exporter
+// whenever a connection waits and none runs, until ctx is done.
 func (d *Daemon) runExporter(ctx context.Context) {
+	ln, err := net.Listen("tcp", d.cfg.MetricsAddress)
+	if err != nil {
+		// Metrics never stop luod: exiting would drop every session.
+		d.metrics.Error("exporter")
+		d.log.Warn("metrics endpoint off: cannot listen", "address", d.cfg.MetricsAddress, "err", err)
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	defer ln.Close()
+	tl := ln.(*net.TCPListener)
+	d.log.Info("metrics endpoint listening; the exporter starts at the first scrape",
+		"address", ln.Addr().String(), "exporter", d.cfg.Exporter[0])
+
 	backoff := exporterBackoffMin
 	for {
+		conn, err := tl.AcceptTCP()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return // luod stops
+			}
+			d.log.Warn("metrics endpoint: accept failed", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
 		t0 := time.Now()
-		err := d.exporterOnce(ctx)
+		err = d.exporterOnce(ctx, tl, conn)
 		if ctx.Err() != nil {
 			return
 		}
@@ -52,7 +85,8 @@ func (d *Daemon) runExporter(ctx context.Context) {
 			backoff = exporterBackoffMin
 		}
 		d.metrics.Error("exporter")
-		d.log.Warn("metrics exporter exited; starting it again", "exporter", d.cfg.Exporter[0], "err", err, "after", backoff)
+		d.log.Warn("metrics exporter exited; starting it again at the next scrape", "exporter", d.cfg.Exporter[0],
+			"err", err, "after", backoff)
 		select {
 		case <-ctx.Done():
 			return
@@ -62,9 +96,20 @@ func (d *Daemon) runExporter(ctx context.Context) {
 	}
 }
 
-// exporterOnce runs the exporter once, serving its connection, and
+// exporterOnce runs the exporter once on l, first serving conn, and
 // returns why it ended.
-func (d *Daemon) exporterOnce(ctx context.Context) error {
+func (d *Daemon) exporterOnce(ctx context.Context, l *net.TCPListener, conn *net.TCPConn) error {
+	cf, err := conn.File() // a duplicate, for the exporter's fd 5
+	conn.Close()
+	if err != nil {
+		return fmt.Errorf("the scrape's connection: %w", err)
+	}
+	defer cf.Close()
+	lf, err := l.File() // a duplicate, for the exporter's fd 4
+	if err != nil {
+		return fmt.Errorf("the listening socket: %w", err)
+	}
+	defer lf.Close()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("socketpair: %w", err)
@@ -83,7 +128,7 @@ func (d *Daemon) exporterOnce(ctx context.Context) error {
 	}
 
 	cmd := exec.Command(d.cfg.Exporter[0], d.cfg.Exporter[1:]...)
-	cmd.ExtraFiles = []*os.File{theirs} // fd 3
+	cmd.ExtraFiles = []*os.File{theirs, lf, cf} // fd 3, 4, 5
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.Env = exporterEnv(os.Environ())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
@@ -92,8 +137,8 @@ func (d *Daemon) exporterOnce(ctx context.Context) error {
 		return err
 	}
 	theirs.Close()
-	// Scrapes are not urgent: the exporter yields the CPU to luod and the
-	// workloads, which right after READY reclaim their sessions.
+	lf.Close()
+	cf.Close()
 	if err := unix.Setpriority(unix.PRIO_PROCESS, cmd.Process.Pid, exporterNice); err != nil {
 		d.log.Debug("could not lower the exporter's priority", "err", err)
 	}

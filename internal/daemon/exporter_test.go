@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -33,10 +36,11 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// fakeExporter is what luod-exporter does with the connection luod passes
-// as fd 3: it asks "metrics" once and writes the answer to
-// dir/metrics-PID.json. The first one started (no dir/crashed yet) then
-// exits with status 3, as a crash; the others wait until the connection
+// fakeExporter is what luod-exporter does with what luod passes: on the
+// connection to luod (fd 3) it asks "metrics" once and writes the answer
+// to dir/metrics-PID.json. The first one started (no dir/crashed yet) then
+// exits with status 3, as a crash; the others close the scrape luod
+// accepted (fd 5), as if answered, and wait until the connection to luod
 // ends (luod gone) or SIGTERM.
 func fakeExporter(dir string) int {
 	pc, err := proto.FileConn(os.NewFile(3, "luod"))
@@ -59,6 +63,7 @@ func fakeExporter(dir string) int {
 		os.WriteFile(filepath.Join(dir, "crashed"), nil, 0o644)
 		return 3
 	}
+	os.NewFile(5, "scrape").Close()
 	for range c.Events() {
 	}
 	return 0
@@ -121,18 +126,46 @@ func TestMetricsFollowState(t *testing.T) {
 	}
 }
 
-// TestExporterProcess: luod starts its exporter once READY with a
-// connection of its own, which is an admin's and not counted as a
-// client; starts it again when it exits; and stops it when luod stops.
+// TestExporterProcess: once READY luod listens on the metrics address and
+// starts its exporter at the first connection, not before, with a
+// connection of its own, which is an admin's and not counted as a client;
+// starts it again when it exits and a scrape waits; and stops it when
+// luod stops.
 func TestExporterProcess(t *testing.T) {
 	out := t.TempDir()
 	t.Setenv(fakeExporterEnv, out)
 	h := boot(t, t.TempDir(), ioctltest.New(), false, func(c *Config) {
+		c.MetricsAddress = "127.0.0.1:0"
 		c.Exporter = []string{os.Args[0], "-test.run=^$"}
 	})
+	addr := ""
+	for deadline := time.Now().Add(10 * time.Second); addr == ""; time.Sleep(10 * time.Millisecond) {
+		if m := regexp.MustCompile(`metrics endpoint listening.* address=(\S+)`).FindStringSubmatch(h.logText()); m != nil {
+			addr = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("luod does not listen for metrics:\n%s", h.logText())
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if files, _ := filepath.Glob(filepath.Join(out, "metrics-*.json")); len(files) > 0 || strings.Contains(h.logText(), "metrics exporter started") {
+		t.Fatalf("an exporter started before anyone scraped (%v)", files)
+	}
 
-	// The first one answers, then "crashes"; luod starts a second after
-	// a second.
+	// A scrape starts the first exporter, which answers, then "crashes";
+	// the scrape's connection ends with it. The next scrape starts a
+	// second one, after a second.
+	for i := 1; i <= 2; i++ {
+		scrape, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("scrape %d: %v\n%s", i, err, h.logText())
+		}
+		scrape.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := scrape.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			t.Errorf("scrape %d: %v, want EOF (its exporter closed it)", i, err)
+		}
+		scrape.Close()
+		waitSnapshots(t, out, i)
+	}
 	snaps := waitSnapshots(t, out, 2)
 	first, second := snaps[0], snaps[1]
 	if first.s.ConnectedClients != 0 {
@@ -144,7 +177,7 @@ func TestExporterProcess(t *testing.T) {
 	if got := second.s.Events.Errors["exporter"]; got != 1 {
 		t.Errorf("errors{op=exporter} = %d after one exporter exit, want 1", got)
 	}
-	if !strings.Contains(h.logText(), "metrics exporter exited; starting it again") {
+	if !strings.Contains(h.logText(), "metrics exporter exited; starting it again at the next scrape") {
 		t.Errorf("the exporter's exit was not logged:\n%s", h.logText())
 	}
 

@@ -64,7 +64,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		d.cfg.Ready(d.statusLine())
 	}
 	var wg sync.WaitGroup
-	if len(d.cfg.Exporter) > 0 {
+	if len(d.cfg.Exporter) > 0 && d.cfg.MetricsAddress != "" {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -8,7 +8,7 @@
 // binary twice the size: about 50 ms of a 220 ms start under QEMU's TCG
 // here, several ms on hardware (docs/performance.md, sixth round). luod
 // answers the admin operation "metrics" with a Snapshot instead, and
-// cmd/luod-exporter, which luod starts once READY with a connection of its
+// cmd/luod-exporter, which luod starts at the first scrape with a connection of its
 // own, serves it to Prometheus (package exporter, one registry).
 //
 // A Snapshot holds two kinds of figures:

@@ -4,7 +4,7 @@
 // client_golang's global one), over HTTP.
 //
 // cmd/luod-exporter uses it. luod itself never links client_golang (see
-// package metrics for why): it starts luod-exporter once READY, with a
+// package metrics for why): it starts luod-exporter at the first scrape, with a
 // connection of its own, and the exporter asks luod for a Snapshot at
 // every scrape. Every figure is read from luod when scraped, node_exporter
 // style, so nothing here can drift from luod's state.

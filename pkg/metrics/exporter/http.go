@@ -47,21 +47,35 @@ func Serve(ctx context.Context, addr, path string, g prometheus.Gatherer) error 
 	if addr == "" {
 		return nil
 	}
-	if path == "" {
-		path = DefaultPath
-	}
-	if !strings.HasPrefix(path, "/") {
-		return fmt.Errorf("metrics: path %q does not start with /", path)
+	if _, err := checkPath(path); err != nil {
+		return err
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	return serve(ctx, l, path, g)
+	return ServeListener(ctx, l, path, g)
 }
 
-// serve serves on l until ctx is done, and closes l.
-func serve(ctx context.Context, l net.Listener, path string, g prometheus.Gatherer) error {
+// checkPath returns path, DefaultPath if "", or why it cannot be served.
+func checkPath(path string) (string, error) {
+	if path == "" {
+		return DefaultPath, nil
+	}
+	if !strings.HasPrefix(path, "/") {
+		return "", fmt.Errorf("metrics: path %q does not start with /", path)
+	}
+	return path, nil
+}
+
+// ServeListener is Serve on a listener made elsewhere (luod passes the
+// exporter its own); it closes l.
+func ServeListener(ctx context.Context, l net.Listener, path string, g prometheus.Gatherer) error {
+	path, err := checkPath(path)
+	if err != nil {
+		l.Close()
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.Handle(path, Handler(g))
 	srv := &http.Server{

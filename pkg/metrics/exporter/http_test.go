@@ -82,7 +82,7 @@ func TestServe(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, l, "/m", reg) }()
+	go func() { done <- ServeListener(ctx, l, "/m", reg) }()
 
 	url := "http://" + l.Addr().String()
 	resp, err := http.Get(url + "/m")
