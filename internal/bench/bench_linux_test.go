@@ -84,6 +84,14 @@ func TestBench(t *testing.T) {
 	if err := loopbackUp(); err != nil {
 		t.Fatal(err)
 	}
+	// The bench stands in for systemd, whose PID 1 raises the datagram
+	// queue of unix sockets to 512 at boot (bump_unix_max_dgram_qlen),
+	// before it makes $NOTIFY_SOCKET: at the kernel's default (10) a
+	// service sending more fd-store messages at once than the queue holds
+	// waits for the manager to read each one, which no systemd host does.
+	if err := raiseDgramQueue(512); err != nil {
+		t.Fatal(err)
+	}
 	res := &Results{}
 	if e.stage == 1 {
 		res.Accel = readTrim(filepath.Join(e.share, "accel"))
@@ -598,6 +606,10 @@ func start(t *testing.T, e env, name string, args []string, logName string, keep
 	if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
 		t.Fatal(err)
 	}
+	// systemd's notify socket has an 8 MiB receive buffer.
+	if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20); err != nil {
+		t.Fatal(err)
+	}
 	p := &proc{sink: os.NewFile(uintptr(s), notifySocket), fds: make(chan fdMsg, 64), relayed: make(chan struct{})}
 	readyAt := make(chan readyMsg, 1)
 	go notifySink(s, readyAt, p.fds, keep)
@@ -757,6 +769,20 @@ func (l *luod) exporterRSS(t *testing.T) int64 {
 	}
 	t.Fatalf("no luod-exporter child of luod (pid %d)", l.cmd.Process.Pid)
 	return 0
+}
+
+// raiseDgramQueue sets net.unix.max_dgram_qlen to at least n, for the
+// unix sockets made from now on.
+func raiseDgramQueue(n int) error {
+	const path = "/proc/sys/net/unix/max_dgram_qlen"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v >= n {
+		return nil
+	}
+	return os.WriteFile(path, []byte(strconv.Itoa(n)), 0o644)
 }
 
 // loopbackUp sets lo up, as the VM's init does not.
