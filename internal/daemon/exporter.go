@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -27,9 +28,12 @@ import (
 // burst of reclaims right after READY does not share the CPU with the
 // start of a second process unless someone scrapes just then. luod passes
 // the exporter one end of a socketpair as its fd 3, whose other end it
-// serves as a connection of its own, the listening socket as its fd 4 and
-// the connection it accepted as its fd 5; the exporter serves that one,
-// accepts the next scrapes itself, and asks "metrics" on fd 3.
+// serves as a connection of its own (on which only "metrics" and "hello"
+// are answered: the exporter parses HTTP from the network), the listening
+// socket as its fd 4 and the connection it accepted as its fd 5; the
+// exporter serves that one, accepts the next scrapes itself, and asks
+// "metrics" on fd 3. cmd/luod asks it to lower its own priority (--nice):
+// scrapes are not urgent.
 //
 // The exporter is luod's child: it gets SIGTERM when luod's thread that
 // started it dies (Pdeathsig) and exits when its connection ends, and
@@ -44,19 +48,14 @@ const (
 	// exporterStopTimeout is how long a stopping luod waits for the
 	// exporter after SIGTERM before it kills it.
 	exporterStopTimeout = 5 * time.Second
-	// exporterNice is the exporter's nice value: scrapes are not urgent.
-	exporterNice = 10
 )
 
 // runExporter listens on cfg.MetricsAddress and runs cfg.Exporter
 // whenever a connection waits and none runs, until ctx is done.
 func (d *Daemon) runExporter(ctx context.Context) {
-	ln, err := net.Listen("tcp", d.cfg.MetricsAddress)
-	if err != nil {
-		// Metrics never stop luod: exiting would drop every session.
-		d.metrics.Error("exporter")
-		d.log.Warn("metrics endpoint off: cannot listen", "address", d.cfg.MetricsAddress, "err", err)
-		return
+	ln := d.listenMetrics(ctx)
+	if ln == nil {
+		return // luod stops
 	}
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
@@ -90,6 +89,34 @@ func (d *Daemon) runExporter(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, exporterBackoffMax)
+	}
+}
+
+// listenMetrics listens on cfg.MetricsAddress, trying again with backoff
+// while it cannot (the port held by an exporter of a luod that just died,
+// or by another program): metrics never stop luod, whose exit would drop
+// every session, and luod runs until the next live update, so a port busy
+// for a moment must not leave it without metrics. nil once ctx is done.
+func (d *Daemon) listenMetrics(ctx context.Context) net.Listener {
+	backoff := exporterBackoffMin
+	for {
+		ln, err := net.Listen("tcp", d.cfg.MetricsAddress)
+		if err == nil {
+			return ln
+		}
+		d.metrics.Error("exporter")
+		lvl := slog.LevelDebug
+		if backoff == exporterBackoffMin {
+			lvl = slog.LevelWarn
+		}
+		d.log.Log(ctx, lvl, "metrics endpoint: cannot listen; trying again", "address", d.cfg.MetricsAddress,
+			"err", err, "after", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, exporterBackoffMax)
@@ -132,16 +159,19 @@ func (d *Daemon) exporterOnce(ctx context.Context, l *net.TCPListener, conn *net
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.Env = exporterEnv(os.Environ())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	// Handing lf to the child made the listening socket blocking (os.File's
+	// Fd), and luod's listener shares that open file description: without
+	// O_NONBLOCK again, luod's next accept would block a thread and its
+	// Close at stop would wait for a scrape.
+	restoreNonblock(l)
+	if err != nil {
 		pc.Close()
 		return err
 	}
 	theirs.Close()
 	lf.Close()
 	cf.Close()
-	if err := unix.Setpriority(unix.PRIO_PROCESS, cmd.Process.Pid, exporterNice); err != nil {
-		d.log.Debug("could not lower the exporter's priority", "err", err)
-	}
 	d.log.Info("metrics exporter started", "exporter", d.cfg.Exporter[0], "pid", cmd.Process.Pid)
 
 	served := make(chan struct{})
@@ -169,6 +199,15 @@ func (d *Daemon) exporterOnce(ctx context.Context, l *net.TCPListener, conn *net
 	pc.Close()
 	<-served
 	return err
+}
+
+// restoreNonblock sets O_NONBLOCK on l's socket again.
+func restoreNonblock(l *net.TCPListener) {
+	rc, err := l.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) { unix.SetNonblock(int(fd), true) })
 }
 
 // exporterEnv is luod's environment without what belongs to luod alone:

@@ -56,6 +56,10 @@ func fakeExporter(dir string) int {
 		fmt.Fprintln(os.Stderr, "fake exporter:", err)
 		return 1
 	}
+	// Anything else is refused on this connection, though it is root's.
+	if _, err := c.Sessions(ctx); err != nil {
+		s.Events.Errors["fake-exporter-refused: "+err.Error()] = 1
+	}
 	b, _ := json.Marshal(s)
 	os.WriteFile(filepath.Join(dir, fmt.Sprintf("metrics-%d.json.tmp", os.Getpid())), b, 0o644)
 	os.Rename(filepath.Join(dir, fmt.Sprintf("metrics-%d.json.tmp", os.Getpid())), filepath.Join(dir, fmt.Sprintf("metrics-%d.json", os.Getpid())))
@@ -138,14 +142,7 @@ func TestExporterProcess(t *testing.T) {
 		c.MetricsAddress = "127.0.0.1:0"
 		c.Exporter = []string{os.Args[0], "-test.run=^$"}
 	})
-	addr := ""
-	for deadline := time.Now().Add(10 * time.Second); addr == ""; time.Sleep(10 * time.Millisecond) {
-		if m := regexp.MustCompile(`metrics endpoint listening.* address=(\S+)`).FindStringSubmatch(h.logText()); m != nil {
-			addr = m[1]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("luod does not listen for metrics:\n%s", h.logText())
-		}
-	}
+	addr := metricsAddress(t, h)
 	time.Sleep(300 * time.Millisecond)
 	if files, _ := filepath.Glob(filepath.Join(out, "metrics-*.json")); len(files) > 0 || strings.Contains(h.logText(), "metrics exporter started") {
 		t.Fatalf("an exporter started before anyone scraped (%v)", files)
@@ -173,6 +170,13 @@ func TestExporterProcess(t *testing.T) {
 	}
 	if first.s.Continuity != proto.ContinuityFresh {
 		t.Errorf("first exporter saw continuity %q, want %q", first.s.Continuity, proto.ContinuityFresh)
+	}
+	refused := false
+	for op := range first.s.Events.Errors {
+		refused = refused || strings.Contains(op, "fake-exporter-refused: ") && strings.Contains(op, string(proto.CodePermissionDenied))
+	}
+	if !refused {
+		t.Errorf("sessions on the exporter's connection was not refused with %s: %v", proto.CodePermissionDenied, first.s.Events.Errors)
 	}
 	if got := second.s.Events.Errors["exporter"]; got != 1 {
 		t.Errorf("errors{op=exporter} = %d after one exporter exit, want 1", got)
@@ -252,4 +256,52 @@ func sample(t *testing.T, reg *prometheus.Registry, name string, labels map[stri
 		}
 	}
 	return 0, false
+}
+
+// TestExporterDiesEarly: an exporter that exits before it takes the
+// listening socket over (a failed exec, a bad flag) must not leave luod's
+// listener blocking: luod stops at once, without another scrape.
+func TestExporterDiesEarly(t *testing.T) {
+	h := boot(t, t.TempDir(), ioctltest.New(), false, func(c *Config) {
+		c.MetricsAddress = "127.0.0.1:0"
+		c.Exporter = []string{"/bin/false"}
+	})
+	addr := metricsAddress(t, h)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(h.logText(), "metrics exporter exited"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the exporter's exit was not logged:\n%s", h.logText())
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // past the backoff: luod accepts again
+	stopped := make(chan struct{})
+	go func() { h.stop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		// A scrape releases the blocked accept, so that the test ends.
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+		}
+		<-stopped
+		t.Fatal("luod did not stop within 5 s after its exporter died early: its listener blocks")
+	}
+}
+
+// metricsAddress is where luod listens for metrics, from its log.
+func metricsAddress(t *testing.T, h *host) string {
+	t.Helper()
+	re := regexp.MustCompile(`metrics endpoint listening.* address=(\S+)`)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if m := re.FindStringSubmatch(h.logText()); m != nil {
+			return m[1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("luod does not listen for metrics:\n%s", h.logText())
+		}
+	}
 }
