@@ -175,6 +175,15 @@ func (c *conn) handle(raw []byte, fds []int, cred *unix.Ucred) {
 			"the request carried no credentials")))
 		return
 	}
+	// luod's exporter parses HTTP from the network: its connection may
+	// ask for metrics and nothing else, whatever its credentials.
+	if c.internal && req.Op != proto.OpMetrics && req.Op != proto.OpHello {
+		c.d.log.Warn("operation refused on the exporter's connection", "op", req.Op)
+		c.d.metrics.Error(req.Op)
+		c.send(proto.ErrorResponse(req.ID, proto.Errorf(proto.CodePermissionDenied,
+			"%s is refused on the metrics exporter's connection: it may only ask for metrics", req.Op)))
+		return
+	}
 	caller := session.Caller{UID: cred.Uid, GID: cred.Gid, Admin: c.d.isAdmin(cred)}
 	if proto.AdminOp(req.Op) && !caller.Admin {
 		c.d.log.Warn("admin operation refused", "op", req.Op, "uid", cred.Uid, "pid", cred.Pid)
