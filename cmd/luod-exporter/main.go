@@ -22,12 +22,14 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sys/unix"
 
 	"github.com/luod/luod/pkg/client"
 	"github.com/luod/luod/pkg/metrics"
@@ -44,12 +46,18 @@ func main() {
 		addr   = flag.String("web.listen-address", "127.0.0.1:9478", "address to serve the metrics on, unless --web.listen-fd is given")
 		lfd    = flag.Int("web.listen-fd", -1, "fd of a listening TCP socket to serve on (luod passes 4); -1: listen on --web.listen-address")
 		cfd    = flag.Int("web.conn-fd", -1, "fd of a connection accepted on --web.listen-fd, served first (luod passes 5)")
+		nice   = flag.Int("nice", 0, "nice value to take at start, for every thread (luod passes 10: scrapes are not urgent)")
 		path   = flag.String("web.telemetry-path", exporter.DefaultPath, "path of the metrics")
 		fd     = flag.Int("luod.fd", -1, "fd of a connection to luod (luod passes 3); -1: connect to --socket.path")
 		socket = flag.String("socket.path", proto.DefaultSocket, "luod's socket, when not given --luod.fd")
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("process", "luod-exporter")
+	if *nice != 0 {
+		if err := setNice(*nice); err != nil {
+			log.Warn("cannot lower the exporter's priority", "nice", *nice, "err", err)
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -146,6 +154,27 @@ func (l *firstConn) Accept() (net.Conn, error) {
 	return l.Listener.Accept()
 }
 
+// setNice gives every thread of this process the nice value n; threads
+// made later inherit it. On Linux nice is a thread's, and the Go runtime
+// has started threads before main.
+func setNice(n int) error {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("thread %d: %w", tid, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // fromFD returns a client on the connection luod passed as fd, and
 // luod's pid.
 func fromFD(fd int) (*client.Client, int, error) {
@@ -199,10 +228,19 @@ func (l *luod) conn() (*client.Client, error) {
 	return l.c, nil
 }
 
-// ask is the collector's Source: luod's answer to "metrics". A
-// connection to luod's socket that broke is dropped, to be dialled again
-// at the next scrape.
+// ask is the collector's Source: luod's answer to "metrics". On its own
+// (dialling luod's socket), a connection that failed otherwise than by
+// luod being slow is dropped and dialled again at once: after luod
+// restarted, the first scrape already finds the new one.
 func (l *luod) ask() (metrics.Snapshot, error) {
+	s, err := l.askOnce()
+	if err != nil && l.socket != "" && !errors.Is(err, context.DeadlineExceeded) {
+		s, err = l.askOnce()
+	}
+	return s, err
+}
+
+func (l *luod) askOnce() (metrics.Snapshot, error) {
 	c, err := l.conn()
 	if err != nil {
 		return metrics.Snapshot{}, err
@@ -211,7 +249,7 @@ func (l *luod) ask() (metrics.Snapshot, error) {
 	defer cancel()
 	s, err := c.Metrics(ctx)
 	if err != nil {
-		if errors.Is(err, client.ErrDisconnected) && l.socket != "" {
+		if l.socket != "" && !errors.Is(err, context.DeadlineExceeded) {
 			l.mu.Lock()
 			if l.c == c {
 				l.c = nil

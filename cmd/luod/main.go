@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -146,11 +147,14 @@ func main() {
 		// Metrics missing is reported, never fatal: luod exiting would drop
 		// every session it holds.
 		path, err := exporterPath(*exporter)
-		if err != nil {
+		switch {
+		case err != nil:
 			cfg.Log.Warn("metrics endpoint off: no exporter", "err", err)
-		} else {
+		case *webPath != "" && !strings.HasPrefix(*webPath, "/"):
+			cfg.Log.Warn("metrics endpoint off: --web.telemetry-path does not start with /", "path", *webPath)
+		default:
 			cfg.MetricsAddress = *webAddr
-			cfg.Exporter = []string{path, "--luod.fd=3", "--web.listen-fd=4", "--web.conn-fd=5", "--web.telemetry-path=" + *webPath}
+			cfg.Exporter = []string{path, "--luod.fd=3", "--web.listen-fd=4", "--web.conn-fd=5", "--nice=10", "--web.telemetry-path=" + *webPath}
 		}
 	}
 	d, err := daemon.New(ctx, cfg)

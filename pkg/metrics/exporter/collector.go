@@ -93,7 +93,8 @@ func newDescs() descs {
 			"Sessions of the previous boot that this boot could not give back.",
 			nil, nil),
 		sessionLostInfoDesc: prometheus.NewDesc(fqName("session", "lost_info"),
-			"A metric with a constant value of 1 per session of the previous boot that this boot could not give back (the first 256), labeled by its name and owner's uid (luoctl status lists them all).",
+			"A metric with a constant value of 1 per session of the previous boot that this boot could not give back (the first "+
+				strconv.Itoa(metrics.MaxLostNamed)+"), labeled by its name and owner's uid (luoctl status lists them all).",
 			[]string{"session", "uid"}, nil),
 		unclaimedOverdueDesc: prometheus.NewDesc(fqName("sessions", "unclaimed_overdue"),
 			"Sessions handed over by the live update and still unclaimed by their owners after the reclaim grace period.",
