@@ -47,6 +47,7 @@ var Cases = []Case{
 	{"preserved_file_released_with_session", preservedFileReleasedWithSession},
 	{"create_session_name_stops_at_nul", createSessionNameStopsAtNUL},
 	{"get_name_via_dup", getNameViaDup},
+	{"session_fd_close_on_exec", sessionFDCloseOnExec},
 
 	// PRESERVE_FD.
 	{"preserve_token_reuse", preserveTokenReuse},
@@ -246,6 +247,22 @@ func getSessionName(t *testing.T, env Env) {
 	}
 	if got != name {
 		t.Errorf("name %q, want %q", got, name)
+	}
+	mustClose(t, s)
+}
+
+// sessionFDCloseOnExec: CREATE_SESSION's fd is close-on-exec, so that a
+// program luod starts (its metrics exporter) never holds a session, which
+// would keep it alive after luod deleted it.
+func sessionFDCloseOnExec(t *testing.T, env Env) {
+	d := env.open(t)
+	s := create(t, d, "cloexec-session")
+	flags, err := unix.FcntlInt(s.File().Fd(), unix.F_GETFD, 0)
+	if err != nil {
+		t.Fatalf("F_GETFD: %v", err)
+	}
+	if flags&unix.FD_CLOEXEC == 0 {
+		t.Errorf("session fd flags %#x: not close-on-exec", flags)
 	}
 	mustClose(t, s)
 }
