@@ -737,8 +737,9 @@ func (l *luod) rss(t *testing.T) int64 { return vmRSS(t, l.cmd.Process.Pid) }
 // starts once luod is READY, until luod answered it: luod_up 1) and
 // returns the VmRSS of the exporter serving it, luod's child.
 func (l *luod) exporterRSS(t *testing.T) int64 {
+	hc := &http.Client{Timeout: 10 * time.Second}
 	for deadline := time.Now().Add(time.Minute); ; {
-		resp, err := http.Get("http://127.0.0.1:9478/metrics")
+		resp, err := hc.Get("http://127.0.0.1:9478/metrics")
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -761,8 +762,8 @@ func (l *luod) exporterRSS(t *testing.T) int64 {
 		}
 		var state string
 		var ppid int
-		if _, err := fmt.Sscan(rest, &state, &ppid); err != nil || ppid != l.cmd.Process.Pid {
-			continue
+		if _, err := fmt.Sscan(rest, &state, &ppid); err != nil || ppid != l.cmd.Process.Pid || state == "Z" {
+			continue // not luod's, or one that exited and is not reaped yet
 		}
 		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(s)))
 		return vmRSS(t, pid)

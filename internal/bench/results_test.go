@@ -35,7 +35,7 @@ func TestVerdicts(t *testing.T) {
 		}
 	}
 	md := r.Markdown()
-	for _, s := range []string{"| 1000 × 1 | 1 MiB | 1000.00 | 1200.00 | 1.20× | 3000.00 | 3.00× | 1100.00 |", "| 10 × 1 | 1 MiB | 10.00 | 11.00 | 1.10× | – | – | 0.00 |",
+	for _, s := range []string{"| 1000 × 1 | 1 MiB | 1000.00 | 1200.00 | 1.20× | 3000.00 | 3.00× | 1100.00 | 1200 | 14.6 | 0.0 |", "| 10 × 1 | 1 MiB | 10.00 | 11.00 | 1.10× | – | – | 0.00 |",
 		"| 100 × 10 | 0 B | 40.00 | 100.00 | 50.00 | 160.00 | 1.60× | 60.00 | 220.00 | 2.20× |",
 		"2.20× (luod's exec → READY alone, its files not yet retrieved: 1.60×)", "a Go program's start alone: up to 40.00 ms"} {
 		if !strings.Contains(md, s) {
@@ -62,12 +62,12 @@ func TestVerdicts(t *testing.T) {
 		}
 	}
 	// (d) counts the exporter luod runs: luod alone within the target
-	// does not make it.
-	r.Retrieve[2].RSSKiB = 10000
+	// does not make it, nor does a row that lacks the exporter's figure.
+	r.Retrieve[2].RSSKiB, r.Retrieve[2].ExporterRSSKiB = 10000, 3000
 	for _, c := range []struct {
 		exporter int64
 		met      bool
-	}{{6000, false}, {4000, true}} {
+	}{{6000, false}, {4000, true}, {0, false}} {
 		r.Preserve[1].ExporterRSSKiB = c.exporter // luod 15000 KiB
 		for _, v := range r.Verdicts() {
 			if strings.HasPrefix(v.Target, "(d)") && v.Met != c.met {

@@ -179,8 +179,9 @@ func waitLog(t *testing.T, from int, re string) string {
 func metrics(t *testing.T, name string) []string {
 	t.Helper()
 	var page string
+	hc := &http.Client{Timeout: 5 * time.Second}
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		resp, err := http.Get(metricsURL)
+		resp, err := hc.Get(metricsURL)
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()

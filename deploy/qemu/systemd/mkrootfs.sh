@@ -2,8 +2,9 @@
 # mkrootfs.sh OUT BINDIR [SUITE] — the initramfs of the systemd VM run: a
 # minimal Debian root of SUITE (default bookworm: systemd 252; sid: systemd
 # >= 261) with systemd as PID 1, luod's units from
-# deploy/systemd enabled, BINDIR/luod in /usr/local/sbin (the unit's
-# ExecStart=), BINDIR/luoctl and BINDIR/guestram in /usr/local/bin, and
+# deploy/systemd enabled, BINDIR/luod (the unit's ExecStart=) and
+# BINDIR/luod-exporter beside it in /usr/local/sbin, BINDIR/luoctl and
+# BINDIR/guestram in /usr/local/bin, and
 # luod-vmtest.service running vmtest-stage.sh once luod is up.
 # Written to OUT as a gzip (-1) newc cpio.
 #

@@ -48,7 +48,7 @@ stamp() { echo "vm-systemd[$suite]: [$(($(date +%s) - t0))s] $*"; }
 stamp "installing what the VM needs and reusing (or building) the kernels"
 vm_prepare "$out"
 
-stamp "building luod, luoctl and guestram (static)"
+stamp "building luod, luod-exporter, luoctl and guestram (static)"
 (cd "$repo" && CGO_ENABLED=0 go build -o "$out/bin/" ./cmd/luod ./cmd/luod-exporter ./cmd/luoctl ./examples/guestram)
 
 stamp "making the systemd root image (debootstrap cached under ${LUOD_CACHE:-/var/cache/luod}/rootfs)"

@@ -94,10 +94,9 @@ show_unit() {
 # The endpoint is luod-exporter's, which luod starts once ready: wait up to
 # 30 s for a page on which luod answered the exporter (luod_up 1).
 probe_metrics() {
-	i=0
-	until m=$(curl -s --max-time 10 "$metrics_url") && echo "$m" | grep -q '^luod_up 1$'; do
-		i=$((i + 1))
-		[ $i -lt 150 ] || return 1
+	deadline=$(($(date +%s) + 30))
+	until m=$(curl -s --max-time 5 "$metrics_url") && echo "$m" | grep -q '^luod_up 1$'; do
+		[ "$(date +%s)" -lt "$deadline" ] || return 1
 		sleep 0.2
 	done
 }
