@@ -47,9 +47,10 @@ unit: vet fmt-check
 
 ## unit-arm64: the unit tests built for arm64 and run under qemu-user (installed by
 ## host-deps.sh). Skipped there, and run natively by `unit`: the tests that re-exec
-## their own binary (that needs binfmt_misc registration, which a container may
+## their own binary (TestTakeInherited*, and TestExporterProcess, whose luod starts the
+## test binary as its exporter: that needs binfmt_misc registration, which a container may
 ## not allow) and the one that needs MSG_CTRUNC, which qemu-user does not report.
-ARM64_EMU_SKIP = ^(TestTakeInherited|TestTakeInheritedOtherPID|TestTakeInheritedMissingFD|TestControlTruncated)$$
+ARM64_EMU_SKIP = ^(TestTakeInherited|TestTakeInheritedOtherPID|TestTakeInheritedMissingFD|TestControlTruncated|TestExporterProcess)$$
 unit-arm64:
 	LUOD_ARCH=arm64 deploy/qemu/host-deps.sh
 	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -exec qemu-aarch64-static -skip '$(ARM64_EMU_SKIP)' ./...
