@@ -5,9 +5,11 @@ package systemd
 import (
 	"errors"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -70,6 +72,108 @@ func send(op, name, state string, f *os.File) error {
 		return fail(err)
 	}
 	return nil
+}
+
+// sendBatch sends states[i] with files[i].File attached, in order, as
+// StoreFDs describes. It does nothing without $NOTIFY_SOCKET.
+func sendBatch(files []NamedFile, states []string) (int, error) {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return len(files), nil
+	}
+	if !strings.HasPrefix(addr, "/") && !strings.HasPrefix(addr, "@") {
+		return 0, &Error{Op: "FDSTORE", FDName: files[0].Name,
+			Err: errors.New("NOTIFY_SOCKET " + addr + ": only a path or an @abstract name is supported")}
+	}
+	// Fd keeps each file open until KeepAlive below; it would switch a
+	// non-blocking file to blocking mode, which session fds and memfds
+	// (not pollable, opened blocking) are not.
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.File.Fd())
+	}
+	sent, err := notifySocket.sendBatch(addr, states, fds)
+	runtime.KeepAlive(files)
+	if err != nil {
+		return sent, &Error{Op: "FDSTORE", FDName: files[sent].Name, Err: err}
+	}
+	return sent, nil
+}
+
+// maxBatch is the most messages one sendmmsg(2) takes (UIO_MAXIOV).
+const maxBatch = 1024
+
+// mmsghdr is struct mmsghdr: a msghdr and the bytes sent of it, padded as
+// C pads it (Go aligns the struct to its pointer fields, as C does).
+type mmsghdr struct {
+	hdr unix.Msghdr
+	len uint32
+}
+
+// sendBatch sends each state with its fd as one datagram to addr, in
+// order, dialing first if needed and once more on a fresh socket if the
+// connection is gone before anything was sent. It returns how many were
+// sent.
+func (s *notifyConn) sendBatch(addr string, states []string, fds []int) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sent, redialed := 0, false
+	for sent < len(states) {
+		if s.addr != addr {
+			if err := s.dial(addr); err != nil {
+				return sent, err
+			}
+		}
+		n, err := sendmmsg(s.fd, states[sent:], fds[sent:])
+		sent += n
+		switch {
+		case err == nil:
+		case n == 0 && !redialed && (errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.ENOTCONN) ||
+			errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE)):
+			s.close()
+			redialed = true
+		case errors.Is(err, unix.EAGAIN):
+			return sent, errors.New("sendmmsg: systemd did not take the message within " + sendTimeout.String())
+		default:
+			return sent, os.NewSyscallError("sendmmsg", err)
+		}
+	}
+	return sent, nil
+}
+
+// sendmmsg sends up to maxBatch of states, each with its fd as
+// SCM_RIGHTS, on the connected socket fd, and returns how many the kernel
+// took. An error means none was (the kernel reports a later message's
+// failure as a short count).
+func sendmmsg(fd int, states []string, fds []int) (int, error) {
+	n := min(len(states), maxBatch)
+	hdrs := make([]mmsghdr, n)
+	iovs := make([]unix.Iovec, n)
+	bufs := make([][]byte, n)
+	oobs := make([][]byte, n)
+	for i := range n {
+		bufs[i] = []byte(states[i])
+		oobs[i] = unix.UnixRights(fds[i])
+		iovs[i].Base = &bufs[i][0]
+		iovs[i].SetLen(len(bufs[i]))
+		hdrs[i].hdr.Iov = &iovs[i]
+		hdrs[i].hdr.SetIovlen(1)
+		hdrs[i].hdr.Control = &oobs[i][0]
+		hdrs[i].hdr.SetControllen(len(oobs[i]))
+	}
+	for {
+		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])), uintptr(n), 0, 0, 0)
+		runtime.KeepAlive(bufs)
+		runtime.KeepAlive(oobs)
+		runtime.KeepAlive(iovs)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(r), nil
+	}
 }
 
 // send sends one datagram to addr, dialing first if needed, and once more

@@ -127,6 +127,32 @@ func (Notifier) StoreFD(name string, f *os.File) error {
 	return send("FDSTORE", name, "FDSTORE=1\nFDNAME="+name, f)
 }
 
+// NamedFile is one file of a StoreFDs batch and the name to store it under.
+type NamedFile struct {
+	Name string
+	File *os.File
+}
+
+// StoreFDs is StoreFD of each file in turn, the same messages in the same
+// order, sent with as few system calls as the kernel takes (sendmmsg(2),
+// up to 1024 messages a call) instead of one each: recovery stores every
+// session it retrieved before READY, in the workloads' pause. It returns
+// how many were sent; on an error the rest were not, and the error names
+// the first of them. Names are checked first: a bad one sends nothing.
+func (Notifier) StoreFDs(files []NamedFile) (int, error) {
+	states := make([]string, len(files))
+	for i, f := range files {
+		if err := ValidateFDName(f.Name); err != nil {
+			return 0, &Error{Op: "FDSTORE", FDName: f.Name, Err: err}
+		}
+		if f.File == nil {
+			return 0, &Error{Op: "FDSTORE", FDName: f.Name, Err: errors.New("nil file")}
+		}
+		states[i] = "FDSTORE=1\nFDNAME=" + f.Name
+	}
+	return sendBatch(files, states)
+}
+
 // RemoveFD closes every fd stored under name (FDSTOREREMOVE=1). Removing a
 // name that is not stored is not an error (systemd does nothing).
 func (Notifier) RemoveFD(name string) error {
