@@ -654,6 +654,21 @@ func TestSocketActivation(t *testing.T) {
 type fakeStore struct {
 	mu  sync.Mutex
 	fds map[string]*os.File
+	// batches counts StoreFDs calls, sizes their lengths.
+	batches []int
+}
+
+// StoreFDs is StoreFD of each, as systemd.Notifier's batch.
+func (s *fakeStore) StoreFDs(files []systemd.NamedFile) (int, error) {
+	s.mu.Lock()
+	s.batches = append(s.batches, len(files))
+	s.mu.Unlock()
+	for i, f := range files {
+		if err := s.StoreFD(f.Name, f.File); err != nil {
+			return i, err
+		}
+	}
+	return len(files), nil
 }
 
 func (s *fakeStore) StoreFD(name string, f *os.File) error {
@@ -775,6 +790,43 @@ func TestKilledLuodLosesNothingWithFDStore(t *testing.T) {
 	files[0].File.Close()
 	if !bytes.Equal(got, data) {
 		t.Fatalf("%d bytes back, not byte-exact with the %d preserved", len(got), len(data))
+	}
+}
+
+// TestRecoveryStoresInOneBatch: after a live update, the sessions luod
+// retrieved go into the fd store before READY, all in one batch
+// (sendmmsg(2) with systemd), so that a crash of luod loses none of them.
+func TestRecoveryStoresInOneBatch(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	h := boot(t, dir, fake, false, nil)
+	c := h.dial()
+	names := []string{"vm-a", "vm-b", "vm-c"}
+	for _, n := range names {
+		if _, _, err := c.CreateSessionWithFiles(ctx(t), n, nil, []client.FileToPreserve{{File: memfd(t, []byte(n)), Token: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil); !errors.Is(err, client.ErrRebooting) {
+		t.Fatalf("upgrade = %v", err)
+	}
+	<-h.kx.rebooted
+	h.stop()
+
+	store := &fakeStore{fds: map[string]*os.File{}}
+	boot(t, dir, fake, true, func(c *Config) { c.FDStore = store })
+	for _, n := range names {
+		if !store.has(sessionFDName(n)) {
+			t.Errorf("fd store at READY lacks %s: %v", n, storeNames(store))
+		}
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if len(store.batches) != 1 || store.batches[0] != len(names) {
+		t.Errorf("recovery stored in batches %v, want one of %d", store.batches, len(names))
 	}
 }
 

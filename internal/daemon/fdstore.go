@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -44,6 +45,37 @@ func (d *Daemon) storeSession(name string, f *os.File) {
 		d.log.Error("cannot put the session fd into systemd's fd store: a crash of luod would lose the session",
 			"session", name, "err", err)
 	}
+}
+
+// batchStore is an FDStore that sends many fds with few system calls
+// (systemd.Notifier's sendmmsg).
+type batchStore interface {
+	StoreFDs(files []systemd.NamedFile) (int, error)
+}
+
+// storeSessionFiles puts the fds of the named sessions' files (fn yields
+// them; custody.EachFile or EachFileIn) into the fd store, in one batch
+// where the store can, and returns the first error. Only while no request
+// runs (recovery before READY, the orderly path's pause under the freeze):
+// the files are used after fn's lock is released.
+func (d *Daemon) storeSessionFiles(each func(fn func(name string, f *os.File))) error {
+	var files []systemd.NamedFile
+	each(func(name string, f *os.File) {
+		files = append(files, systemd.NamedFile{Name: sessionFDName(name), File: f})
+	})
+	if bs, ok := d.cfg.FDStore.(batchStore); ok {
+		sent, err := bs.StoreFDs(files)
+		if err != nil {
+			return fmt.Errorf("%d of %d sessions not stored: %w", len(files)-sent, len(files), err)
+		}
+		return nil
+	}
+	for _, f := range files {
+		if err := d.cfg.FDStore.StoreFD(f.Name, f.File); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (d *Daemon) unstoreSession(name string) {

@@ -117,15 +117,9 @@ func (d *Daemon) storeAllForKexec() error {
 	// Open sessions only: one retrieved in this boot cannot be carried
 	// again. The record needs no rewrite here: every change was appended
 	// to it before its answer, and the next boot's luod reads the manifest.
-	d.custody.EachFileIn(session.StateOpen, func(name string, f *os.File) {
-		if err != nil {
-			return
-		}
-		if serr := d.cfg.FDStore.StoreFD(sessionFDName(name), f); serr != nil {
-			err = fmt.Errorf("storing session %s: %w", name, serr)
-		}
-	})
+	err = d.storeSessionFiles(func(fn func(string, *os.File)) { d.custody.EachFileIn(session.StateOpen, fn) })
 	if err != nil {
+		err = fmt.Errorf("storing the open sessions: %w", err)
 		d.unstoreSession(session.ReservedName)
 	}
 	return err

@@ -163,7 +163,13 @@ func (d *Daemon) recover() error {
 	t0 = time.Now()
 	d.setRecovery(r)
 	d.saveBootState()
-	d.custody.EachFile(rep.Recovered, d.storeSession)
+	if d.cfg.FDStore != nil {
+		err := d.storeSessionFiles(func(fn func(string, *os.File)) { d.custody.EachFile(rep.Recovered, fn) })
+		if err != nil {
+			d.log.Error("cannot put the recovered sessions' fds into systemd's fd store: a crash of luod would lose them",
+				"err", err)
+		}
+	}
 	d.storeRecord()
 	tStore := time.Since(t0)
 
