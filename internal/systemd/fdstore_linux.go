@@ -111,9 +111,10 @@ type mmsghdr struct {
 }
 
 // sendBatch sends each state with its fd as one datagram to addr, in
-// order, dialing first if needed and once more on a fresh socket if the
-// connection is gone before anything was sent. It returns how many were
-// sent.
+// order, dialing first if needed and, once a batch, on a fresh socket when
+// the connection is gone (systemd re-executed itself: what was sent before
+// went to the old instance, which hands its fd store to the new one). It
+// returns how many were sent.
 func (s *notifyConn) sendBatch(addr string, states []string, fds []int) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
