@@ -74,15 +74,16 @@ func send(op, name, state string, f *os.File) error {
 	return nil
 }
 
-// sendBatch sends states[i] with files[i].File attached, in order, as
-// StoreFDs describes. It does nothing without $NOTIFY_SOCKET.
-func sendBatch(files []NamedFile, states []string) (int, error) {
+// sendBatch sends states[i] with files[i].File attached (nothing when
+// nil), in order, as StoreFDs describes. It does nothing without
+// $NOTIFY_SOCKET.
+func sendBatch(op string, files []NamedFile, states []string) (int, error) {
 	addr := os.Getenv("NOTIFY_SOCKET")
 	if addr == "" {
 		return len(files), nil
 	}
 	if !strings.HasPrefix(addr, "/") && !strings.HasPrefix(addr, "@") {
-		return 0, &Error{Op: "FDSTORE", FDName: files[0].Name,
+		return 0, &Error{Op: op, FDName: files[0].Name,
 			Err: errors.New("NOTIFY_SOCKET " + addr + ": only a path or an @abstract name is supported")}
 	}
 	// Fd keeps each file open until KeepAlive below; it would switch a
@@ -90,12 +91,15 @@ func sendBatch(files []NamedFile, states []string) (int, error) {
 	// (not pollable, opened blocking) are not.
 	fds := make([]int, len(files))
 	for i, f := range files {
-		fds[i] = int(f.File.Fd())
+		fds[i] = -1
+		if f.File != nil {
+			fds[i] = int(f.File.Fd())
+		}
 	}
 	sent, err := notifySocket.sendBatch(addr, states, fds)
 	runtime.KeepAlive(files)
 	if err != nil {
-		return sent, &Error{Op: "FDSTORE", FDName: files[sent].Name, Err: err}
+		return sent, &Error{Op: op, FDName: files[sent].Name, Err: err}
 	}
 	return sent, nil
 }
@@ -143,7 +147,7 @@ func (s *notifyConn) sendBatch(addr string, states []string, fds []int) (int, er
 }
 
 // sendmmsg sends up to maxBatch of states, each with its fd as
-// SCM_RIGHTS, on the connected socket fd, and returns how many the kernel
+// SCM_RIGHTS (none for -1), on the connected socket fd, and returns how many the kernel
 // took. An error means none was (the kernel reports a later message's
 // failure as a short count).
 func sendmmsg(fd int, states []string, fds []int) (int, error) {
@@ -154,13 +158,15 @@ func sendmmsg(fd int, states []string, fds []int) (int, error) {
 	oobs := make([][]byte, n)
 	for i := range n {
 		bufs[i] = []byte(states[i])
-		oobs[i] = unix.UnixRights(fds[i])
 		iovs[i].Base = &bufs[i][0]
 		iovs[i].SetLen(len(bufs[i]))
 		hdrs[i].hdr.Iov = &iovs[i]
 		hdrs[i].hdr.SetIovlen(1)
-		hdrs[i].hdr.Control = &oobs[i][0]
-		hdrs[i].hdr.SetControllen(len(oobs[i]))
+		if fds[i] >= 0 {
+			oobs[i] = unix.UnixRights(fds[i])
+			hdrs[i].hdr.Control = &oobs[i][0]
+			hdrs[i].hdr.SetControllen(len(oobs[i]))
+		}
 	}
 	for {
 		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])), uintptr(n), 0, 0, 0)

@@ -27,9 +27,9 @@ func send(op, name, state string, f *os.File) error {
 
 // sendBatch is send of each message in turn: the fd store exists only on
 // Linux, where send refuses every file anyway.
-func sendBatch(files []NamedFile, states []string) (int, error) {
+func sendBatch(op string, files []NamedFile, states []string) (int, error) {
 	for i, f := range files {
-		if err := send("FDSTORE", f.Name, states[i], f.File); err != nil {
+		if err := send(op, f.Name, states[i], f.File); err != nil {
 			return i, err
 		}
 	}

@@ -150,7 +150,22 @@ func (Notifier) StoreFDs(files []NamedFile) (int, error) {
 		}
 		states[i] = "FDSTORE=1\nFDNAME=" + f.Name
 	}
-	return sendBatch(files, states)
+	return sendBatch("FDSTORE", files, states)
+}
+
+// RemoveFDs is RemoveFD of each name in turn, sent as StoreFDs sends: a
+// reclaim of many sessions removes them all before it answers.
+func (Notifier) RemoveFDs(names []string) (int, error) {
+	files := make([]NamedFile, len(names))
+	states := make([]string, len(names))
+	for i, name := range names {
+		if err := ValidateFDName(name); err != nil {
+			return 0, &Error{Op: "FDSTOREREMOVE", FDName: name, Err: err}
+		}
+		files[i] = NamedFile{Name: name}
+		states[i] = "FDSTOREREMOVE=1\nFDNAME=" + name
+	}
+	return sendBatch("FDSTOREREMOVE", files, states)
 }
 
 // RemoveFD closes every fd stored under name (FDSTOREREMOVE=1). Removing a

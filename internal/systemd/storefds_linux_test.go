@@ -175,3 +175,26 @@ func ensureNofile(t *testing.T, n uint64) {
 	}
 	t.Cleanup(func() { unix.Setrlimit(unix.RLIMIT_NOFILE, &old) })
 }
+
+// TestRemoveFDs: a batch of removals reaches systemd as RemoveFD one by
+// one would send them, without fds.
+func TestRemoveFDs(t *testing.T) {
+	sd := fakeSystemd(t, false)
+	names := []string{FDName(KindSession, "a"), FDName(KindSession, "b"), FDName(KindSession, "c")}
+	done := drain(t, sd, len(names))
+	if sent, err := (Notifier{}).RemoveFDs(names); err != nil || sent != len(names) {
+		t.Fatalf("RemoveFDs: %d sent, %v", sent, err)
+	}
+	got := <-done
+	if len(got) != len(names) {
+		t.Fatalf("systemd got %d messages, want %d", len(got), len(names))
+	}
+	for i, r := range got {
+		if want := "FDSTOREREMOVE=1\nFDNAME=" + names[i]; r.msg != want || r.n != 0 {
+			t.Errorf("message %d: %q with %d fds, want %q without", i, r.msg, r.n, want)
+		}
+	}
+	if sent, err := (Notifier{}).RemoveFDs([]string{names[0], "bad:name"}); sent != 0 || err == nil {
+		t.Errorf("RemoveFDs with a bad name: %d sent, %v; want nothing sent", sent, err)
+	}
+}
