@@ -654,8 +654,20 @@ func TestSocketActivation(t *testing.T) {
 type fakeStore struct {
 	mu  sync.Mutex
 	fds map[string]*os.File
-	// batches counts StoreFDs calls, sizes their lengths.
-	batches []int
+	// batches and removals are the lengths of the StoreFDs and RemoveFDs
+	// calls.
+	batches, removals []int
+}
+
+// RemoveFDs is RemoveFD of each, as systemd.Notifier's batch.
+func (s *fakeStore) RemoveFDs(names []string) (int, error) {
+	s.mu.Lock()
+	s.removals = append(s.removals, len(names))
+	s.mu.Unlock()
+	for _, n := range names {
+		s.RemoveFD(n)
+	}
+	return len(names), nil
 }
 
 // StoreFDs is StoreFD of each, as systemd.Notifier's batch.
@@ -795,7 +807,8 @@ func TestKilledLuodLosesNothingWithFDStore(t *testing.T) {
 
 // TestRecoveryStoresInOneBatch: after a live update, the sessions luod
 // retrieved go into the fd store before READY, all in one batch
-// (sendmmsg(2) with systemd), so that a crash of luod loses none of them.
+// (sendmmsg(2) with systemd), so that a crash of luod loses none of them;
+// a reclaim that finishes them removes them in one batch too.
 func TestRecoveryStoresInOneBatch(t *testing.T) {
 	dir := t.TempDir()
 	fake := ioctltest.New()
@@ -817,16 +830,38 @@ func TestRecoveryStoresInOneBatch(t *testing.T) {
 	h.stop()
 
 	store := &fakeStore{fds: map[string]*os.File{}}
-	boot(t, dir, fake, true, func(c *Config) { c.FDStore = store })
+	h2 := boot(t, dir, fake, true, func(c *Config) { c.FDStore = store })
 	for _, n := range names {
 		if !store.has(sessionFDName(n)) {
 			t.Errorf("fd store at READY lacks %s: %v", n, storeNames(store))
 		}
 	}
 	store.mu.Lock()
-	defer store.mu.Unlock()
 	if len(store.batches) != 1 || store.batches[0] != len(names) {
 		t.Errorf("recovery stored in batches %v, want one of %d", store.batches, len(names))
+	}
+	store.mu.Unlock()
+
+	// One reclaim_sessions with finish: every session leaves the store,
+	// in one batch, before the answer.
+	got, err := h2.dial().ReclaimSessions(ctx(t), names, true)
+	if err != nil || len(got) != len(names) {
+		t.Fatalf("reclaim_sessions = %d, %v", len(got), err)
+	}
+	for _, fs := range got {
+		for _, f := range fs {
+			f.File.Close()
+		}
+	}
+	for _, n := range names {
+		if store.has(sessionFDName(n)) {
+			t.Errorf("fd store after the finishing reclaim still holds %s", n)
+		}
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if len(store.removals) != 1 || store.removals[0] != len(names) {
+		t.Errorf("the reclaim removed in batches %v, want one of %d", store.removals, len(names))
 	}
 }
 

@@ -47,10 +47,11 @@ func (d *Daemon) storeSession(name string, f *os.File) {
 	}
 }
 
-// batchStore is an FDStore that sends many fds with few system calls
-// (systemd.Notifier's sendmmsg).
+// batchStore is an FDStore that sends many messages with few system
+// calls (systemd.Notifier's sendmmsg).
 type batchStore interface {
 	StoreFDs(files []systemd.NamedFile) (int, error)
+	RemoveFDs(names []string) (int, error)
 }
 
 // storeSessionFiles puts the fds of the named sessions' files (fn yields
@@ -76,6 +77,29 @@ func (d *Daemon) storeSessionFiles(each func(fn func(name string, f *os.File))) 
 		}
 	}
 	return nil
+}
+
+// unstoreSessions is unstoreSession of each name, in one batch where the
+// store can: a reclaim_sessions request finishes many sessions at once.
+func (d *Daemon) unstoreSessions(names []string) {
+	if d.cfg.FDStore == nil || len(names) == 0 {
+		return
+	}
+	bs, ok := d.cfg.FDStore.(batchStore)
+	if !ok {
+		for _, name := range names {
+			d.unstoreSession(name)
+		}
+		return
+	}
+	fdnames := make([]string, len(names))
+	for i, name := range names {
+		fdnames[i] = sessionFDName(name)
+	}
+	if sent, err := bs.RemoveFDs(fdnames); err != nil {
+		d.log.Warn("cannot remove session fds from systemd's fd store", "sessions", len(names)-sent,
+			"first", names[sent], "err", err)
+	}
 }
 
 func (d *Daemon) unstoreSession(name string) {
@@ -154,15 +178,17 @@ func (d *Daemon) recordChange(names ...string) {
 	defer d.recordMu.Unlock()
 	var lines []byte
 	var err error
+	var gone []string
 	for _, name := range names {
-		line, gone, lerr := d.custody.RecordChange(name)
-		if gone {
-			d.unstoreSession(name)
+		line, g, lerr := d.custody.RecordChange(name)
+		if g {
+			gone = append(gone, name)
 		}
 		if err = cmp.Or(err, lerr); err == nil {
 			lines = append(lines, line...)
 		}
 	}
+	d.unstoreSessions(gone)
 	switch {
 	case d.record == nil && d.cfg.FDStore == nil:
 		return // writing the log failed; the disk writer tries again
