@@ -32,7 +32,8 @@ type notifyConn struct {
 var dials atomic.Int64
 
 // send writes state as one datagram to $NOTIFY_SOCKET, with f attached as
-// SCM_RIGHTS when not nil. It does nothing without $NOTIFY_SOCKET.
+// SCM_RIGHTS when not nil: a batch of one (sendBatch). It does nothing
+// without $NOTIFY_SOCKET.
 //
 // The socket is an unbound AF_UNIX datagram socket connected to the
 // address, made at the first message and again whenever $NOTIFY_SOCKET
@@ -44,34 +45,8 @@ var dials atomic.Int64
 // connection then fails with ECONNREFUSED (ENOTCONN after that), and send
 // dials again and sends the message once more, to the new socket.
 func send(op, name, state string, f *os.File) error {
-	addr := os.Getenv("NOTIFY_SOCKET")
-	if addr == "" {
-		return nil
-	}
-	fail := func(err error) error { return &Error{Op: op, FDName: name, Err: err} }
-	if !strings.HasPrefix(addr, "/") && !strings.HasPrefix(addr, "@") {
-		return fail(errors.New("NOTIFY_SOCKET " + addr + ": only a path or an @abstract name is supported"))
-	}
-	var err error
-	if f == nil {
-		err = notifySocket.send(addr, []byte(state), nil)
-	} else {
-		// Control rather than Fd: Fd would switch f to blocking mode and
-		// Control keeps f alive across the call.
-		rc, cerr := f.SyscallConn()
-		if cerr != nil {
-			return fail(cerr)
-		}
-		if cerr = rc.Control(func(fd uintptr) {
-			err = notifySocket.send(addr, []byte(state), unix.UnixRights(int(fd)))
-		}); cerr != nil {
-			return fail(cerr)
-		}
-	}
-	if err != nil {
-		return fail(err)
-	}
-	return nil
+	_, err := sendBatch(op, []NamedFile{{Name: name, File: f}}, []string{state})
+	return err
 }
 
 // sendBatch sends states[i] with files[i].File attached (nothing when
@@ -87,8 +62,8 @@ func sendBatch(op string, files []NamedFile, states []string) (int, error) {
 			Err: errors.New("NOTIFY_SOCKET " + addr + ": only a path or an @abstract name is supported")}
 	}
 	// Fd keeps each file open until KeepAlive below; it would switch a
-	// non-blocking file to blocking mode, which session fds and memfds
-	// (not pollable, opened blocking) are not.
+	// non-blocking file to blocking mode, which what luod stores (session
+	// fds, memfds: not pollable, opened blocking) never is.
 	fds := make([]int, len(files))
 	for i, f := range files {
 		fds[i] = -1
@@ -180,33 +155,6 @@ func sendmmsg(fd int, states []string, fds []int) (int, error) {
 			return 0, errno
 		}
 		return int(r), nil
-	}
-}
-
-// send sends one datagram to addr, dialing first if needed, and once more
-// on a fresh socket if the connection is gone.
-func (s *notifyConn) send(addr string, state, oob []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for attempt := 0; ; attempt++ {
-		if s.addr != addr {
-			if err := s.dial(addr); err != nil {
-				return err
-			}
-		}
-		err := unix.Sendmsg(s.fd, state, oob, nil, 0)
-		if err == nil {
-			return nil
-		}
-		if attempt == 0 && (errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.ENOTCONN) ||
-			errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE)) {
-			s.close()
-			continue
-		}
-		if errors.Is(err, unix.EAGAIN) {
-			return errors.New("sendmsg: systemd did not take the message within " + sendTimeout.String())
-		}
-		return os.NewSyscallError("sendmsg", err)
 	}
 }
 
