@@ -17,9 +17,14 @@ import (
 // FDStore keeps fds for luod across its own restarts: systemd's fd store
 // (FDSTORE=1 / FDSTOREREMOVE=1). A session lives while any fd of it is
 // open, so a session fd in the store survives a luod that dies.
+// StoreFDs and RemoveFDs are StoreFD and RemoveFD of many, in order, with
+// few system calls (systemd.Notifier: sendmmsg(2)); they return how many
+// were sent.
 type FDStore interface {
 	StoreFD(name string, f *os.File) error
 	RemoveFD(name string) error
+	StoreFDs(files []systemd.NamedFile) (int, error)
+	RemoveFDs(names []string) (int, error)
 }
 
 // Inherited is what a previous luod of this boot left in the fd store and
@@ -47,16 +52,9 @@ func (d *Daemon) storeSession(name string, f *os.File) {
 	}
 }
 
-// batchStore is an FDStore that sends many messages with few system
-// calls (systemd.Notifier's sendmmsg).
-type batchStore interface {
-	StoreFDs(files []systemd.NamedFile) (int, error)
-	RemoveFDs(names []string) (int, error)
-}
-
 // storeSessionFiles puts the fds of the named sessions' files (fn yields
-// them; custody.EachFile or EachFileIn) into the fd store, in one batch
-// where the store can, and returns the first error. Only while no request
+// them; custody.EachFile or EachFileIn) into the fd store in one batch,
+// and returns the first error. Only while no request
 // runs (recovery before READY, the orderly path's pause under the freeze):
 // the files are used after fn's lock is released.
 func (d *Daemon) storeSessionFiles(each func(fn func(name string, f *os.File))) error {
@@ -64,39 +62,23 @@ func (d *Daemon) storeSessionFiles(each func(fn func(name string, f *os.File))) 
 	each(func(name string, f *os.File) {
 		files = append(files, systemd.NamedFile{Name: sessionFDName(name), File: f})
 	})
-	if bs, ok := d.cfg.FDStore.(batchStore); ok {
-		sent, err := bs.StoreFDs(files)
-		if err != nil {
-			return fmt.Errorf("%d of %d sessions not stored: %w", len(files)-sent, len(files), err)
-		}
-		return nil
-	}
-	for _, f := range files {
-		if err := d.cfg.FDStore.StoreFD(f.Name, f.File); err != nil {
-			return err
-		}
+	if sent, err := d.cfg.FDStore.StoreFDs(files); err != nil {
+		return fmt.Errorf("%d of %d sessions not stored: %w", len(files)-sent, len(files), err)
 	}
 	return nil
 }
 
-// unstoreSessions is unstoreSession of each name, in one batch where the
-// store can: a reclaim_sessions request finishes many sessions at once.
+// unstoreSessions is unstoreSession of each name, in one batch: a
+// reclaim_sessions request finishes many sessions at once.
 func (d *Daemon) unstoreSessions(names []string) {
 	if d.cfg.FDStore == nil || len(names) == 0 {
-		return
-	}
-	bs, ok := d.cfg.FDStore.(batchStore)
-	if !ok {
-		for _, name := range names {
-			d.unstoreSession(name)
-		}
 		return
 	}
 	fdnames := make([]string, len(names))
 	for i, name := range names {
 		fdnames[i] = sessionFDName(name)
 	}
-	if sent, err := bs.RemoveFDs(fdnames); err != nil {
+	if sent, err := d.cfg.FDStore.RemoveFDs(fdnames); err != nil {
 		d.log.Warn("cannot remove session fds from systemd's fd store", "sessions", len(names)-sent,
 			"first", names[sent], "err", err)
 	}
