@@ -357,6 +357,21 @@ func TestOneSocket(t *testing.T) {
 	}
 }
 
+// reexecSystemd is systemd re-executing itself: sd closed, a new socket
+// bound at the same $NOTIFY_SOCKET path.
+func reexecSystemd(t *testing.T, sd *net.UnixConn) *net.UnixConn {
+	t.Helper()
+	path := os.Getenv("NOTIFY_SOCKET")
+	sd.Close()
+	os.Remove(path)
+	sd2, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sd2.Close() })
+	return sd2
+}
+
 // TestRedialAfterReexec: systemd re-executing binds a new socket at the
 // same path; the next message reaches it on a new connection, and nothing
 // is lost.
@@ -369,14 +384,7 @@ func TestRedialAfterReexec(t *testing.T) {
 	if got, _ := recv(t, sd); got != "STATUS=before" {
 		t.Fatalf("got %q", got)
 	}
-	path := os.Getenv("NOTIFY_SOCKET")
-	sd.Close()
-	os.Remove(path)
-	sd2, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sd2.Close()
+	sd2 := reexecSystemd(t, sd)
 	before := dials.Load()
 	for _, s := range []string{"after", "again"} {
 		if err := n.Status(s); err != nil {

@@ -127,14 +127,7 @@ func TestStoreFDsRedials(t *testing.T) {
 		t.Fatal(err)
 	}
 	recv(t, sd)
-	addr := os.Getenv("NOTIFY_SOCKET")
-	sd.Close()
-	os.Remove(addr)
-	sd2, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sd2.Close()
+	sd2 := reexecSystemd(t, sd)
 	files := []NamedFile{{Name: FDName(KindSession, "a"), File: memfd(t, "a")}, {Name: FDName(KindSession, "b"), File: memfd(t, "b")}}
 	done := drain(t, sd2, 2)
 	if sent, err := (Notifier{}).StoreFDs(files); err != nil || sent != 2 {
