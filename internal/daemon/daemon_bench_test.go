@@ -4,7 +4,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -511,13 +510,7 @@ func carried(tb testing.TB) *host {
 			f.File.Close()
 		}
 	}
-	if _, err := load(tb, c, fakeKernel(tb, dir)); err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := c.Upgrade(cx, proto.UpgradeArgs{}, nil); !errors.Is(err, client.ErrRebooting) {
-		tb.Fatalf("upgrade = %v, want ErrRebooting", err)
-	}
-	<-h.kx.rebooted
+	h.kexec(tb, c, dir)
 	h.stop()
 	return boot(tb, dir, fake, true, asUnderSystemd(tb))
 }

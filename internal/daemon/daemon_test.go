@@ -782,13 +782,7 @@ func TestKilledLuodLosesNothingWithFDStore(t *testing.T) {
 	if len(ss) != 1 || ss[0].Name != "vm-k" || ss[0].Labels["vm"] != "k" || len(ss[0].Files) != 1 || ss[0].Files[0].Token != 9 {
 		t.Fatalf("sessions after the restart = %+v", ss)
 	}
-	if _, err := load(t, c2, fakeKernel(t, dir)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c2.Upgrade(ctx(t), proto.UpgradeArgs{}, nil); !errors.Is(err, client.ErrRebooting) {
-		t.Fatalf("upgrade = %v", err)
-	}
-	<-h2.kx.rebooted
+	h2.kexec(t, c2, dir)
 	h2.stop()
 	for _, f := range store.fds { // the machine kexecs: systemd is gone too
 		f.Close()
@@ -820,13 +814,7 @@ func TestRecoveryStoresInOneBatch(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil); !errors.Is(err, client.ErrRebooting) {
-		t.Fatalf("upgrade = %v", err)
-	}
-	<-h.kx.rebooted
+	h.kexec(t, c, dir)
 	h.stop()
 
 	store := &fakeStore{fds: map[string]*os.File{}}
@@ -863,6 +851,19 @@ func TestRecoveryStoresInOneBatch(t *testing.T) {
 	if len(store.removals) != 1 || store.removals[0] != len(names) {
 		t.Errorf("the reclaim removed in batches %v, want one of %d", store.removals, len(names))
 	}
+}
+
+// kexec loads a kernel through c and runs the upgrade up to the (fake)
+// reboot: the next boot(…, true, …) is the new kernel's luod.
+func (h *host) kexec(tb testing.TB, c *client.Client, dir string) {
+	tb.Helper()
+	if _, err := load(tb, c, fakeKernel(tb, dir)); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := c.Upgrade(ctx(tb), proto.UpgradeArgs{}, nil); !errors.Is(err, client.ErrRebooting) {
+		tb.Fatalf("upgrade = %v, want ErrRebooting", err)
+	}
+	<-h.kx.rebooted
 }
 
 func findSession(f *ioctltest.Fake, name string) (ioctltest.SessionState, bool) {
