@@ -109,17 +109,17 @@ func (d *Daemon) storeAllForKexec() error {
 	if err != nil {
 		return err
 	}
-	err = d.cfg.FDStore.StoreFD(sessionFDName(session.ReservedName), f)
-	f.Close()
+	defer f.Close()
+	// The reserved session first, then the open ones, in one batch. Open
+	// sessions only: one retrieved in this boot cannot be carried again.
+	// The record needs no rewrite here: every change was appended to it
+	// before its answer, and the next boot's luod reads the manifest.
+	err = d.storeSessionFiles(func(fn func(string, *os.File)) {
+		fn(session.ReservedName, f)
+		d.custody.EachFileIn(session.StateOpen, fn)
+	})
 	if err != nil {
-		return fmt.Errorf("storing luod's reserved session: %w", err)
-	}
-	// Open sessions only: one retrieved in this boot cannot be carried
-	// again. The record needs no rewrite here: every change was appended
-	// to it before its answer, and the next boot's luod reads the manifest.
-	err = d.storeSessionFiles(func(fn func(string, *os.File)) { d.custody.EachFileIn(session.StateOpen, fn) })
-	if err != nil {
-		err = fmt.Errorf("storing the open sessions: %w", err)
+		err = fmt.Errorf("storing luod's reserved session and the open sessions: %w", err)
 		d.unstoreSession(session.ReservedName)
 	}
 	return err
