@@ -249,11 +249,28 @@ case "$stage" in
 	check_metrics '^luod_boot_liveupdate_number 1' '^luod_boot_continuity\{continuity="ok"\} 1'
 	vm "LUOD-VM-SUITE: PASS stage=2 $suite/metrics"
 
+	# Recovery put the session it holds into systemd's fd store with one
+	# sendmmsg(2) batch (StoreFDs), beside the custody record: on the
+	# direct path the kexec left systemd's store empty, so these are
+	# luod's; the finishing reclaim below takes the session out (RemoveFDs).
+	nstore=$(systemctl show -p NFileDescriptorStore --value luod)
+	say "luod.service's fd store after recovery: $nstore fds"
+	[ -n "$nstore" ] && [ "$nstore" -ge 2 ] || die "luod.service's fd store holds '$nstore' fds after recovery, want the session and the record"
+
 	say "workload: reclaiming its memory from luod"
 	out=$(guestram verify --session "$sess" --finish 2>&1) && rc=0 || rc=$?
 	echo "$out" | indent
 	[ $rc = 0 ] || die "guestram verify exited $rc: memory not byte-exact or not reclaimed"
 	luoctl sessions 2>&1 | indent
+	# systemd reads the removal from its notify socket, not in the D-Bus
+	# call that asks: give it a moment.
+	i=0
+	until nafter=$(systemctl show -p NFileDescriptorStore --value luod) && [ "$nafter" -eq $((nstore - 1)) ]; do
+		i=$((i + 1))
+		[ $i -lt 25 ] || die "the finished session did not leave systemd's fd store: $nstore fds before, $nafter after"
+		sleep 0.2
+	done
+	say "luod.service's fd store after the finishing reclaim: $nafter fds"
 	vm "LUOD-VM-SUITE: PASS stage=2 $suite/guestram-verify"
 	evidence
 	capbnd=$(grep CapBnd "/proc/$(systemctl show -p MainPID --value luod)/status")
