@@ -284,7 +284,7 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 // still exiting).
 func (d *Daemon) openDevice(ctx context.Context) (*ioctl.Device, error) {
 	deadline := time.Now().Add(d.cfg.DeviceRetry)
-	wait := 50 * time.Millisecond
+	wait := newBackoff(50*time.Millisecond, 2*time.Second)
 	for {
 		dev, err := ioctl.OpenWith(d.cfg.Backend, d.cfg.DevicePath)
 		if err == nil {
@@ -294,14 +294,9 @@ func (d *Daemon) openDevice(ctx context.Context) (*ioctl.Device, error) {
 		if !errors.As(err, &le) || le.Errno != unix.EBUSY || time.Now().After(deadline) {
 			return nil, err
 		}
-		d.log.Warn("device busy, retrying", "device", d.cfg.DevicePath, "err", err, "retry_in", wait)
-		select {
-		case <-ctx.Done():
+		d.log.Warn("device busy, retrying", "device", d.cfg.DevicePath, "err", err, "retry_in", wait.next)
+		if !wait.wait(ctx) {
 			return nil, ctx.Err()
-		case <-time.After(wait):
-		}
-		if wait *= 2; wait > 2*time.Second {
-			wait = 2 * time.Second
 		}
 	}
 }

@@ -64,7 +64,7 @@ func (d *Daemon) runExporter(ctx context.Context) {
 	d.log.Info("metrics endpoint listening; the exporter starts at the first scrape",
 		"address", ln.Addr().String(), "exporter", d.cfg.Exporter[0])
 
-	backoff := exporterBackoffMin
+	wait := newBackoff(exporterBackoffMin, exporterBackoffMax)
 	for {
 		conn, err := tl.AcceptTCP()
 		if err != nil {
@@ -81,17 +81,14 @@ func (d *Daemon) runExporter(ctx context.Context) {
 			return
 		}
 		if time.Since(t0) >= exporterBackoffMax {
-			backoff = exporterBackoffMin
+			wait.reset()
 		}
 		d.metrics.Error("exporter")
 		d.log.Warn("metrics exporter exited; starting it again at the next scrape", "exporter", d.cfg.Exporter[0],
-			"err", err, "after", backoff)
-		select {
-		case <-ctx.Done():
+			"err", err, "after", wait.next)
+		if !wait.wait(ctx) {
 			return
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, exporterBackoffMax)
 	}
 }
 
@@ -101,25 +98,22 @@ func (d *Daemon) runExporter(ctx context.Context) {
 // every session, and luod runs until the next live update, so a port busy
 // for a moment must not leave it without metrics. nil once ctx is done.
 func (d *Daemon) listenMetrics(ctx context.Context) net.Listener {
-	backoff := exporterBackoffMin
-	for {
+	wait := newBackoff(exporterBackoffMin, exporterBackoffMax)
+	for first := true; ; first = false {
 		ln, err := net.Listen("tcp", d.cfg.MetricsAddress)
 		if err == nil {
 			return ln
 		}
 		d.metrics.Error("exporter")
 		lvl := slog.LevelDebug
-		if backoff == exporterBackoffMin {
+		if first {
 			lvl = slog.LevelWarn
 		}
 		d.log.Log(ctx, lvl, "metrics endpoint: cannot listen; trying again", "address", d.cfg.MetricsAddress,
-			"err", err, "after", backoff)
-		select {
-		case <-ctx.Done():
+			"err", err, "after", wait.next)
+		if !wait.wait(ctx) {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, exporterBackoffMax)
 	}
 }
 
