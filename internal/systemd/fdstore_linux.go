@@ -54,7 +54,7 @@ func send(op, name, state string, f *os.File) error {
 // $NOTIFY_SOCKET.
 func sendBatch(op string, files []NamedFile, states []string) (int, error) {
 	addr := os.Getenv("NOTIFY_SOCKET")
-	if addr == "" {
+	if addr == "" || len(files) == 0 {
 		return len(files), nil
 	}
 	if !strings.HasPrefix(addr, "/") && !strings.HasPrefix(addr, "@") {

@@ -191,3 +191,16 @@ func TestRemoveFDs(t *testing.T) {
 		t.Errorf("RemoveFDs with a bad name: %d sent, %v; want nothing sent", sent, err)
 	}
 }
+
+// TestEmptyBatches: nothing to store or remove sends nothing and cannot
+// fail, even with a $NOTIFY_SOCKET luod could not use (whose error would
+// have to name a file).
+func TestEmptyBatches(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", "relative/socket")
+	if sent, err := (Notifier{}).StoreFDs(nil); sent != 0 || err != nil {
+		t.Fatalf("StoreFDs(nil) = %d, %v", sent, err)
+	}
+	if sent, err := (Notifier{}).RemoveFDs(nil); sent != 0 || err != nil {
+		t.Fatalf("RemoveFDs(nil) = %d, %v", sent, err)
+	}
+}
