@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -267,5 +268,44 @@ func TestCreateSessionsAnswerFits(t *testing.T) {
 	}
 	if !errors.Is(res.Sessions[0].Error, proto.ErrLimit) {
 		t.Fatalf("%v is not ErrLimit", res.Sessions[0].Error)
+	}
+}
+
+// TestCreateSessionsStoreInOneBatch: the sessions of one create_sessions
+// request go into the fd store in one batch (one sendmmsg(2) under
+// systemd), the refused ones not at all.
+func TestCreateSessionsStoreInOneBatch(t *testing.T) {
+	fake := ioctltest.New()
+	defer fake.Close()
+	store := &fakeStore{fds: map[string]*os.File{}}
+	h := boot(t, t.TempDir(), fake, false, func(c *Config) { c.FDStore = store })
+	notMemfd, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notMemfd.Close()
+	req := []client.SessionToCreate{
+		{Name: "vm-a", Files: []client.FileToPreserve{{File: memfd(t, []byte("a")), Token: 1}}},
+		{Name: "vm-bad", Files: []client.FileToPreserve{{File: notMemfd, Token: 1}}},
+		{Name: "vm-b"},
+		{Name: "vm-c", Files: []client.FileToPreserve{{File: memfd(t, []byte("c")), Token: 1}}},
+	}
+	got, err := h.dial().CreateSessions(ctx(t), req)
+	if err == nil || len(got) != len(req) || !isCode(got[1].Err, proto.CodeBadFD) {
+		t.Fatalf("CreateSessions = %+v, %v; want vm-bad refused", got, err)
+	}
+	store.mu.Lock()
+	batches := slices.Clone(store.batches)
+	store.mu.Unlock()
+	if !slices.Equal(batches, []int{3}) {
+		t.Errorf("sessions stored in batches %v, want one of 3", batches)
+	}
+	for _, n := range []string{"vm-a", "vm-b", "vm-c"} {
+		if !store.has(sessionFDName(n)) {
+			t.Errorf("%s is not in the fd store: %v", n, storeNames(store))
+		}
+	}
+	if store.has(sessionFDName("vm-bad")) {
+		t.Error("the refused vm-bad is in the fd store")
 	}
 }

@@ -43,12 +43,22 @@ func sessionFDName(name string) string { return systemd.FDName(systemd.KindSessi
 
 // storeSession puts a duplicate of a session fd into the fd store.
 func (d *Daemon) storeSession(name string, f *os.File) {
+	d.storeSessions([]string{name}, []*os.File{f})
+}
+
+// storeSessions puts duplicates of session fds (names[i], fds[i]) into
+// the fd store in one batch, logging what it could not store.
+func (d *Daemon) storeSessions(names []string, fds []*os.File) {
 	if d.cfg.FDStore == nil {
 		return
 	}
-	if err := d.cfg.FDStore.StoreFD(sessionFDName(name), f); err != nil {
-		d.log.Error("cannot put the session fd into systemd's fd store: a crash of luod would lose the session",
-			"session", name, "err", err)
+	files := make([]systemd.NamedFile, len(names))
+	for i, name := range names {
+		files[i] = systemd.NamedFile{Name: sessionFDName(name), File: fds[i]}
+	}
+	if sent, err := d.cfg.FDStore.StoreFDs(files); err != nil {
+		d.log.Error("cannot put session fds into systemd's fd store: a crash of luod would lose the sessions",
+			"sessions", len(names)-sent, "first", names[sent], "err", err)
 	}
 }
 
@@ -62,6 +72,9 @@ func (d *Daemon) storeSessionFiles(each func(fn func(name string, f *os.File))) 
 	each(func(name string, f *os.File) {
 		files = append(files, systemd.NamedFile{Name: sessionFDName(name), File: f})
 	})
+	if len(files) == 0 {
+		return nil
+	}
 	if sent, err := d.cfg.FDStore.StoreFDs(files); err != nil {
 		return fmt.Errorf("%d of %d sessions not stored: %w", len(files)-sent, len(files), err)
 	}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -342,41 +343,41 @@ func checkCreateSessions(a proto.CreateSessionsArgs, nfd int) error {
 	return nil
 }
 
-// createSessions is create_session of each session of a, in order, each
-// all or nothing and refused on its own (its error in its entry of the
-// answer). No session fd goes back to the client. Each session's own fd
-// goes into the fd store as it is created (one message each: systemd
-// takes one FDNAME a message); the sessions created are then recorded
-// together, as reclaim_sessions does: one append to the custody record,
-// one log line, all before the answer, so a luod killed before answering
-// has recorded every session it created.
+// createSessions is create_session of each session of a, in order,
+// each all or nothing and refused on its own (its error in its entry of
+// the answer). No session fd goes back to the client. The sessions
+// created go into the fd store together, one batch of messages
+// (custody.CreateMany keeps them busy until it is sent; systemd takes one
+// FDNAME a message), and are then recorded together, as reclaim_sessions
+// does: one append to the custody record, one log line, all before the
+// answer, so a luod killed before answering has recorded every session it
+// created.
 func (d *Daemon) createSessions(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionsArgs, files []int) *proto.CreateSessionsResult {
+	ns := make([]session.NewSession, len(a.Sessions))
+	off := 0
+	for i, s := range a.Sessions {
+		ns[i] = session.NewSession{Name: s.Name, Labels: s.Labels, Files: preserveFiles(s.Files, files[off:off+len(s.Files)])}
+		off += len(s.Files)
+	}
 	res := &proto.CreateSessionsResult{Sessions: make([]proto.CreatedSession, len(a.Sessions))}
 	created := make([]string, 0, len(a.Sessions))
 	nfiles, refused := 0, 0
 	var bytes int64
 	var firstErr error
-	off := 0
-	for i, ns := range a.Sessions {
-		fds := files[off : off+len(ns.Files)]
-		off += len(ns.Files)
-		s, done, _, err := d.custody.CreateWith(caller, ns.Name, ns.Labels, preserveFiles(ns.Files, fds),
-			session.CreateOptions{Keep: d.storeSession})
-		if err != nil {
+	for i, c := range d.custody.CreateMany(caller, ns, d.storeSessions) {
+		if c.Err != nil {
 			d.metrics.Error(proto.OpCreateSessions)
-			res.Sessions[i].Error = proto.AsError(toProto(err))
+			res.Sessions[i].Error = proto.AsError(toProto(c.Err))
 			refused++
-			if firstErr == nil {
-				firstErr = err
-			}
+			firstErr = cmp.Or(firstErr, c.Err)
 			continue
 		}
-		if len(done) > 0 {
-			res.Sessions[i].Files = preserved(done)
-			bytes += d.logPreserved(s.Name, caller, done)
-			nfiles += len(done)
+		if len(c.Files) > 0 {
+			res.Sessions[i].Files = preserved(c.Files)
+			bytes += d.logPreserved(c.Session.Name, caller, c.Files)
+			nfiles += len(c.Files)
 		}
-		created = append(created, s.Name)
+		created = append(created, c.Session.Name)
 	}
 	if len(created) > 0 {
 		d.changed(created...)

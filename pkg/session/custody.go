@@ -290,11 +290,76 @@ type CreateOptions struct {
 // Errors are Create's and Preserve's; the files are checked (count,
 // tokens, labels) before the session is created.
 func (c *Custody) CreateWith(caller Caller, name string, labels map[string]string, files []PreserveFile, opt CreateOptions) (Session, []File, *os.File, error) {
-	if err := ValidateName(name); err != nil {
+	e, done, cdup, err := c.create(caller, name, labels, files, opt.Dup)
+	if err != nil {
 		return Session{}, nil, nil, err
 	}
+	if opt.Keep != nil {
+		opt.Keep(name, e.h.File()) // still busy: no delete before it
+	}
+	return c.release([]*entry{e})[0], done, cdup, nil
+}
+
+// NewSession is one session for CreateMany: its name, labels and the
+// files to preserve into it.
+type NewSession struct {
+	Name   string
+	Labels map[string]string
+	Files  []PreserveFile
+}
+
+// Created is what CreateMany did with one NewSession: the session and its
+// preserved files, or why it was refused (Err; nothing of it is left).
+type Created struct {
+	Session Session
+	Files   []File
+	Err     error
+}
+
+// CreateMany is CreateWith (without Dup) of each session of ns, in order,
+// each all or nothing on its own. keep, if not nil, is called once with
+// every session created (names[i] and luod's own fd fds[i]) while all of
+// them are still busy to every other operation and not yet listed: luod
+// puts their fds into systemd's fd store there in one batch, so that no
+// delete can come between and leave the store with a session luod forgot.
+// It runs without the Custody's lock and must not close or keep the fds.
+// An upgrade's freeze waits for it, as for any operation.
+func (c *Custody) CreateMany(caller Caller, ns []NewSession, keep func(names []string, fds []*os.File)) []Created {
+	out := make([]Created, len(ns))
+	held := make([]*entry, 0, len(ns))
+	at := make([]int, 0, len(ns))
+	for i, n := range ns {
+		e, done, _, err := c.create(caller, n.Name, n.Labels, n.Files, false)
+		out[i] = Created{Files: done, Err: err}
+		if err == nil {
+			held, at = append(held, e), append(at, i)
+		}
+	}
+	if len(held) == 0 {
+		return out
+	}
+	if keep != nil {
+		names, fds := make([]string, len(held)), make([]*os.File, len(held))
+		for i, e := range held {
+			names[i], fds[i] = e.s.Name, e.h.File()
+		}
+		keep(names, fds)
+	}
+	for i, s := range c.release(held) {
+		out[at[i]].Session = s
+	}
+	return out
+}
+
+// create is CreateWith up to its files being in: on success the entry is
+// in the table with its handle and files, still busy and creating (hidden
+// from Get, List, the manifest and the record) until release.
+func (c *Custody) create(caller Caller, name string, labels map[string]string, files []PreserveFile, dup bool) (*entry, []File, *os.File, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, nil, nil, err
+	}
 	if code, why := labelsProblem(labels); code != "" {
-		return Session{}, nil, nil, errorf(code, name, "%s", why)
+		return nil, nil, nil, errorf(code, name, "%s", why)
 	}
 	e := &entry{
 		s: Session{
@@ -308,27 +373,27 @@ func (c *Custody) CreateWith(caller Caller, name string, labels map[string]strin
 	if len(files) > 0 {
 		// Only the new entry and the fixed limits are read: no lock.
 		if err := c.checkNewFiles(e, len(files), func(i int) (uint64, string) { return files[i].Token, files[i].Label }); err != nil {
-			return Session{}, nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	c.mu.Lock()
 	switch old := c.byName[name]; {
 	case c.closed:
 		c.mu.Unlock()
-		return Session{}, nil, nil, errorf(CodeInternal, name, "custody is closed")
+		return nil, nil, nil, errorf(CodeInternal, name, "custody is closed")
 	case c.frozen > 0:
 		c.mu.Unlock()
-		return Session{}, nil, nil, errorf(CodeBusy, name, busyFrozen)
+		return nil, nil, nil, errorf(CodeBusy, name, busyFrozen)
 	case old == nil:
 	case old.s.State == StateFinished && old.s.UID == caller.UID && !old.busy:
 		c.remove(old)
 	default:
 		c.mu.Unlock()
-		return Session{}, nil, nil, errorf(CodeExists, name, "session already exists")
+		return nil, nil, nil, errorf(CodeExists, name, "session already exists")
 	}
 	if n := c.perUID[caller.UID]; n >= c.cfg.MaxSessionsPerUID {
 		c.mu.Unlock()
-		return Session{}, nil, nil, errorf(CodeLimit, name, "uid %d has %d sessions, the limit", caller.UID, n)
+		return nil, nil, nil, errorf(CodeLimit, name, "uid %d has %d sessions, the limit", caller.UID, n)
 	}
 	c.insert(e)
 	c.inflight++
@@ -348,15 +413,13 @@ func (c *Custody) CreateWith(caller Caller, name string, labels map[string]strin
 				}
 			}
 		}
-		if err == nil && opt.Dup {
+		if err == nil && dup {
 			if cdup, err = dupFile(h.File()); err != nil {
 				err = errorf(CodeInternal, name, "duplicating the session fd for the client: %w", err)
 			}
 		}
 		if err != nil {
 			h.Close() // luod's is the only fd: the kernel drops the session
-		} else if opt.Keep != nil {
-			opt.Keep(name, h.File()) // still busy: no delete before it
 		}
 	}
 
@@ -365,15 +428,28 @@ func (c *Custody) CreateWith(caller Caller, name string, labels map[string]strin
 	if err != nil {
 		c.remove(e)
 		c.end(e)
-		return Session{}, nil, nil, err
+		return nil, nil, nil, err
 	}
 	for _, f := range done {
 		e.s.Files = append(e.s.Files, f)
 		e.tokens[f.Token] = struct{}{}
 	}
-	e.h, e.creating = h, false
-	c.end(e)
-	return e.snapshot(), done, cdup, nil
+	e.h = h
+	return e, done, cdup, nil
+}
+
+// release ends the creation of entries create made: each is listed and
+// free to other operations. It returns their snapshots, in order.
+func (c *Custody) release(es []*entry) []Session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Session, len(es))
+	for i, e := range es {
+		e.creating = false
+		c.end(e)
+		out[i] = e.snapshot()
+	}
+	return out
 }
 
 // Preserve preserves files into the caller's open session on the client's

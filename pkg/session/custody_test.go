@@ -907,3 +907,64 @@ func TestCreateWithKeep(t *testing.T) {
 		t.Fatal("custody kept vm-bad")
 	}
 }
+
+// TestCreateMany: CreateMany creates each session on its own, in order; a
+// refused one leaves nothing (custody or kernel) and does not stop the
+// others; keep is called once with every created session and luod's fd of
+// it, while all of them are still busy and hidden, so no delete or
+// listing can come between them and the fd store.
+func TestCreateMany(t *testing.T) {
+	h := newHost(t, Config{})
+	mustCreate(t, h.c, bob, "vm-bob").Close()
+	ns := []NewSession{
+		{Name: "vm-a", Labels: map[string]string{"vm": "a"}, Files: []PreserveFile{{FD: fdOf(memfd(t, []byte("aa"))), Token: 1}}},
+		{Name: "vm-bad", Files: []PreserveFile{{FD: -1, Token: 1}}},
+		{Name: "vm-bob"}, // another uid's name
+		{Name: "vm-c"},
+		{Name: "vm-d", Files: []PreserveFile{{FD: fdOf(memfd(t, []byte("ddd"))), Token: 2}}},
+	}
+	calls := 0
+	var kept []string
+	keep := func(ks []string, fds []*os.File) {
+		calls++
+		kept = ks
+		for i, name := range ks {
+			if fds[i] == nil {
+				t.Errorf("keep of %s without a file", name)
+			}
+			wantCode(t, h.c.Delete(alice, name), CodeBusy)
+			if _, err := h.c.Get(alice, name); err == nil {
+				t.Errorf("%s is listed before keep returned", name)
+			}
+		}
+		if got := names(h.c.List(admin)); !slices.Equal(got, []string{"vm-bob"}) {
+			t.Errorf("listed during keep: %v", got)
+		}
+	}
+	got := h.c.CreateMany(alice, ns, keep)
+	if calls != 1 || !slices.Equal(kept, []string{"vm-a", "vm-c", "vm-d"}) {
+		t.Fatalf("keep called %d times, last with %v", calls, kept)
+	}
+	if len(got) != len(ns) {
+		t.Fatalf("%d results for %d sessions", len(got), len(ns))
+	}
+	wantCode(t, got[1].Err, CodeBadFD)
+	wantCode(t, got[2].Err, CodeExists)
+	for _, i := range []int{0, 3, 4} {
+		if got[i].Err != nil || got[i].Session.Name != ns[i].Name || len(got[i].Files) != len(ns[i].Files) {
+			t.Fatalf("result %d = %+v", i, got[i])
+		}
+	}
+	if got[0].Session.Labels["vm"] != "a" || got[4].Files[0].Size != 3 || got[4].Files[0].Token != 2 {
+		t.Fatalf("vm-a = %+v, vm-d files = %+v", got[0].Session, got[4].Files)
+	}
+	if _, ok := h.kernelSession("vm-bad"); ok {
+		t.Fatal("the kernel kept vm-bad")
+	}
+	if got := names(h.c.List(admin)); !slices.Equal(got, []string{"vm-a", "vm-bob", "vm-c", "vm-d"}) {
+		t.Fatalf("listed after CreateMany: %v", got)
+	}
+	if err := h.c.Delete(alice, "vm-c"); err != nil {
+		t.Fatalf("delete after CreateMany: %v", err)
+	}
+}
