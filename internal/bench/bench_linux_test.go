@@ -145,11 +145,11 @@ func TestBench(t *testing.T) {
 		}
 		l = startLuod(t, e, "")
 		r.Ready = l.ready
-		r.RSSKiB = l.rss(t)
+		r.RSSKiB, r.RSSFileKiB = l.rss(t)
 		var n int
 		r.Reclaim, n = reclaimLuod(t, l, e.stage-1, carried[k])
 		r.Verified += n
-		r.ExporterRSSKiB = l.exporterRSS(t)
+		r.ExporterRSSKiB, r.ExporterRSSFileKiB = l.exporterRSS(t)
 		res.Retrieve = append(res.Retrieve, r)
 		say("retrieve %d x %d: direct program exec to READY %s ms (start alone %s ms, loop %s ms); luod exec to READY %s ms (%.2fx), + reclaim %s ms = %s ms (%.2fx), rss %d KiB (exporter %d KiB), %d files verified",
 			r.Sessions, r.Files, ms(r.Minimal), ms(r.MinimalStart), ms(r.Direct), ms(r.Ready), ratio(r.Ready, r.Minimal),
@@ -330,7 +330,8 @@ func measurePreserveLuod(t *testing.T, l *luod, res *Results) {
 		// and up to proto.MaxFDs files a request; a session of more files
 		// goes by create_session and preserve): the figure (a) is judged by.
 		p.Luod = preserveThroughLuod(t, l, s, f, true)
-		p.RSSKiB, p.ExporterRSSKiB = l.rss(t), l.exporterRSS(t)
+		p.RSSKiB, p.RSSFileKiB = l.rss(t)
+		p.ExporterRSSKiB, p.ExporterRSSFileKiB = l.exporterRSS(t)
 		deletePreserved(t, l, s)
 		// One request a session, as independent workloads would each ask.
 		if s > 1 {
@@ -731,12 +732,14 @@ func notifySink(s int, readyAt chan<- readyMsg, fds chan<- fdMsg, keep bool) {
 	}
 }
 
-func (l *luod) rss(t *testing.T) int64 { return vmRSS(t, l.cmd.Process.Pid) }
+// rss is luod's VmRSS and the file-backed part of it (RssFile), in KiB.
+func (l *luod) rss(t *testing.T) (int64, int64) { return vmRSS(t, l.cmd.Process.Pid) }
 
 // exporterRSS scrapes luod's metrics endpoint (waiting, as the exporter
 // starts once luod is READY, until luod answered it: luod_up 1) and
-// returns the VmRSS of the exporter serving it, luod's child.
-func (l *luod) exporterRSS(t *testing.T) int64 {
+// returns the VmRSS of the exporter serving it, luod's child, and the
+// file-backed part of it.
+func (l *luod) exporterRSS(t *testing.T) (int64, int64) {
 	hc := &http.Client{Timeout: 10 * time.Second}
 	for deadline := time.Now().Add(time.Minute); ; {
 		resp, err := hc.Get("http://127.0.0.1:9478/metrics")
@@ -769,7 +772,7 @@ func (l *luod) exporterRSS(t *testing.T) int64 {
 		return vmRSS(t, pid)
 	}
 	t.Fatalf("no luod-exporter child of luod (pid %d)", l.cmd.Process.Pid)
-	return 0
+	return 0, 0
 }
 
 // raiseDgramQueue sets net.unix.max_dgram_qlen to at least n, for the
@@ -807,22 +810,36 @@ func loopbackUp() error {
 	return nil
 }
 
-func vmRSS(t *testing.T, pid int) int64 {
+// vmRSS reads a process's VmRSS and its RssFile (pages of mapped files,
+// above all its own binary: page cache, shared and reclaimable), in KiB.
+func vmRSS(t *testing.T, pid int) (rss, file int64) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
+	found := 0
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
+		k, v, _ := strings.Cut(line, ":")
+		var to *int64
+		switch k {
+		case "VmRSS":
+			to = &rss
+		case "RssFile":
+			to = &file
+		default:
+			continue
 		}
+		n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		if err != nil {
+			t.Fatalf("/proc/%d/status: %s: %v", pid, line, err)
+		}
+		*to = n
+		found++
 	}
-	t.Fatalf("no VmRSS in /proc/%d/status", pid)
-	return 0
+	if found != 2 {
+		t.Fatalf("no VmRSS or RssFile in /proc/%d/status", pid)
+	}
+	return rss, file
 }
 
 func (l *luod) stop() {

@@ -43,8 +43,9 @@ type Preserve struct {
 	Direct, Luod, OneByOne, DirectAfter time.Duration
 	// RSSKiB is luod's VmRSS holding these sessions, ExporterRSSKiB its
 	// exporter's (luod-exporter, luod's child serving its metrics) after
-	// a scrape.
-	RSSKiB, ExporterRSSKiB int64
+	// a scrape; the FileKiB fields the file-backed part of each (RssFile).
+	RSSKiB, ExporterRSSKiB         int64
+	RSSFileKiB, ExporterRSSFileKiB int64
 }
 
 // Retrieve is one boot's retrieve measurement after a live update that
@@ -70,8 +71,10 @@ type Retrieve struct {
 	// proto.MaxFDs fds allow).
 	Ready, Reclaim time.Duration
 	// RSSKiB is luod's VmRSS after recovery, holding every session;
-	// ExporterRSSKiB its exporter's after a scrape.
-	RSSKiB, ExporterRSSKiB int64
+	// ExporterRSSKiB its exporter's after a scrape; the FileKiB fields the
+	// file-backed part of each (RssFile).
+	RSSKiB, ExporterRSSKiB         int64
+	RSSFileKiB, ExporterRSSFileKiB int64
 	// Verified counts files found byte-exact, both ways together.
 	Verified int
 }
@@ -195,25 +198,32 @@ func (r *Results) Verdicts() []Verdict {
 		ok && w <= float64(TargetBlackout)/float64(time.Millisecond)})
 
 	// A row without the exporter's figure is not judged on luod alone:
-	// (d) is luod and the exporter it runs.
-	var rss []float64
+	// (d) is luod and the exporter it runs. The file-backed part of the
+	// worst row (its binaries' pages) is shown beside it.
+	var rss, file []float64
 	exporterMissing := false
-	add := func(sessions int, luod, exporter int64) {
+	add := func(sessions int, luod, exporter, luodFile, exporterFile int64) {
 		if sessions == 1000 {
 			rss = append(rss, float64(luod+exporter))
+			file = append(file, float64(luodFile+exporterFile))
 			exporterMissing = exporterMissing || exporter == 0
 		}
 	}
 	for _, p := range r.Preserve {
-		add(p.Sessions, p.RSSKiB, p.ExporterRSSKiB)
+		add(p.Sessions, p.RSSKiB, p.ExporterRSSKiB, p.RSSFileKiB, p.ExporterRSSFileKiB)
 	}
 	for _, x := range r.Retrieve {
-		add(x.Sessions, x.RSSKiB, x.ExporterRSSKiB)
+		add(x.Sessions, x.RSSKiB, x.ExporterRSSKiB, x.RSSFileKiB, x.ExporterRSSFileKiB)
 	}
 	w, ok = worst(rss)
 	ok = ok && !exporterMissing
+	got := fmt.Sprintf("%.1f MiB", w/1024)
+	if i := slices.Index(rss, w); ok && file[i] > 0 {
+		got += fmt.Sprintf(" (of which file-backed, the two binaries' pages: %.1f MiB; anonymous: %.1f MiB)",
+			file[i]/1024, (w-file[i])/1024)
+	}
 	out = append(out, Verdict{fmt.Sprintf("(d) luod + its exporter RSS at 1000 sessions ≤ %d MiB", TargetRSSKiB>>10),
-		fmt.Sprintf("%.1f MiB", w/1024), ok && w <= TargetRSSKiB})
+		got, ok && w <= TargetRSSKiB})
 
 	pg, pok := growth(r.Preserve, func(p Preserve) (int, int, time.Duration) { return p.Sessions, p.Files, p.Luod })
 	rg, rok := growth(r.Retrieve, func(x Retrieve) (int, int, time.Duration) { return x.Sessions, x.Files, x.Luod() })

@@ -75,4 +75,12 @@ func TestVerdicts(t *testing.T) {
 			}
 		}
 	}
+	// The worst row's file-backed part is shown beside it, and does not
+	// change the judgement.
+	r.Preserve[1].ExporterRSSKiB, r.Preserve[1].RSSFileKiB, r.Preserve[1].ExporterRSSFileKiB = 6000, 4096, 5120
+	for _, v := range r.Verdicts() {
+		if strings.HasPrefix(v.Target, "(d)") && (v.Met || !strings.Contains(v.Measured, "file-backed, the two binaries' pages: 9.0 MiB; anonymous: 11.5 MiB")) {
+			t.Errorf("luod 15000 KiB (4096 file) + exporter 6000 KiB (5120 file): %s met = %v, %q", v.Target, v.Met, v.Measured)
+		}
+	}
 }
