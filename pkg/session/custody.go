@@ -42,8 +42,9 @@ type File struct {
 	// Label is the client's name for the file, free text.
 	Label string `json:"label"`
 	// Size is the file's size in bytes: from fstat when luod preserved it,
-	// 0 (unknown) when the client preserved it itself and declared it, and
-	// refreshed from the retrieved file by Reclaim.
+	// 0 (unknown) when the client preserved it itself and declared it.
+	// It stays true to the end: the kernel freezes a memfd's size when it
+	// is preserved and restores exactly that size (see Reclaim).
 	Size int64 `json:"size"`
 }
 
@@ -688,7 +689,14 @@ type Reclaimed struct {
 // claimed session through luod's fd (RETRIEVE_FD; the kernel returns the
 // same file for a token retrieved before) and, with finish, then issues
 // FINISH and closes luod's fd. The session becomes claimed, or finished.
-// File sizes are refreshed from the retrieved files.
+//
+// The recorded sizes are reported as they are, with no fstat of the
+// retrieved files: they cannot have changed. The kernel's memfd handler
+// freezes the file at PRESERVE_FD (memfd_luo_preserve calls
+// shmem_freeze under the inode lock and records i_size_read as the size),
+// after which truncate, fallocate and growing writes are refused, and
+// its retrieve gives the new file exactly that size (i_size_write). A
+// declared file's size stays 0 (unknown); its owner can fstat it.
 //
 // All or nothing: since retrieving again is harmless, a failure closes
 // the files retrieved so far and changes nothing. A token that was
@@ -724,11 +732,6 @@ func (c *Custody) Reclaim(caller Caller, name string, finish bool) (Reclaimed, e
 	defer c.end(e)
 	if err != nil {
 		return Reclaimed{}, err
-	}
-	for i, f := range out {
-		if fi, serr := f.Stat(); serr == nil {
-			e.s.Files[i].Size = fi.Size()
-		}
 	}
 	e.s.State = StateClaimed
 	if finish {

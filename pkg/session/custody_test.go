@@ -167,6 +167,10 @@ func TestFullCycle(t *testing.T) {
 	if rc.Finished || rc.Session.State != StateClaimed || len(rc.Files) != 2 {
 		t.Fatalf("reclaim %+v", rc)
 	}
+	// The sizes are the ones recorded at preserve (the kernel froze them).
+	if want := []File{{1, "ram", int64(len(ramA))}, {0xfeed, "devstate", int64(len(devA))}}; !slices.Equal(rc.Session.Files, want) {
+		t.Fatalf("reclaimed files %+v, want %+v", rc.Session.Files, want)
+	}
 	equalBytes(t, "vm-a ram", readAll(t, rc.Files[0]), ramA)
 	equalBytes(t, "vm-a devstate", readAll(t, rc.Files[1]), devA)
 	closeAll(rc.Files)
