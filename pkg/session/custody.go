@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/pkg/proto"
 )
 
 // State is where a session is in its life; see the package doc.
@@ -674,13 +676,16 @@ func (c *Custody) FileCount(caller Caller, name string) int {
 
 // Reclaimed is what Reclaim hands back.
 type Reclaimed struct {
-	// Session is the entry after the reclaim; Files[i] is the retrieved
+	// Session is the entry after the reclaim; FDs[i] is the retrieved
 	// file of Session.Files[i].
 	Session Session
-	// Files are new fds of the retrieved files, which the caller sends to
-	// the client and closes. A token retrieved again (here or by the
-	// client) is the same open file, sharing its file position: use pread.
-	Files []*os.File
+	// FDs are new descriptors (close-on-exec) of the retrieved files, as
+	// plain numbers from RETRIEVE_FD on: luod only sends them to the
+	// client, and an os.File would cost an fcntl(2) each. The caller owns
+	// them and closes each exactly once (proto.CloseFDs), whether the
+	// send worked or not. A token retrieved again (here or by the client)
+	// is the same open file, sharing its file position: use pread.
+	FDs []int
 	// Finished reports that FINISH was issued.
 	Finished bool
 }
@@ -720,7 +725,7 @@ func (c *Custody) Reclaim(caller Caller, name string, finish bool) (Reclaimed, e
 	out, err := retrieveAll(h, name, files)
 	if err == nil && finish {
 		if ferr := h.Finish(); ferr != nil {
-			closeAll(out)
+			proto.CloseFDs(out)
 			out, err = nil, kernelError("FINISH", name, 0, false, ferr)
 		} else {
 			h.Close()
@@ -737,26 +742,22 @@ func (c *Custody) Reclaim(caller Caller, name string, finish bool) (Reclaimed, e
 	if finish {
 		e.s.State, e.h = StateFinished, nil
 	}
-	return Reclaimed{Session: e.snapshot(), Files: out, Finished: finish}, nil
+	return Reclaimed{Session: e.snapshot(), FDs: out, Finished: finish}, nil
 }
 
-func retrieveAll(h Handle, name string, files []File) ([]*os.File, error) {
-	out := make([]*os.File, 0, len(files))
+// retrieveAll retrieves files through h, in order. On failure it closes
+// the descriptors retrieved so far and returns none.
+func retrieveAll(h Handle, name string, files []File) ([]int, error) {
+	out := make([]int, 0, len(files))
 	for _, f := range files {
-		rf, err := h.RetrieveFD(f.Token)
+		fd, err := h.RetrieveFDNum(f.Token)
 		if err != nil {
-			closeAll(out)
+			proto.CloseFDs(out)
 			return nil, kernelError("RETRIEVE_FD", name, f.Token, true, err)
 		}
-		out = append(out, rf)
+		out = append(out, fd)
 	}
 	return out, nil
-}
-
-func closeAll(fs []*os.File) {
-	for _, f := range fs {
-		f.Close()
-	}
 }
 
 // Finish issues FINISH on the caller's incoming or claimed session through
