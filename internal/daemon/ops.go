@@ -17,11 +17,11 @@ import (
 	"github.com/luod/luod/pkg/session"
 )
 
-// dispatch runs one decoded request. It returns the result, the fds to
-// send with it (closed by the caller after sending) or an error. files are
-// the request's fds, which the caller closes; an op that takes one over
-// sets its entry to -1.
-func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cred *unix.Ucred, files []int) (any, []*os.File, error) {
+// dispatch runs one decoded request. It returns the result and the fds
+// to send with it (which the caller sends, or not, and closes), or an
+// error. files are the request's fds, which the caller closes; an op that
+// takes one over sets its entry to -1.
+func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cred *unix.Ucred, files []int) (any, attached, error) {
 	// docs/protocol.md: only create_session(s), preserve and load take
 	// fds, and an op without args refuses any field; the cases below check
 	// only their own.
@@ -162,18 +162,18 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		}
 		d.log.Info("session handed to its owner", "session", s.Name, "uid", caller.UID, "pid", cred.Pid)
 		d.changed(s.Name)
-		return proto.RetrieveSessionResult{Name: s.Name, Files: fileInfos(s.Files)}, []*os.File{dup}, nil
+		return proto.RetrieveSessionResult{Name: s.Name, Files: fileInfos(s.Files)}, fileList{dup}, nil
 
 	case proto.OpReclaim:
 		var a proto.ReclaimArgs
 		if err := decode(req, &a); err != nil {
 			return nil, nil, err
 		}
-		res, files, err := d.reclaim(caller, []string{a.Name}, a.Finish)
+		res, fds, err := d.reclaim(caller, []string{a.Name}, a.Finish)
 		if err != nil {
 			return nil, nil, err
 		}
-		return res.Sessions[0].ReclaimResult, files, nil
+		return res.Sessions[0].ReclaimResult, fds, nil
 
 	case proto.OpReclaimSessions:
 		var a proto.ReclaimSessionsArgs
@@ -183,11 +183,11 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		if len(a.Names) == 0 {
 			return nil, nil, proto.Errorf(proto.CodeBadRequest, "reclaim_sessions names no session")
 		}
-		res, files, err := d.reclaim(caller, a.Names, a.Finish)
+		res, fds, err := d.reclaim(caller, a.Names, a.Finish)
 		if err != nil {
 			return nil, nil, err
 		}
-		return res, files, nil
+		return res, fds, nil
 
 	case proto.OpFinishSession:
 		var a proto.FinishSessionArgs
@@ -243,12 +243,13 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 // reclaimed before it. The sessions done are then recorded together: one
 // append to the custody record, one log line, before the answer, so a
 // luod killed before answering has recorded every session it finished.
-func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (proto.ReclaimSessionsResult, []*os.File, error) {
+// The fds of the files are the caller's to send and close.
+func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (proto.ReclaimSessionsResult, fdList, error) {
 	var res proto.ReclaimSessionsResult
-	var files []*os.File
+	var fds fdList
 	var err error
 	for _, name := range names {
-		if len(res.Sessions) > 0 && len(files)+d.custody.FileCount(caller, name) > proto.MaxFDs {
+		if len(res.Sessions) > 0 && len(fds)+d.custody.FileCount(caller, name) > proto.MaxFDs {
 			break
 		}
 		var r session.Reclaimed
@@ -257,7 +258,7 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 		}
 		res.Sessions = append(res.Sessions, proto.ReclaimedSession{Name: name,
 			ReclaimResult: proto.ReclaimResult{Files: fileInfos(r.Session.Files), Finished: r.Finished}})
-		files = append(files, r.Files...)
+		fds = append(fds, r.FDs...)
 	}
 	if len(res.Sessions) == 0 {
 		return res, nil, err
@@ -271,10 +272,10 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 		d.log.Info("session reclaimed", "session", r.Name, "uid", caller.UID, "files", len(r.Files), "finished", r.Finished)
 	} else {
 		d.log.Info("sessions reclaimed", "sessions", len(done), "first", done[0], "last", done[len(done)-1],
-			"uid", caller.UID, "files", len(files), "finish", finish, "stopped_by", err)
+			"uid", caller.UID, "files", len(fds), "finish", finish, "stopped_by", err)
 	}
 	d.changed(done...)
-	return res, files, nil
+	return res, fds, nil
 }
 
 // preserve preserves the received files into session name, each with
@@ -301,7 +302,7 @@ func preserveFiles(specs []proto.FileSpec, files []int) []session.PreserveFile {
 // saw it). The fd store and the custody record learn of the session once,
 // holding its files; the fd store before any other request can delete
 // it, so a delete's removal cannot overtake the store.
-func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionArgs, files []int) (any, []*os.File, error) {
+func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionArgs, files []int) (any, attached, error) {
 	s, done, dup, err := d.custody.CreateWith(caller, a.Name, a.Labels, preserveFiles(a.Files, files),
 		session.CreateOptions{Dup: true, Keep: d.storeSession})
 	if err != nil {
@@ -314,7 +315,7 @@ func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.
 	// One line for the request, files and all.
 	d.log.Info("session created", "session", s.Name, "uid", s.UID, "pid", cred.Pid, "files", len(done), "bytes", bytes)
 	d.changed(s.Name)
-	return proto.CreateSessionResult{Name: s.Name, Files: preserved(done)}, []*os.File{dup}, nil
+	return proto.CreateSessionResult{Name: s.Name, Files: preserved(done)}, fileList{dup}, nil
 }
 
 // checkCreateSessions refuses a create_sessions request as a whole, before
@@ -515,7 +516,7 @@ func fileInfos(fs []session.File) []proto.FileInfo {
 }
 
 // inspect decodes a handover directory: this boot's, or a saved copy.
-func (d *Daemon) inspect(dir string) (any, []*os.File, error) {
+func (d *Daemon) inspect(dir string) (any, attached, error) {
 	if dir == "" {
 		dir = d.cfg.KHODir
 	}

@@ -158,7 +158,8 @@ func (d *Daemon) serveConn(ctx context.Context, pc *proto.Conn, internal bool) {
 // handle answers one request. Every fd that came with it is closed when
 // it returns, whatever happened: luod keeps what it needs by dup. The fds
 // are plain numbers (RecvFDs): luod only passes them to the kernel, and
-// an os.File would cost an fcntl(2) each.
+// an os.File would cost an fcntl(2) each. So is every fd the answer
+// carries (attached): sent with it, or not, then closed.
 func (c *conn) handle(raw []byte, fds []int, cred *unix.Ucred) {
 	defer proto.CloseFDs(fds)
 	req, perr := proto.DecodeRequest(raw)
@@ -193,11 +194,11 @@ func (c *conn) handle(raw []byte, fds []int, cred *unix.Ucred) {
 		return
 	}
 	result, out, err := c.d.dispatch(c, req, caller, cred, fds)
+	if out != nil {
+		defer out.close()
+	}
 	if err != nil {
 		c.d.metrics.Error(req.Op) // a known op: DecodeRequest refused unknown ones
-		for _, f := range out {
-			f.Close()
-		}
 		c.send(proto.ErrorResponse(req.ID, toProto(err)))
 		return
 	}
@@ -205,17 +206,45 @@ func (c *conn) handle(raw []byte, fds []int, cred *unix.Ucred) {
 	if err != nil {
 		resp = proto.ErrorResponse(req.ID, err)
 	}
-	if err := c.send(resp, out...); errors.Is(err, proto.ErrMessageTooLarge) {
+	if err := c.sendWith(resp, out); errors.Is(err, proto.ErrMessageTooLarge) {
 		// The answer does not fit one packet (e.g. sessions of over a
 		// thousand sessions): say so rather than leave the client waiting.
 		c.d.log.Warn("response too large for one packet", "op", req.Op, "err", err)
 		c.send(proto.ErrorResponse(req.ID, proto.Errorf(proto.CodeLimit,
 			"the answer to %s does not fit the protocol's %d-byte message: %v", req.Op, proto.MaxMessageSize, err)))
 	}
-	for _, f := range out {
+}
+
+// attached is what an answer carries over SCM_RIGHTS, owned by the
+// answer: handle sends it with the answer, or not (the op failed, the
+// answer does not fit a packet, the send failed), and closes it once in
+// every case.
+type attached interface {
+	send(c *proto.Conn, msg any) error
+	close()
+}
+
+// fileList is attached files: the client's duplicate of a session fd, an
+// *os.File as session.Custody makes it.
+type fileList []*os.File
+
+func (fs fileList) send(c *proto.Conn, msg any) error { return c.Send(msg, fs...) }
+
+func (fs fileList) close() {
+	for _, f := range fs {
 		f.Close()
 	}
 }
+
+// fdList is attached plain fds: the files reclaim retrieves
+// (session.Reclaimed.FDs) go from RETRIEVE_FD to the client and the
+// close as numbers, since luod only passes them on and an os.File would
+// cost an fcntl(2) each.
+type fdList []int
+
+func (fds fdList) send(c *proto.Conn, msg any) error { return c.SendFDs(msg, fds...) }
+
+func (fds fdList) close() { proto.CloseFDs(fds) }
 
 // toProto turns any error into the protocol's, keeping its code.
 func toProto(err error) error {
@@ -232,11 +261,20 @@ func toProto(err error) error {
 
 // send writes one message with a write deadline, so that a client that
 // does not read cannot block luod.
-func (c *conn) send(msg any, files ...*os.File) error {
+func (c *conn) send(msg any) error { return c.sendWith(msg, nil) }
+
+// sendWith is send with out's fds attached, if out is not nil; closing
+// them is the caller's.
+func (c *conn) sendWith(msg any, out attached) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.c.SetWriteDeadline(time.Now().Add(c.d.cfg.WriteTimeout))
-	err := c.c.Send(msg, files...)
+	var err error
+	if out != nil {
+		err = out.send(c.c, msg)
+	} else {
+		err = c.c.Send(msg)
+	}
 	if err != nil {
 		c.d.log.Debug("send failed", "conn", c.id, "err", err)
 	}

@@ -173,6 +173,19 @@ func (s *Session) PreserveFD(fd int, token uint64) error {
 
 // RetrieveFD returns a new file for the file preserved under token.
 func (s *Session) RetrieveFD(token uint64) (*os.File, error) {
+	fd, err := s.RetrieveFDNum(token)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), fmt.Sprintf("luo:%s:%#x", s.name, token)), nil
+}
+
+// RetrieveFDNum is RetrieveFD with the new descriptor as a plain number,
+// close-on-exec (the kernel installs it so), which the caller owns and
+// closes with close(2). For a caller that only passes it on, as luod
+// sends the files it reclaims to the client over SCM_RIGHTS, it saves the
+// fcntl(2) os.NewFile makes.
+func (s *Session) RetrieveFDNum(token uint64) (int, error) {
 	arg := FDArg{Size: FDArgSize, FD: -1, Token: token}
 	buf := arg.Marshal()
 	if err := s.b.Ioctl(s.f, ReqRetrieveFD, buf); err != nil {
@@ -180,12 +193,12 @@ func (s *Session) RetrieveFD(token uint64) (*os.File, error) {
 		if le, ok := e.(*Error); ok {
 			le.Token, le.HasToken = token, true
 		}
-		return nil, e
+		return -1, e
 	}
 	if err := arg.Unmarshal(buf); err != nil {
-		return nil, err
+		return -1, err
 	}
-	return os.NewFile(uintptr(arg.FD), fmt.Sprintf("luo:%s:%#x", s.name, token)), nil
+	return int(arg.FD), nil
 }
 
 // Finish tells the kernel the session's files are restored; it releases its

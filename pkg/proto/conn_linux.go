@@ -163,42 +163,70 @@ func (c *Conn) setPassCred() error {
 // MaxMessageSize bytes is refused with ErrMessageTooLarge, and more than
 // MaxFDs files with ErrTooManyFDs, before anything is sent.
 func (c *Conn) Send(msg any, files ...*os.File) error {
-	b, err := json.Marshal(msg)
+	b, err := encode(msg)
 	if err != nil {
-		return fmt.Errorf("proto: encode message: %w", err)
-	}
-	if len(b) > MaxMessageSize {
-		return fmt.Errorf("proto: send: %w: %d bytes, at most %d", ErrMessageTooLarge, len(b), MaxMessageSize)
+		return err
 	}
 	return c.SendRaw(b, files...)
+}
+
+// SendFDs is Send with the descriptors as plain numbers, which the caller
+// keeps open until SendFDs returns and then closes with close(2): for a
+// sender that holds them so (luod sends the files it retrieves from the
+// kernel without making an os.File of each, which costs an fcntl(2)).
+func (c *Conn) SendFDs(msg any, fds ...int) error {
+	b, err := encode(msg)
+	if err != nil {
+		return err
+	}
+	if err := c.sendmsg(b, fds); err != nil {
+		return fmt.Errorf("proto: send: %w", err)
+	}
+	return nil
+}
+
+// encode marshals msg for Send and SendFDs, refusing a message over
+// MaxMessageSize bytes.
+func encode(msg any) ([]byte, error) {
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("proto: encode message: %w", err)
+	}
+	if len(b) > MaxMessageSize {
+		return nil, fmt.Errorf("proto: send: %w: %d bytes, at most %d", ErrMessageTooLarge, len(b), MaxMessageSize)
+	}
+	return b, nil
 }
 
 // SendRaw sends b as one packet with files, unchecked except for the
 // MaxFDs limit. It is for tests and tools that must produce malformed or
 // oversized packets; use Send.
 func (c *Conn) SendRaw(b []byte, files ...*os.File) error {
-	if len(files) > MaxFDs {
-		return fmt.Errorf("proto: send: %w: %d, at most %d per packet", ErrTooManyFDs, len(files), MaxFDs)
-	}
-	err := withFDs(files, nil, func(fds []int) error {
-		var oob []byte
-		if len(fds) > 0 {
-			oob = unix.UnixRights(fds...)
-		}
-		var serr error
-		err := c.rc.Write(func(fd uintptr) bool {
-			serr = unix.Sendmsg(int(fd), b, oob, nil, unix.MSG_NOSIGNAL)
-			return serr != unix.EAGAIN
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	})
-	if err != nil {
+	if err := withFDs(files, nil, func(fds []int) error { return c.sendmsg(b, fds) }); err != nil {
 		return fmt.Errorf("proto: send: %w", err)
 	}
 	return nil
+}
+
+// sendmsg sends b as one packet with fds attached as SCM_RIGHTS, or
+// nothing if there are more than MaxFDs; the one path of every send.
+func (c *Conn) sendmsg(b []byte, fds []int) error {
+	if len(fds) > MaxFDs {
+		return fmt.Errorf("%w: %d, at most %d per packet", ErrTooManyFDs, len(fds), MaxFDs)
+	}
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	var serr error
+	err := c.rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendmsg(int(fd), b, oob, nil, unix.MSG_NOSIGNAL)
+		return serr != unix.EAGAIN
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 // withFDs calls fn with the descriptors of files, holding each file open

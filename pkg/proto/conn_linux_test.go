@@ -100,6 +100,42 @@ func TestSendRecvFDs(t *testing.T) {
 	}
 }
 
+// TestSendFDs: plain descriptors go out as Send's files do, in order,
+// the sender's staying open; the limits are Send's.
+func TestSendFDs(t *testing.T) {
+	a, b := pair(t)
+	one, two := memfd(t, "one"), memfd(t, "two")
+	fds := []int{int(one.Fd()), int(two.Fd())}
+	if err := a.SendFDs(&Event{V: 1, Event: "x"}, fds...); err != nil {
+		t.Fatal(err)
+	}
+	raw, got, _, err := b.RecvFDs()
+	if err != nil || !strings.Contains(string(raw), `"x"`) || len(got) != 2 {
+		t.Fatalf("RecvFDs = %s, %v, %v", raw, got, err)
+	}
+	for i, want := range []string{"one", "two"} {
+		f := os.NewFile(uintptr(got[i]), "received")
+		if s := readAll(t, f); s != want {
+			t.Errorf("fd %d holds %q, want %q", i, s, want)
+		}
+		f.Close()
+	}
+	if s := readAll(t, one); s != "one" {
+		t.Errorf("the sender's file after SendFDs holds %q", s)
+	}
+	many := make([]int, MaxFDs+1)
+	for i := range many {
+		many[i] = fds[0]
+	}
+	if err := a.SendFDs(&Event{V: 1, Event: "x"}, many...); !errors.Is(err, ErrTooManyFDs) {
+		t.Errorf("SendFDs with %d fds: %v, want ErrTooManyFDs", len(many), err)
+	}
+	big := strings.Repeat(" ", MaxMessageSize)
+	if err := a.SendFDs(map[string]string{"x": big}, fds...); !errors.Is(err, ErrMessageTooLarge) {
+		t.Errorf("SendFDs of a large message: %v, want ErrMessageTooLarge", err)
+	}
+}
+
 func TestMaxFDs(t *testing.T) {
 	a, b := pair(t)
 	f := memfd(t, "x")

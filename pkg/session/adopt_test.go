@@ -83,8 +83,9 @@ func TestAdoptAfterRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	equalBytes(t, "vm-a", readAll(t, r.Files[0]), data)
-	r.Files[0].Close()
+	got := asFiles(r.FDs)
+	equalBytes(t, "vm-a", readAll(t, got[0]), data)
+	closeAll(got)
 }
 
 // TestEachFileIn: luod's fd of every session in the state, in name order,

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/pkg/proto"
 )
 
 // State is where a session is in its life; see the package doc.
@@ -42,8 +44,9 @@ type File struct {
 	// Label is the client's name for the file, free text.
 	Label string `json:"label"`
 	// Size is the file's size in bytes: from fstat when luod preserved it,
-	// 0 (unknown) when the client preserved it itself and declared it, and
-	// refreshed from the retrieved file by Reclaim.
+	// 0 (unknown) when the client preserved it itself and declared it.
+	// It stays true to the end: the kernel freezes a memfd's size when it
+	// is preserved and restores exactly that size (see Reclaim).
 	Size int64 `json:"size"`
 }
 
@@ -749,13 +752,16 @@ func (c *Custody) FileCount(caller Caller, name string) int {
 
 // Reclaimed is what Reclaim hands back.
 type Reclaimed struct {
-	// Session is the entry after the reclaim; Files[i] is the retrieved
+	// Session is the entry after the reclaim; FDs[i] is the retrieved
 	// file of Session.Files[i].
 	Session Session
-	// Files are new fds of the retrieved files, which the caller sends to
-	// the client and closes. A token retrieved again (here or by the
-	// client) is the same open file, sharing its file position: use pread.
-	Files []*os.File
+	// FDs are new descriptors (close-on-exec) of the retrieved files, as
+	// plain numbers from RETRIEVE_FD on: luod only sends them to the
+	// client, and an os.File would cost an fcntl(2) each. The caller owns
+	// them and closes each exactly once (proto.CloseFDs), whether the
+	// send worked or not. A token retrieved again (here or by the client)
+	// is the same open file, sharing its file position: use pread.
+	FDs []int
 	// Finished reports that FINISH was issued.
 	Finished bool
 }
@@ -764,7 +770,14 @@ type Reclaimed struct {
 // claimed session through luod's fd (RETRIEVE_FD; the kernel returns the
 // same file for a token retrieved before) and, with finish, then issues
 // FINISH and closes luod's fd. The session becomes claimed, or finished.
-// File sizes are refreshed from the retrieved files.
+//
+// The recorded sizes are reported as they are, with no fstat of the
+// retrieved files: they cannot have changed. The kernel's memfd handler
+// freezes the file at PRESERVE_FD (memfd_luo_preserve calls
+// shmem_freeze under the inode lock and records i_size_read as the size),
+// after which truncate, fallocate and growing writes are refused, and
+// its retrieve gives the new file exactly that size (i_size_write). A
+// declared file's size stays 0 (unknown); its owner can fstat it.
 //
 // All or nothing: since retrieving again is harmless, a failure closes
 // the files retrieved so far and changes nothing. A token that was
@@ -788,7 +801,7 @@ func (c *Custody) Reclaim(caller Caller, name string, finish bool) (Reclaimed, e
 	out, err := retrieveAll(h, name, files)
 	if err == nil && finish {
 		if ferr := h.Finish(); ferr != nil {
-			closeAll(out)
+			proto.CloseFDs(out)
 			out, err = nil, kernelError("FINISH", name, 0, false, ferr)
 		} else {
 			h.Close()
@@ -801,35 +814,26 @@ func (c *Custody) Reclaim(caller Caller, name string, finish bool) (Reclaimed, e
 	if err != nil {
 		return Reclaimed{}, err
 	}
-	for i, f := range out {
-		if fi, serr := f.Stat(); serr == nil {
-			e.s.Files[i].Size = fi.Size()
-		}
-	}
 	e.s.State = StateClaimed
 	if finish {
 		e.s.State, e.h = StateFinished, nil
 	}
-	return Reclaimed{Session: e.snapshot(), Files: out, Finished: finish}, nil
+	return Reclaimed{Session: e.snapshot(), FDs: out, Finished: finish}, nil
 }
 
-func retrieveAll(h Handle, name string, files []File) ([]*os.File, error) {
-	out := make([]*os.File, 0, len(files))
+// retrieveAll retrieves files through h, in order. On failure it closes
+// the descriptors retrieved so far and returns none.
+func retrieveAll(h Handle, name string, files []File) ([]int, error) {
+	out := make([]int, 0, len(files))
 	for _, f := range files {
-		rf, err := h.RetrieveFD(f.Token)
+		fd, err := h.RetrieveFDNum(f.Token)
 		if err != nil {
-			closeAll(out)
+			proto.CloseFDs(out)
 			return nil, kernelError("RETRIEVE_FD", name, f.Token, true, err)
 		}
-		out = append(out, rf)
+		out = append(out, fd)
 	}
 	return out, nil
-}
-
-func closeAll(fs []*os.File) {
-	for _, f := range fs {
-		f.Close()
-	}
 }
 
 // Finish issues FINISH on the caller's incoming or claimed session through

@@ -164,19 +164,25 @@ func TestFullCycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rc.Finished || rc.Session.State != StateClaimed || len(rc.Files) != 2 {
+	if rc.Finished || rc.Session.State != StateClaimed || len(rc.FDs) != 2 {
 		t.Fatalf("reclaim %+v", rc)
 	}
-	equalBytes(t, "vm-a ram", readAll(t, rc.Files[0]), ramA)
-	equalBytes(t, "vm-a devstate", readAll(t, rc.Files[1]), devA)
-	closeAll(rc.Files)
+	// The sizes are the ones recorded at preserve (the kernel froze them).
+	if want := []File{{1, "ram", int64(len(ramA))}, {0xfeed, "devstate", int64(len(devA))}}; !slices.Equal(rc.Session.Files, want) {
+		t.Fatalf("reclaimed files %+v, want %+v", rc.Session.Files, want)
+	}
+	got := asFiles(rc.FDs)
+	equalBytes(t, "vm-a ram", readAll(t, got[0]), ramA)
+	equalBytes(t, "vm-a devstate", readAll(t, got[1]), devA)
+	closeAll(got)
 	// Again, with finish: the kernel hands out the same files.
 	rc, err = c2.Reclaim(alice, "vm-a", true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	equalBytes(t, "vm-a ram again", readAll(t, rc.Files[0]), ramA)
-	closeAll(rc.Files)
+	got = asFiles(rc.FDs)
+	equalBytes(t, "vm-a ram again", readAll(t, got[0]), ramA)
+	closeAll(got)
 	if !rc.Finished || rc.Session.State != StateFinished {
 		t.Fatalf("reclaim with finish %+v", rc)
 	}
@@ -195,12 +201,12 @@ func TestFullCycle(t *testing.T) {
 	if s.State != StateClaimed {
 		t.Fatalf("after RetrieveForClient: %+v", s)
 	}
-	got, err := ioctl.NewSession(h2.fake, fdB, "vm-b", true).RetrieveFD(7)
+	gotB, err := ioctl.NewSession(h2.fake, fdB, "vm-b", true).RetrieveFD(7)
 	if err != nil {
 		t.Fatal(err)
 	}
-	equalBytes(t, "vm-b ram", readAll(t, got), ramB)
-	got.Close()
+	equalBytes(t, "vm-b ram", readAll(t, gotB), ramB)
+	gotB.Close()
 	fdB.Close()
 	if err := c2.Finish(bob, "vm-b"); err != nil {
 		t.Fatal(err)
@@ -828,16 +834,44 @@ func TestReclaimFailures(t *testing.T) {
 	if err := h.c.Declare(alice, "vm", []FileDecl{{Token: 2, Label: "ghost"}}); err != nil {
 		t.Fatal(err)
 	}
+	mustCreate(t, h.c, alice, "vm-f")
+	if _, err := h.c.Preserve(alice, "vm-f", []PreserveFile{{FD: fdOf(memfd(t, []byte("ram-f"))), Token: 1}}); err != nil {
+		t.Fatal(err)
+	}
 	h2, _ := h.kexec("", 1, Config{})
 	if _, err := h2.c.Recover(h2.handover(nil)); err != nil {
 		t.Fatal(err)
 	}
+	// Token 1 is retrieved before token 2 fails: its fd is closed.
+	before := fdCount(t)
 	_, err := h2.c.Reclaim(alice, "vm", true)
 	wantCode(t, err, CodeNotFound)
 	mentions(t, err, "RETRIEVE_FD", "0x2")
 	if s, _ := h2.c.Get(alice, "vm"); s.State != StateIncoming {
 		t.Fatalf("state after failed reclaim %v", s.State)
 	}
+	if n := fdCount(t); n != before {
+		t.Fatalf("%d fds open after the failed reclaim, %d before", n, before)
+	}
+	// Every file retrieved, FINISH refused: the fds are closed, nothing
+	// is handed out, the session stays.
+	h2.fake.FailNext(ioctl.ReqFinish, unix.EBUSY)
+	if rc, err := h2.c.Reclaim(alice, "vm-f", true); CodeOf(err) != CodeKernel || rc.FDs != nil {
+		t.Fatalf("Reclaim with FINISH refused = %+v, %v", rc, err)
+	}
+	if s, _ := h2.c.Get(alice, "vm-f"); s.State != StateIncoming {
+		t.Fatalf("state after a reclaim whose finish failed %v", s.State)
+	}
+	if n := fdCount(t); n != before {
+		t.Fatalf("%d fds open after the reclaim whose finish failed, %d before", n, before)
+	}
+	rc, err := h2.c.Reclaim(alice, "vm-f", true)
+	if err != nil || len(rc.FDs) != 1 {
+		t.Fatalf("Reclaim = %+v, %v", rc, err)
+	}
+	got := asFiles(rc.FDs)
+	equalBytes(t, "vm-f ram", readAll(t, got[0]), []byte("ram-f"))
+	closeAll(got)
 	// FINISH refused: nothing is handed out, the session stays.
 	h2.fake.FailNext(ioctl.ReqFinish, unix.EBUSY)
 	if err := h2.c.Finish(alice, "vm"); CodeOf(err) != CodeKernel {

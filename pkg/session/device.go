@@ -26,7 +26,10 @@ type Handle interface {
 	// File is the session fd, for duplicating it to a client.
 	File() *os.File
 	PreserveFD(fd int, token uint64) error
-	RetrieveFD(token uint64) (*os.File, error)
+	// RetrieveFDNum returns a new descriptor (close-on-exec) of the file
+	// preserved under token, as a plain number the caller owns and
+	// closes with close(2).
+	RetrieveFDNum(token uint64) (int, error)
 	Finish() error
 	// Close closes this fd; the last close drops an outgoing session and
 	// finishes an incoming one.

@@ -5,6 +5,7 @@ package session
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -129,6 +130,32 @@ func pattern(s string, n int) []byte {
 		b[i] = s[i%len(s)] ^ byte(i>>8)
 	}
 	return b
+}
+
+// asFiles makes files of the descriptors Reclaim hands back, as the
+// client holds them: closing a file closes its descriptor.
+func asFiles(fds []int) []*os.File {
+	fs := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		fs[i] = os.NewFile(uintptr(fd), fmt.Sprintf("reclaimed[%d]", i))
+	}
+	return fs
+}
+
+// fdCount counts this process's open fds.
+func fdCount(t *testing.T) int {
+	t.Helper()
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(es)
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
 }
 
 func readAll(t *testing.T, f *os.File) []byte {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -204,10 +205,11 @@ func (c *Custody) readManifest(r *Report) (*Manifest, error) {
 		}
 		h.Close()
 	}()
-	f, err := h.RetrieveFD(ManifestToken)
+	fd, err := h.RetrieveFDNum(ManifestToken)
 	if err != nil {
 		return nil, kernelError("RETRIEVE_FD", ReservedName, ManifestToken, true, err)
 	}
+	f := os.NewFile(uintptr(fd), "luod manifest")
 	defer f.Close()
 	return ReadMemfd(f)
 }

@@ -246,8 +246,9 @@ func TestThousandSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	equalBytes(t, "vm-0777", readAll(t, rc.Files[0]), []byte("vm-0777"))
-	closeAll(rc.Files)
+	got := asFiles(rc.FDs)
+	equalBytes(t, "vm-0777", readAll(t, got[0]), []byte("vm-0777"))
+	closeAll(got)
 	if got := len(h2.c.Overdue(t0.Add(2), 1)); got != n-1 {
 		t.Fatalf("%d overdue", got)
 	}

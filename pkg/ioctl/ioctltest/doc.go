@@ -79,15 +79,19 @@
 //
 // # Not modelled
 //
-// Preserving a memfd freezes its size in the kernel (ftruncate, fallocate
-// and growing writes fail with EPERM until it is unpreserved); the fake
-// cannot do this to a real memfd. The fake's objects are pipes, so read,
-// write, fstat and fcntl(F_GETFL) on them differ from the kernel's misc
-// device and anon inodes, generic VFS ioctls (FIOCLEX and friends) are not
-// handled, and a new session fd is not the lowest free fd number (the
-// pipe's read end takes that one). Out-of-memory
-// paths, a failing freeze at reboot, and a failing deserialization at open
-// exist only through fault injection (FailNext, FailRetrieve).
+// Preserving a memfd freezes its size in the kernel (memfd_luo_preserve
+// calls shmem_freeze: ftruncate, fallocate and growing writes fail with
+// EPERM until it is unpreserved); the fake cannot do this to a real memfd
+// (seals are permanent, and only a memfd made with MFD_ALLOW_SEALING takes
+// them), so a test must not change a preserved file's size: luod reports
+// the size it recorded at preserve, as the kernel guarantees it. The
+// fake's objects are pipes, so read, write, fstat and fcntl(F_GETFL) on
+// them differ from the kernel's misc device and anon inodes, generic VFS
+// ioctls (FIOCLEX and friends) are not handled, and a new session fd is
+// not the lowest free fd number (the pipe's read end takes that one).
+// Out-of-memory paths, a failing freeze at reboot, and a failing
+// deserialization at open exist only through fault injection (FailNext,
+// FailRetrieve).
 //
 // # Fault injection
 //
