@@ -22,6 +22,7 @@ import (
 
 	"github.com/luod/luod/pkg/ioctl/ioctltest"
 	"github.com/luod/luod/pkg/proto"
+	"github.com/luod/luod/pkg/session"
 )
 
 // rawClient speaks to luod with a raw proto.Conn, which sends whatever it
@@ -898,15 +899,21 @@ func TestConnectionLimit(t *testing.T) {
 }
 
 // TestTooLargeAnswerIsAnError: an answer over the protocol's message size
-// (the listing of one session of thousands of files: a page holds whole
-// sessions) comes back as a "limit" error, not as silence, and the
-// connection goes on.
+// (the listing of one session with many files and long labels: a page
+// holds whole sessions) comes back as a "limit" error, not as silence,
+// and the connection goes on. A session's files alone never get there:
+// luod refuses to declare or preserve more than the answer that hands
+// the session back carries.
 func TestTooLargeAnswerIsAnError(t *testing.T) {
 	dir := t.TempDir()
 	fake := ioctltest.New()
 	h := boot(t, dir, fake, false, nil)
 	c := h.dial()
-	s, err := c.CreateSession(ctx(t), "vm-big", nil)
+	labels := map[string]string{}
+	for i := range session.MaxLabels {
+		labels[fmt.Sprintf("k%02d", i)] = strings.Repeat("<", 200) // 1200 bytes escaped
+	}
+	s, err := c.CreateSession(ctx(t), "vm-big", labels)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -915,12 +922,15 @@ func TestTooLargeAnswerIsAnError(t *testing.T) {
 	for i := range decl {
 		decl[i] = proto.FileSpec{Token: uint64(i + 1), Label: fmt.Sprintf("guest-ram-%d", i)}
 	}
-	if err := c.Declare(ctx(t), "vm-big", decl); err != nil {
+	if err := c.Declare(ctx(t), "vm-big", decl); !isCode(err, proto.CodeLimit) || !strings.Contains(err.Error(), "too many for one session") {
+		t.Fatalf("declare of 4000 files = %v, want a limit error", err)
+	}
+	if err := c.Declare(ctx(t), "vm-big", decl[:700]); err != nil {
 		t.Fatal(err)
 	}
 	_, err = c.Sessions(ctx(t))
 	if !isCode(err, proto.CodeLimit) || !strings.Contains(err.Error(), "does not fit") {
-		t.Fatalf("sessions of a session of 4000 files = %v, want a limit error", err)
+		t.Fatalf("sessions of a session of 700 files and long labels = %v, want a limit error", err)
 	}
 	if _, err := c.Status(ctx(t)); err != nil {
 		t.Fatalf("status after the refused answer: %v", err)

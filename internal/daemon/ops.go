@@ -156,6 +156,12 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		if err := decode(req, &a); err != nil {
 			return nil, nil, err
 		}
+		// A session from an older luod may list more than an answer
+		// holds: refused before it is handed over.
+		if s, err := d.custody.Get(caller, a.Name); err == nil && answerSize(s) > proto.MaxMessageSize-answerEnvelope {
+			return nil, nil, proto.Errorf(proto.CodeLimit, "session %q lists more files than an answer holds (about %d bytes, at most %d)",
+				a.Name, answerSize(s), proto.MaxMessageSize-answerEnvelope)
+		}
 		s, dup, err := d.custody.RetrieveForClient(caller, a.Name)
 		if err != nil {
 			return nil, nil, err
@@ -238,9 +244,14 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 }
 
 // reclaim reclaims names in order (reclaim and reclaim_sessions) while
-// their files fit one answer (proto.MaxFDs), stopping at the first it
-// cannot reclaim: that error is the answer only when nothing was
-// reclaimed before it. The sessions done are then recorded together: one
+// their files fit one answer (proto.MaxFDs fds, proto.MaxMessageSize
+// bytes), stopping at the first it cannot reclaim: that error is the
+// answer only when nothing was reclaimed before it. A session that fits
+// no answer on its own is refused (limit) before anything of it is
+// retrieved or finished: finishing a session whose files then cannot be
+// sent would lose them. The client takes such a session's fd with
+// retrieve_session instead (pkg/client does).
+// The sessions done are then recorded together: one
 // append to the custody record, one log line, before the answer, so a
 // luod killed before answering has recorded every session it finished.
 // The fds of the files are the caller's to send and close.
@@ -248,14 +259,27 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 	var res proto.ReclaimSessionsResult
 	var fds fdList
 	var err error
+	budget := proto.MaxMessageSize - answerEnvelope
 	for _, name := range names {
-		if len(res.Sessions) > 0 && len(fds)+d.custody.FileCount(caller, name) > proto.MaxFDs {
+		s, gerr := d.custody.Get(caller, name)
+		n, size := len(s.Files), 0
+		if gerr == nil {
+			size = answerSize(s)
+		}
+		if len(res.Sessions) > 0 && (len(fds)+n > proto.MaxFDs || size > budget) {
+			break
+		}
+		if n > proto.MaxFDs || size > budget {
+			err = proto.Errorf(proto.CodeLimit,
+				"session %q does not fit one answer (%d files, at most %d fds; about %d bytes, at most %d): take its fd with retrieve_session, retrieve each file with RETRIEVE_FD, then finish_session",
+				name, n, proto.MaxFDs, size, budget)
 			break
 		}
 		var r session.Reclaimed
 		if r, err = d.custody.Reclaim(caller, name, finish); err != nil {
 			break
 		}
+		budget -= size
 		res.Sessions = append(res.Sessions, proto.ReclaimedSession{Name: name,
 			ReclaimResult: proto.ReclaimResult{Files: fileInfos(r.Session.Files), Finished: r.Finished}})
 		fds = append(fds, r.FDs...)
@@ -276,6 +300,23 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 	}
 	d.changed(done...)
 	return res, fds, nil
+}
+
+// answerEnvelope bounds a response's bytes around its result:
+// {"v":1,"id":…,"ok":true,"result":{"sessions":[…]}}.
+const answerEnvelope = 256
+
+// answerSize bounds the bytes session s adds to a reclaim answer, its
+// files listed as they are known before the reclaim (the sizes recorded
+// at preserve: Custody.Reclaim does not change them):
+// {"name":"…","files":[…],"finished":false}, (a session name needs no
+// escape).
+func answerSize(s session.Session) int {
+	n := 40 + len(s.Name)
+	for _, f := range fileInfos(s.Files) {
+		n += f.ListedBytes()
+	}
+	return n
 }
 
 // preserve preserves the received files into session name, each with
@@ -400,7 +441,6 @@ func (d *Daemon) createSessions(caller session.Caller, cred *unix.Ucred, a proto
 // proto.MaxFDs files it then does, whatever the messages held (they may
 // quote long rejected names and labels). The codes stay.
 func fitAnswer(res *proto.CreateSessionsResult) {
-	const envelope = 256 // {"v":1,"id":…,"ok":true,"result":…}
 	for _, limit := range []int{-1, 160, 0} {
 		if limit >= 0 {
 			for _, s := range res.Sessions {
@@ -409,7 +449,7 @@ func fitAnswer(res *proto.CreateSessionsResult) {
 				}
 			}
 		}
-		if b, err := json.Marshal(res); err == nil && len(b)+envelope <= proto.MaxMessageSize {
+		if b, err := json.Marshal(res); err == nil && len(b)+answerEnvelope <= proto.MaxMessageSize {
 			return
 		}
 	}

@@ -546,12 +546,18 @@ func (c *Client) RetrieveSession(ctx context.Context, name string) (*Session, er
 
 // Reclaim has luod retrieve every file of the caller's session name after
 // a live update and send them, in manifest order; with finish, luod
-// finishes the session too. If luod retrieved the files but the kernel
-// would not finish yet, Reclaim returns the files and an error matching
-// ErrNotFinished (the one case of both): retry with FinishSession.
+// finishes the session too. A session of more files than one answer
+// carries, which luod refuses untouched, is taken through its own fd
+// (RetrieveSession, RETRIEVE_FD of each file, FinishSession). If the
+// files were retrieved but the session could not be finished, Reclaim
+// returns the files and an error matching ErrNotFinished (the one case
+// of both): retry with FinishSession.
 func (c *Client) Reclaim(ctx context.Context, name string, finish bool) ([]ReclaimedFile, error) {
 	var res proto.ReclaimResult
 	files, err := c.do(ctx, proto.OpReclaim, proto.ReclaimArgs{Name: name, Finish: finish}, nil, &res, -1)
+	if errors.Is(err, proto.ErrLimit) {
+		return c.reclaimLarge(ctx, name, finish)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -562,6 +568,35 @@ func (c *Client) Reclaim(ctx context.Context, name string, finish bool) ([]Recla
 	out := reclaimed(res.Files, files)
 	if finish && !res.Finished {
 		return out, fmt.Errorf("luod reclaim of session %q: %w", name, ErrNotFinished)
+	}
+	return out, nil
+}
+
+// reclaimLarge is Reclaim of a session whose files do not fit one answer
+// (luod refuses reclaim with limit, untouched): the session's fd from
+// retrieve_session, RETRIEVE_FD of each file through it, then, with
+// finish, finish_session.
+func (c *Client) reclaimLarge(ctx context.Context, name string, finish bool) ([]ReclaimedFile, error) {
+	s, err := c.RetrieveSession(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	out := make([]ReclaimedFile, 0, len(s.Files))
+	for _, fi := range s.Files {
+		f, err := s.RetrieveFD(fi.Token)
+		if err != nil {
+			for _, r := range out {
+				r.File.Close()
+			}
+			return nil, fmt.Errorf("luod reclaim of session %q, file by file: %w", name, err)
+		}
+		out = append(out, ReclaimedFile{Token: fi.Token, Label: fi.Label, Size: fi.Size, File: f})
+	}
+	if finish {
+		if err := c.FinishSession(ctx, name); err != nil {
+			return out, fmt.Errorf("luod reclaim of session %q: %w: %w", name, ErrNotFinished, err)
+		}
 	}
 	return out, nil
 }
@@ -586,19 +621,34 @@ func reclaimed(infos []proto.FileInfo, fds []*os.File) []ReclaimedFile {
 func (c *Client) ReclaimSessions(ctx context.Context, names []string, finish bool) ([][]ReclaimedFile, error) {
 	got := make([][]ReclaimedFile, len(names))
 	var unfinished []string
+	// one reclaims names[i] with a request of its own: Reclaim, or, for a
+	// session whose files do not fit an answer, reclaimLarge.
+	one := func(i int, reclaim func(context.Context, string, bool) ([]ReclaimedFile, error)) error {
+		var err error
+		got[i], err = reclaim(ctx, names[i], finish)
+		if errors.Is(err, ErrNotFinished) {
+			unfinished = append(unfinished, names[i])
+			return nil
+		}
+		return err
+	}
 	for done := 0; done < len(names); {
 		var res proto.ReclaimSessionsResult
 		files, err := c.do(ctx, proto.OpReclaimSessions, proto.ReclaimSessionsArgs{Names: names[done:], Finish: finish}, nil, &res, -1)
 		if errors.Is(err, proto.ErrUnknownOp) {
 			for ; done < len(names); done++ {
-				got[done], err = c.Reclaim(ctx, names[done], finish)
-				if errors.Is(err, ErrNotFinished) {
-					unfinished = append(unfinished, names[done])
-				} else if err != nil {
+				if err := one(done, c.Reclaim); err != nil {
 					return got, err
 				}
 			}
 			break
+		}
+		if errors.Is(err, proto.ErrLimit) { // names[done] has too many files for an answer
+			if err := one(done, c.reclaimLarge); err != nil {
+				return got, err
+			}
+			done++
+			continue
 		}
 		if err != nil {
 			return got, err

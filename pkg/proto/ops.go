@@ -1,6 +1,9 @@
 package proto
 
-import "time"
+import (
+	"strconv"
+	"time"
+)
 
 // Session states, SessionInfo.State.
 const (
@@ -271,6 +274,32 @@ type FileInfo struct {
 	Label string `json:"label,omitempty"`
 	// Size in bytes; 0 for a declared file whose size luod cannot know.
 	Size int64 `json:"size"`
+}
+
+// FileListBudget is the most bytes a session's files may take listed
+// (ListedBytes of each): what a reclaim or retrieve_session answer about
+// the session alone may hold besides the envelope and the session's name.
+// luod refuses to preserve or declare files past it, so that every
+// session can be handed back.
+const FileListBudget = MaxMessageSize - 512
+
+// ListedBytes bounds the bytes f takes in an answer's list of files: its
+// JSON and a comma, the label counted at its escaped bound (a byte
+// encoding/json may escape, \u003c or \ufffd, counts 6).
+func (f FileInfo) ListedBytes() int {
+	n := len(`{"token":,"size":},`) + len(strconv.FormatUint(f.Token, 10)) + len(strconv.FormatInt(f.Size, 10))
+	if f.Label != "" {
+		n += len(`,"label":""`)
+		for i := 0; i < len(f.Label); i++ {
+			switch c := f.Label[i]; {
+			case c < 0x20, c >= 0x80, c == '"', c == '\\', c == '<', c == '>', c == '&':
+				n += 6
+			default:
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // Status is the result of OpStatus.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -515,11 +516,22 @@ func (c *Custody) checkNewFiles(e *entry, n int, at func(i int) (uint64, string)
 	if have := len(e.s.Files); have+n > c.cfg.MaxFilesPerSession {
 		return errorf(CodeLimit, name, "session has %d files, %d more would pass the limit of %d", have, n, c.cfg.MaxFilesPerSession)
 	}
+	// Every session must fit the answer that hands it back.
+	listed := 0
+	for _, f := range e.s.Files {
+		listed += proto.FileInfo{Token: f.Token, Label: f.Label, Size: f.Size}.ListedBytes()
+	}
 	seen := make(map[uint64]struct{}, n)
 	for i := range n {
 		tok, label := at(i)
 		if code, why := fileLabelProblem(label); code != "" {
 			return tokenErrorf(code, name, tok, "%s", why)
+		}
+		// The size is not known yet: counted at its longest.
+		if listed += (proto.FileInfo{Token: tok, Label: label, Size: math.MaxInt64}).ListedBytes(); listed > proto.FileListBudget {
+			return tokenErrorf(CodeLimit, name, tok,
+				"the session's files would take over %d bytes listed, more than the answer that hands the session back carries: %d files of these labels are too many for one session",
+				proto.FileListBudget, len(e.s.Files)+i+1)
 		}
 		if _, dup := e.tokens[tok]; dup {
 			return tokenErrorf(CodeExists, name, tok, "token is already used in this session")
