@@ -9,9 +9,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/internal/mmsg"
 )
 
 // notifySocket is luod's one socket to $NOTIFY_SOCKET, connected once and
@@ -79,22 +80,16 @@ func sendBatch(op string, files []NamedFile, states []string) (int, error) {
 	return sent, nil
 }
 
-// maxBatch is the most messages one sendmmsg(2) takes (UIO_MAXIOV).
-const maxBatch = 1024
-
-// mmsghdr is struct mmsghdr: a msghdr and the bytes sent of it, padded as
-// C pads it (Go aligns the struct to its pointer fields, as C does).
-type mmsghdr struct {
-	hdr unix.Msghdr
-	len uint32
-}
-
 // sendBatch sends each state with its fd as one datagram to addr, in
 // order, dialing first if needed and, once a batch, on a fresh socket when
 // the connection is gone (systemd re-executed itself: what was sent before
 // went to the old instance, which hands its fd store to the new one). It
 // returns how many were sent.
 func (s *notifyConn) sendBatch(addr string, states []string, fds []int) (int, error) {
+	msgs := make([][]byte, len(states))
+	for i, st := range states {
+		msgs[i] = []byte(st)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sent, redialed := 0, false
@@ -104,7 +99,7 @@ func (s *notifyConn) sendBatch(addr string, states []string, fds []int) (int, er
 				return sent, err
 			}
 		}
-		n, err := sendmmsg(s.fd, states[sent:], fds[sent:])
+		n, err := mmsg.Send(s.fd, msgs[sent:], fds[sent:], 0)
 		sent += n
 		switch {
 		case err == nil:
@@ -119,43 +114,6 @@ func (s *notifyConn) sendBatch(addr string, states []string, fds []int) (int, er
 		}
 	}
 	return sent, nil
-}
-
-// sendmmsg sends up to maxBatch of states, each with its fd as
-// SCM_RIGHTS (none for -1), on the connected socket fd, and returns how many the kernel
-// took. An error means none was (the kernel reports a later message's
-// failure as a short count).
-func sendmmsg(fd int, states []string, fds []int) (int, error) {
-	n := min(len(states), maxBatch)
-	hdrs := make([]mmsghdr, n)
-	iovs := make([]unix.Iovec, n)
-	bufs := make([][]byte, n)
-	oobs := make([][]byte, n)
-	for i := range n {
-		bufs[i] = []byte(states[i])
-		iovs[i].Base = &bufs[i][0]
-		iovs[i].SetLen(len(bufs[i]))
-		hdrs[i].hdr.Iov = &iovs[i]
-		hdrs[i].hdr.SetIovlen(1)
-		if fds[i] >= 0 {
-			oobs[i] = unix.UnixRights(fds[i])
-			hdrs[i].hdr.Control = &oobs[i][0]
-			hdrs[i].hdr.SetControllen(len(oobs[i]))
-		}
-	}
-	for {
-		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])), uintptr(n), 0, 0, 0)
-		runtime.KeepAlive(bufs)
-		runtime.KeepAlive(oobs)
-		runtime.KeepAlive(iovs)
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno != 0 {
-			return 0, errno
-		}
-		return int(r), nil
-	}
 }
 
 // dial replaces the socket by one connected to addr; mu is held. On

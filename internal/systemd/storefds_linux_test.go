@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/internal/mmsg"
 )
 
 // received is one datagram as systemd got it: its text and the inode of
@@ -71,7 +73,7 @@ func inode(t *testing.T, f *os.File) uint64 {
 // order, each with its own file, as StoreFD one by one would send them,
 // past one sendmmsg(2)'s 1024 messages too.
 func TestStoreFDs(t *testing.T) {
-	for _, n := range []int{1, 3, maxBatch + 5} {
+	for _, n := range []int{1, 3, mmsg.MaxBatch + 5} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
 			ensureNofile(t, uint64(2*n+64))
 			sd := fakeSystemd(t, n == 3)

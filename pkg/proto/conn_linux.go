@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/luod/luod/internal/mmsg"
 )
 
 // oobSize holds MaxFDs descriptors and one SCM_CREDENTIALS message, the
@@ -181,6 +183,37 @@ func (c *Conn) SendFDs(msg any, fds ...int) error {
 	}
 	if err := c.sendmsg(b, fds); err != nil {
 		return fmt.Errorf("proto: send: %w", err)
+	}
+	return nil
+}
+
+// SendBatch is Send of each of msgs, without files, in order, with as few
+// system calls as the kernel takes (sendmmsg(2)): luod's events in an
+// upgrade's pause, where each system call and each wake-up of the reader
+// counts. Every message is encoded and checked before any is sent.
+func (c *Conn) SendBatch(msgs ...any) error {
+	bs := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		b, err := encode(m)
+		if err != nil {
+			return err
+		}
+		bs[i] = b
+	}
+	for sent := 0; sent < len(bs); {
+		var n int
+		var serr error
+		err := c.rc.Write(func(fd uintptr) bool {
+			n, serr = mmsg.Send(int(fd), bs[sent:], nil, unix.MSG_NOSIGNAL)
+			return serr != unix.EAGAIN
+		})
+		if err == nil {
+			err = serr
+		}
+		if err != nil {
+			return fmt.Errorf("proto: send: %d of %d messages sent: %w", sent, len(bs), err)
+		}
+		sent += n
 	}
 	return nil
 }

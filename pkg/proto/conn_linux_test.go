@@ -3,6 +3,7 @@ package proto
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/luod/luod/internal/mmsg"
 	"golang.org/x/sys/unix"
 )
 
@@ -386,5 +388,52 @@ func TestFileListener(t *testing.T) {
 func closeFiles(files []*os.File) {
 	for _, f := range files {
 		f.Close()
+	}
+}
+
+// TestSendBatch: SendBatch sends each message as its own packet, in
+// order, past one sendmmsg(2) and past a full socket buffer (the reader
+// drains it meanwhile); a message too large is refused before any is sent.
+func TestSendBatch(t *testing.T) {
+	a, b := pair(t)
+	msgs := make([]any, mmsg.MaxBatch+30)
+	for i := range msgs {
+		msgs[i] = &Event{V: 1, Event: fmt.Sprintf("e%d", i)}
+	}
+	got := make(chan []string, 1)
+	go func() {
+		var names []string
+		for range msgs {
+			raw, _, _, err := b.Recv()
+			if err != nil {
+				break
+			}
+			_, ev, err := DecodeServerMessage(raw)
+			if err != nil || ev == nil {
+				break
+			}
+			names = append(names, ev.Event)
+		}
+		got <- names
+	}()
+	if err := a.SendBatch(msgs...); err != nil {
+		t.Fatal(err)
+	}
+	names := <-got
+	if len(names) != len(msgs) {
+		t.Fatalf("received %d of %d messages", len(names), len(msgs))
+	}
+	for i, n := range names {
+		if n != fmt.Sprintf("e%d", i) {
+			t.Fatalf("message %d is %s", i, n)
+		}
+	}
+	big := map[string]string{"x": strings.Repeat(" ", MaxMessageSize)}
+	if err := a.SendBatch(&Event{V: 1, Event: "first"}, big); !errors.Is(err, ErrMessageTooLarge) {
+		t.Fatalf("SendBatch with a large message: %v, want ErrMessageTooLarge", err)
+	}
+	a.SendBatch(&Event{V: 1, Event: "after"})
+	if raw, _, _, err := b.Recv(); err != nil || !strings.Contains(string(raw), `"after"`) {
+		t.Fatalf("after the refused batch the reader got %s, %v; want only the next message", raw, err)
 	}
 }
