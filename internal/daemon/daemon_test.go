@@ -336,9 +336,14 @@ func TestLiveUpdateCycle(t *testing.T) {
 	if res, err := load(t, c, kernel); err != nil || res.Release != "7.3.4-test" {
 		t.Fatalf("load = %+v, %v", res, err)
 	}
-	dry, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil)
+	var dryPhases []string
+	dry, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, func(p proto.ProgressEvent) { dryPhases = append(dryPhases, p.Phase) })
 	if err != nil || !dry.DryRun {
 		t.Fatalf("dry run = %+v, %v", dry, err)
+	}
+	// The progress held in the pause comes before the answer.
+	if want := []string{"barrier", "manifest"}; strings.Join(dryPhases, ",") != strings.Join(want, ",") {
+		t.Errorf("dry run phases %v, want %v", dryPhases, want)
 	}
 	if got := fake.LiveUpdateNum(); got != 0 {
 		t.Fatalf("dry run rebooted: liveupdate number %d", got)

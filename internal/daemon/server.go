@@ -266,15 +266,21 @@ func (c *conn) send(msg any) error { return c.sendWith(msg, nil) }
 // sendWith is send with out's fds attached, if out is not nil; closing
 // them is the caller's.
 func (c *conn) sendWith(msg any, out attached) error {
+	return c.write(func(pc *proto.Conn) error {
+		if out != nil {
+			return out.send(pc, msg)
+		}
+		return pc.Send(msg)
+	})
+}
+
+// write runs fn, which sends on the connection, under wmu with the write
+// deadline.
+func (c *conn) write(fn func(*proto.Conn) error) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.c.SetWriteDeadline(time.Now().Add(c.d.cfg.WriteTimeout))
-	var err error
-	if out != nil {
-		err = out.send(c.c, msg)
-	} else {
-		err = c.c.Send(msg)
-	}
+	err := fn(c.c)
 	if err != nil {
 		c.d.log.Debug("send failed", "conn", c.id, "err", err)
 	}
@@ -287,6 +293,15 @@ func (c *conn) event(name string, data any) error {
 		return err
 	}
 	return c.send(ev)
+}
+
+// events sends evs in order with one system call (proto.Conn.SendBatch).
+func (c *conn) events(evs []*proto.Event) error {
+	msgs := make([]any, len(evs))
+	for i, ev := range evs {
+		msgs[i] = ev
+	}
+	return c.write(func(pc *proto.Conn) error { return pc.SendBatch(msgs...) })
 }
 
 // isAdmin: uid 0, or the admin group as primary or supplementary group of

@@ -112,10 +112,32 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		timeout = d.cfg.UpgradeTimeout
 	}
 	res := &proto.UpgradeResult{Upgrade: id, DryRun: a.DryRun, Phases: map[string]int64{}}
+	// In the workloads' pause (from the barrier passed to the reboot) the
+	// requester's progress events are held and go with committed in one
+	// batch (commit): under TCG each message sent alone is a system call
+	// and may wake the requester onto a vCPU luod needs. However else
+	// the upgrade ends, the deferred flush sends them first, before the
+	// answer.
+	var held []*proto.Event
+	pausing := false
 	progress := func(phase string) {
 		d.setPhase(phase)
-		req.event(proto.EventProgress, proto.ProgressEvent{Upgrade: id, Phase: phase})
+		ev, err := proto.NewEvent(proto.EventProgress, proto.ProgressEvent{Upgrade: id, Phase: phase})
+		switch {
+		case err != nil:
+		case pausing:
+			held = append(held, ev)
+		default:
+			req.send(ev)
+		}
 	}
+	flush := func(more ...*proto.Event) {
+		if evs := append(held, more...); len(evs) > 0 {
+			req.events(evs)
+		}
+		held = nil
+	}
+	defer flush()
 	d.log.Info("upgrade requested", "upgrade", id, "release", loaded.Release, "dry_run", a.DryRun, "timeout", timeout,
 		"path", path, "why", why)
 	if d.cfg.BeforeUpgrade != nil {
@@ -130,6 +152,19 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	progress(proto.PhaseBarrier)
 	t0 := time.Now()
 	subs, passed, why := d.runBarrier(id, req, timeout)
+	pausing = true
+	// commit tells the subscribers, then the requester with its held
+	// progress events, that luod reboots.
+	commit := func() {
+		committed, err := proto.NewEvent(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
+		if err != nil {
+			return
+		}
+		for _, c := range subs {
+			c.send(committed)
+		}
+		flush(committed)
+	}
 	res.Phases[proto.PhaseBarrier] = time.Since(t0).Milliseconds()
 	d.metrics.ObservePhase(proto.PhaseBarrier, time.Since(t0))
 	abort := func(reason string) {
@@ -194,16 +229,14 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		return nil, proto.Errorf(proto.CodeKexecFailed, "%s into %s failed: %v; every session is intact", what, loaded.Release, err)
 	}
 	if path == PathOrderly {
-		if err := d.orderlyCommit(id, req, subs, loaded.Release, written); err != nil {
+		if err := d.orderlyCommit(id, req, commit, loaded.Release, written); err != nil {
 			return fail("starting kexec.target", err)
 		}
 		// As on the direct path the requester sees its connection end,
 		// not an answer.
 		return nil, proto.Errorf(proto.CodeKexecFailed, "luod stopped for the kexec")
 	}
-	for _, c := range append(subs, req) {
-		c.event(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
-	}
+	commit()
 	d.metrics.Upgrade(metrics.UpgradeCommitted)
 	// luod's share of the workloads' pause: from the last ready to here,
 	// with the sync(2) of the manifest phase (the kernel's flush of every
@@ -289,11 +322,11 @@ func (d *Daemon) faultReboot(what string) error {
 
 // orderlyCommit commits an upgrade on the orderly path: luod hands its
 // sessions to systemd's fd store and starts kexec.target
-// (handOverToSystemd), tells the requester and the subscribers, and stays
-// frozen, with the manifest written, until systemd stops it; then it
-// closes the requester's connection and returns nil. An error means
+// (handOverToSystemd), tells the requester and the subscribers (commit),
+// and stays frozen, with the manifest written, until systemd stops it;
+// then it closes the requester's connection and returns nil. An error means
 // nothing was queued and the caller fails the upgrade.
-func (d *Daemon) orderlyCommit(id string, req *conn, subs []*conn, release string, written []any) error {
+func (d *Daemon) orderlyCommit(id string, req *conn, commit func(), release string, written []any) error {
 	d.log.Info("starting kexec.target: systemd stops every service, luod too, and kexecs with the fd stores",
 		append(written, "release", release)...)
 	t0 := time.Now()
@@ -306,9 +339,7 @@ func (d *Daemon) orderlyCommit(id string, req *conn, subs []*conn, release strin
 		return err
 	}
 	d.metrics.Upgrade(metrics.UpgradeCommitted)
-	for _, c := range append(subs, req) {
-		c.event(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
-	}
+	commit()
 	d.log.Info("kexec.target queued: waiting for systemd to stop luod", "upgrade", id)
 	<-d.stopping
 	req.closed.Store(true)
