@@ -915,7 +915,8 @@ func blackout(t *testing.T, e env, rel string) (Blackout, bool) {
 	dur := func(key string) time.Duration {
 		m := regexp.MustCompile(` ` + key + `=(\S+)`).FindStringSubmatch(line)
 		if m == nil {
-			t.Fatalf("no %s= in %q", key, line)
+			t.Errorf("no %s= in %q", key, line)
+			return 0
 		}
 		d, err := time.ParseDuration(m[1])
 		if err != nil {
@@ -926,6 +927,7 @@ func blackout(t *testing.T, e env, rel string) (Blackout, bool) {
 	n, _ := strconv.Atoi(regexp.MustCompile(` sessions=(\d+)`).FindStringSubmatch(line + " sessions=0")[1])
 	x := Blackout{From: regexp.MustCompile(`\S+`).FindString(readTrim(filepath.Join(e.share, fmt.Sprintf("boot%d/release", e.stage-1)))),
 		To: rel, Sessions: n, SinceReady: dur("since_ready"), Manifest: dur("manifest"), Sync: dur("sync"),
+		Woke: dur("woke"), Events: dur("events"),
 		Prewritten: strings.Contains(line, " manifest_prewritten=true")}
 	// Nothing changes during the bench's barrier: the pause must have
 	// kept the manifest written before it, or its figure is not the one

@@ -91,6 +91,10 @@ type Blackout struct {
 	SinceReady time.Duration
 	Manifest   time.Duration
 	Sync       time.Duration
+	// Woke is from the last ready to luod's upgrade going on, Events
+	// the committed events sent (the reboot line's woke and events; zero
+	// from a luod that does not log them).
+	Woke, Events time.Duration
 	// Prewritten is the reboot line's manifest_prewritten: the manifest
 	// written before the barrier was still true in the pause.
 	Prewritten bool
@@ -309,10 +313,10 @@ func (r *Results) Markdown() string {
 	}
 
 	p("\n### (c) luod's share of the blackout, from its log\n\n")
-	p("From the last client's ready to the reboot(2) call; the sync(2) in the manifest phase (the kernel flushing every dirty page) apart.\n\n")
-	p("| update | sessions in manifest | last ready → reboot(2) ms | of which sync ms | without sync ms | manifest phase ms | manifest written before the barrier kept |\n|---|---|---|---|---|---|---|\n")
+	p("From the last client's ready to the reboot(2) call; the sync(2) in the manifest phase (the kernel flushing every dirty page) apart. Woke: from the last ready's arrival to luod's upgrade going on; events: the committed events sent (to the subscriber, and to the requester with its progress of the pause).\n\n")
+	p("| update | sessions in manifest | last ready → reboot(2) ms | of which sync ms | without sync ms | manifest phase ms | woke ms | events ms | manifest written before the barrier kept |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Blackout {
-		p("| %s → %s | %d | %s | %s | %s | %s | %v |\n", x.From, x.To, x.Sessions, ms(x.SinceReady), ms(x.Sync), ms(x.Own()), ms(x.Manifest), x.Prewritten)
+		p("| %s → %s | %d | %s | %s | %s | %s | %s | %s | %v |\n", x.From, x.To, x.Sessions, ms(x.SinceReady), ms(x.Sync), ms(x.Own()), ms(x.Manifest), ms(x.Woke), ms(x.Events), x.Prewritten)
 	}
 	return b.String()
 }

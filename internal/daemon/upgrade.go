@@ -152,6 +152,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	progress(proto.PhaseBarrier)
 	t0 := time.Now()
 	subs, passed, why := d.runBarrier(id, req, timeout)
+	woke := time.Since(passed) // the last ready's arrival to this goroutine running on
 	pausing = true
 	// commit tells the subscribers, then the requester with its held
 	// progress events, that luod reboots.
@@ -236,13 +237,17 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		// not an answer.
 		return nil, proto.Errorf(proto.CodeKexecFailed, "luod stopped for the kexec")
 	}
+	tCommit := time.Now()
 	commit()
+	events := time.Since(tCommit)
 	d.metrics.Upgrade(metrics.UpgradeCommitted)
 	// luod's share of the workloads' pause: from the last ready to here,
 	// with the sync(2) of the manifest phase (the kernel's flush of every
-	// dirty page, not luod's work) shown apart.
+	// dirty page, not luod's work) shown apart, and two parts of the rest:
+	// woke, until luod's upgrade went on after the last ready, and events,
+	// the committed events (with the requester's progress).
 	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", append(written, "release", loaded.Release,
-		"since_ready", time.Since(passed), "manifest", manifestTime, "sync", syncTime)...)
+		"since_ready", time.Since(passed), "manifest", manifestTime, "sync", syncTime, "woke", woke, "events", events)...)
 	t0 = time.Now()
 	if err = d.faultReboot("kexec reboot: EIO"); err == nil {
 		err = d.cfg.Kexec.Reboot()
