@@ -22,15 +22,14 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"golang.org/x/sys/unix"
 
+	"github.com/luod/luod/internal/nice"
 	"github.com/luod/luod/pkg/client"
 	"github.com/luod/luod/pkg/metrics"
 	"github.com/luod/luod/pkg/metrics/exporter"
@@ -43,19 +42,19 @@ const askTimeout = 5 * time.Second
 
 func main() {
 	var (
-		addr   = flag.String("web.listen-address", "127.0.0.1:9478", "address to serve the metrics on, unless --web.listen-fd is given")
-		lfd    = flag.Int("web.listen-fd", -1, "fd of a listening TCP socket to serve on (luod passes 4); -1: listen on --web.listen-address")
-		cfd    = flag.Int("web.conn-fd", -1, "fd of a connection accepted on --web.listen-fd, served first (luod passes 5)")
-		nice   = flag.Int("nice", 0, "nice value to take at start, for every thread (luod passes 10: scrapes are not urgent)")
-		path   = flag.String("web.telemetry-path", exporter.DefaultPath, "path of the metrics")
-		fd     = flag.Int("luod.fd", -1, "fd of a connection to luod (luod passes 3); -1: connect to --socket.path")
-		socket = flag.String("socket.path", proto.DefaultSocket, "luod's socket, when not given --luod.fd")
+		addr     = flag.String("web.listen-address", "127.0.0.1:9478", "address to serve the metrics on, unless --web.listen-fd is given")
+		lfd      = flag.Int("web.listen-fd", -1, "fd of a listening TCP socket to serve on (luod passes 4); -1: listen on --web.listen-address")
+		cfd      = flag.Int("web.conn-fd", -1, "fd of a connection accepted on --web.listen-fd, served first (luod passes 5)")
+		niceness = flag.Int("nice", 0, "nice value to take at start, for every thread (luod passes 10: scrapes are not urgent)")
+		path     = flag.String("web.telemetry-path", exporter.DefaultPath, "path of the metrics")
+		fd       = flag.Int("luod.fd", -1, "fd of a connection to luod (luod passes 3); -1: connect to --socket.path")
+		socket   = flag.String("socket.path", proto.DefaultSocket, "luod's socket, when not given --luod.fd")
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("process", "luod-exporter")
-	if *nice != 0 {
-		if err := setNice(*nice); err != nil {
-			log.Warn("cannot lower the exporter's priority", "nice", *nice, "err", err)
+	if *niceness != 0 {
+		if err := nice.Set(*niceness); err != nil {
+			log.Warn("cannot lower the exporter's priority", "nice", *niceness, "err", err)
 		}
 	}
 
@@ -152,27 +151,6 @@ func (l *firstConn) Accept() (net.Conn, error) {
 		return c, nil
 	}
 	return l.Listener.Accept()
-}
-
-// setNice gives every thread of this process the nice value n; threads
-// made later inherit it. On Linux nice is a thread's, and the Go runtime
-// has started threads before main.
-func setNice(n int) error {
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, t := range tasks {
-		tid, err := strconv.Atoi(t.Name())
-		if err != nil {
-			continue
-		}
-		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("thread %d: %w", tid, err))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // fromFD returns a client on the connection luod passed as fd, and
