@@ -46,6 +46,7 @@ func main() {
 	flag.StringVar(&cfg.KHODir, "kho.dir", "/sys/kernel/debug/kho/in", "the incoming KHO handover directory")
 	flag.DurationVar(&cfg.ReclaimGrace, "reclaim.grace", 10*time.Minute, "report sessions still unclaimed this long after boot (they are never finished by luod)")
 	flag.DurationVar(&cfg.UpgradeTimeout, "upgrade.timeout", 30*time.Second, "default time subscribers have to answer ready")
+	flag.IntVar(&cfg.PauseNice, "upgrade.pause-nice", -20, "nice value of luod's threads from an upgrade's barrier to its reboot, if below luod's own")
 	flag.IntVar(&cfg.MaxConnections, "limits.connections", 4096, "concurrent client connections")
 	flag.IntVar(&cfg.MaxSessionsPerUID, "limits.sessions-per-uid", 1024, "sessions one uid may hold")
 	flag.IntVar(&cfg.MaxFilesPerSession, "limits.files-per-session", 4096, "files one session may hold")

@@ -61,6 +61,13 @@ type Config struct {
 	ReclaimGrace time.Duration
 	// UpgradeTimeout is the default barrier timeout.
 	UpgradeTimeout time.Duration
+	// PauseNice, if below luod's own nice value, is the one every luod
+	// thread takes from an upgrade's barrier to its reboot (taking it
+	// needs CAP_SYS_NICE), and gives back when the upgrade ends without
+	// a reboot: in the workloads' pause, luod's work is what they wait
+	// for, and a process it wakes (a client told committed) must not
+	// take luod's CPU before the reboot.
+	PauseNice int
 	// MaxConnections bounds concurrent client connections.
 	MaxConnections int
 	// WriteTimeout bounds every write to a client, so a client that does

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/luod/luod/internal/nice"
 	"github.com/luod/luod/internal/systemd"
 	"github.com/luod/luod/pkg/client"
 	"github.com/luod/luod/pkg/ioctl"
@@ -250,4 +251,63 @@ func storeNames(s *fakeStore) []string {
 		out = append(out, n)
 	}
 	return out
+}
+
+// TestPausePriority: from the barrier to the reboot every luod thread
+// runs at Config.PauseNice, and an upgrade that ends without a reboot
+// gives the old nice value back. (luod runs in the test process here.)
+func TestPausePriority(t *testing.T) {
+	base, err := nice.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nice.Set(base - 1); err != nil {
+		t.Skipf("cannot raise the priority here (no CAP_SYS_NICE): %v", err)
+	}
+	nice.Set(base)
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	defer fake.Close()
+	h := boot(t, dir, fake, false, func(c *Config) { c.PauseNice = base - 5 })
+	c := h.dial()
+	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+	sub := h.dial()
+	if err := sub.Subscribe(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	during := make(chan map[int]int, 1)
+	go func() {
+		for ev := range sub.Events() {
+			if ev.Event == proto.EventPrepare {
+				var p proto.PrepareEvent
+				ev.Decode(&p)
+				during <- threadNices(t)
+				sub.Ready(context.Background(), p.Upgrade)
+			}
+		}
+	}()
+	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for tid, n := range <-during {
+		if n != base-5 {
+			t.Errorf("during the barrier thread %d has nice %d, want %d", tid, n, base-5)
+		}
+	}
+	for tid, n := range threadNices(t) {
+		if n != base {
+			t.Errorf("after the dry run thread %d has nice %d, want %d back", tid, n, base)
+		}
+	}
+}
+
+// threadNices is every thread's nice value.
+func threadNices(t *testing.T) map[int]int {
+	n, err := nice.Threads()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/luod/luod/internal/nice"
 	"github.com/luod/luod/pkg/metrics"
 	"github.com/luod/luod/pkg/proto"
 	"github.com/luod/luod/pkg/session"
@@ -148,7 +149,9 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	// phase, in their pause, only checks that no session changed since.
 	d.prewriteManifest(id)
 
-	// Barrier: every subscriber must answer ready in time.
+	// Barrier: every subscriber must answer ready in time. From here to
+	// the reboot luod's threads run at Config.PauseNice.
+	defer d.raisePriority(id)()
 	progress(proto.PhaseBarrier)
 	t0 := time.Now()
 	subs, passed, why := d.runBarrier(id, req, timeout)
@@ -311,6 +314,27 @@ func (d *Daemon) runBarrier(id string, req *conn, timeout time.Duration) ([]*con
 	}
 	d.log.Debug("barrier passed: every subscriber is ready", "upgrade", id, "clients", len(subs))
 	return subs, b.passed, ""
+}
+
+// raisePriority gives every luod thread Config.PauseNice if that is
+// below luod's own nice value, and returns what gives the old value
+// back. Refused (no CAP_SYS_NICE), luod goes on as it is.
+func (d *Daemon) raisePriority(id string) (restore func()) {
+	base, err := nice.Get()
+	if err != nil || d.cfg.PauseNice >= base {
+		return func() {}
+	}
+	if err := nice.Set(d.cfg.PauseNice); err != nil {
+		d.log.Warn("cannot raise luod's priority for the upgrade; going on without", "upgrade", id,
+			"nice", d.cfg.PauseNice, "err", err)
+		nice.Set(base)
+		return func() {}
+	}
+	return func() {
+		if err := nice.Set(base); err != nil {
+			d.log.Warn("cannot give luod's priority back after the upgrade", "upgrade", id, "nice", base, "err", err)
+		}
+	}
 }
 
 // faultReboot is the test-only switch --test.fault-reboot: it fails the
