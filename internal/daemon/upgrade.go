@@ -113,23 +113,42 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		timeout = d.cfg.UpgradeTimeout
 	}
 	res := &proto.UpgradeResult{Upgrade: id, DryRun: a.DryRun, Phases: map[string]int64{}}
-	// In the workloads' pause (from the barrier passed to the reboot) the
-	// requester's progress events are held and go with committed in one
-	// batch (commit): under TCG each message sent alone is a system call
-	// and may wake the requester onto a vCPU luod needs. However else
-	// the upgrade ends, the deferred flush sends them first, before the
-	// answer.
+	// The workloads' pause (from the barrier passed to the reboot) runs
+	// once an upgrade, and a first run pays for itself: under TCG the
+	// translation of the code, natively the encoders encoding/json builds
+	// for a type at its first use. So what the pause sends is encoded
+	// before it, and its phase times go into the metrics when the upgrade
+	// ends (they are lost with a reboot anyway).
+	events := map[string]*proto.Event{}
+	for _, ph := range []string{proto.PhaseBarrier, proto.PhaseManifest, proto.PhaseReboot} {
+		events[ph], _ = proto.NewEvent(proto.EventProgress, proto.ProgressEvent{Upgrade: id, Phase: ph})
+	}
+	committed, _ := proto.NewEvent(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
+	type phaseTime struct {
+		phase string
+		took  time.Duration
+	}
+	var took []phaseTime
+	observe := func(phase string, t time.Duration) { took = append(took, phaseTime{phase, t}) }
+	defer func() {
+		for _, t := range took {
+			d.metrics.ObservePhase(t.phase, t.took)
+		}
+	}()
+	// In the pause the requester's progress events are held and go with
+	// committed in one batch (commit): each message sent alone is a
+	// system call and may wake the requester onto a vCPU luod needs.
+	// However else the upgrade ends, the deferred flush sends them first,
+	// before the answer. The barrier's goes by the same path (events), so
+	// that path has run once before the pause.
 	var held []*proto.Event
 	pausing := false
 	progress := func(phase string) {
 		d.setPhase(phase)
-		ev, err := proto.NewEvent(proto.EventProgress, proto.ProgressEvent{Upgrade: id, Phase: phase})
-		switch {
-		case err != nil:
-		case pausing:
-			held = append(held, ev)
-		default:
-			req.send(ev)
+		if pausing {
+			held = append(held, events[phase])
+		} else {
+			req.events([]*proto.Event{events[phase]})
 		}
 	}
 	flush := func(more ...*proto.Event) {
@@ -160,17 +179,13 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	// commit tells the subscribers, then the requester with its held
 	// progress events, that luod reboots.
 	commit := func() {
-		committed, err := proto.NewEvent(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
-		if err != nil {
-			return
-		}
 		for _, c := range subs {
-			c.send(committed)
+			c.events([]*proto.Event{committed})
 		}
 		flush(committed)
 	}
 	res.Phases[proto.PhaseBarrier] = time.Since(t0).Milliseconds()
-	d.metrics.ObservePhase(proto.PhaseBarrier, time.Since(t0))
+	observe(proto.PhaseBarrier, time.Since(t0))
 	abort := func(reason string) {
 		d.custody.DiscardManifest()
 		for _, c := range subs {
@@ -191,7 +206,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	t0 = time.Now()
 	w, unfreeze, err := d.writeManifest()
 	if err != nil {
-		d.metrics.ObservePhase(proto.PhaseManifest, time.Since(t0))
+		observe(proto.PhaseManifest, time.Since(t0))
 		d.metrics.Upgrade(metrics.UpgradeFailed)
 		abort("writing the manifest failed: " + err.Error())
 		return nil, err
@@ -201,7 +216,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	syncTime := time.Since(tSync)
 	manifestTime := time.Since(t0)
 	res.Phases[proto.PhaseManifest] = manifestTime.Milliseconds()
-	d.metrics.ObservePhase(proto.PhaseManifest, manifestTime)
+	observe(proto.PhaseManifest, manifestTime)
 	// What the pause did goes into one line at its end (reboot, dry run,
 	// kexec.target), not a line a step: each is a write luod's share of
 	// the pause waits for.
@@ -242,7 +257,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	}
 	tCommit := time.Now()
 	commit()
-	events := time.Since(tCommit)
+	sent := time.Since(tCommit)
 	d.metrics.Upgrade(metrics.UpgradeCommitted)
 	// luod's share of the workloads' pause: from the last ready to here,
 	// with the sync(2) of the manifest phase (the kernel's flush of every
@@ -250,13 +265,13 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	// woke, until luod's upgrade went on after the last ready, and events,
 	// the committed events (with the requester's progress).
 	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", append(written, "release", loaded.Release,
-		"since_ready", time.Since(passed), "manifest", manifestTime, "sync", syncTime, "woke", woke, "events", events)...)
+		"since_ready", time.Since(passed), "manifest", manifestTime, "sync", syncTime, "woke", woke, "events", sent)...)
 	t0 = time.Now()
 	if err = d.faultReboot("kexec reboot: EIO"); err == nil {
 		err = d.cfg.Kexec.Reboot()
 	}
 	res.Phases[proto.PhaseReboot] = time.Since(t0).Milliseconds()
-	d.metrics.ObservePhase(proto.PhaseReboot, time.Since(t0))
+	observe(proto.PhaseReboot, time.Since(t0))
 	return fail("reboot", err)
 }
 
