@@ -197,6 +197,18 @@ case "$stage" in
 	out=$(luoctl --timeout 600s load "$next/vmlinuz" --initrd "$share/initrd.img" --cmdline "$cmdline" 2>&1) && rc=0 || rc=$?
 	echo "$out" | indent
 	[ $rc = 0 ] || die "luoctl load exited $rc"
+	# A dry run: luod raises its threads to nice -20 for the barrier and
+	# the pause (LimitNICE= in the unit allows it without CAP_SYS_NICE)
+	# and gives them nice 0 back after.
+	say "luoctl upgrade --dry-run: luod's priority raised for the pause, then given back"
+	luoctl upgrade --dry-run --timeout 60s 2>&1 | indent
+	if journalctl -b -u luod --no-pager -o cat 2>/dev/null | grep "luod's priority"; then
+		die "luod could not raise or give back its priority under luod.service"
+	fi
+	pid=$(systemctl show -p MainPID --value luod)
+	nices=$(for s in /proc/"$pid"/task/*/stat; do sed 's/.*) //' "$s" | cut -d' ' -f17; done | sort -u | tr '\n' ' ')
+	[ "$nices" = "0 " ] || die "luod's threads after the dry run have nice values: $nices (want 0)"
+	vm "LUOD-VM-SUITE: PASS stage=1 $suite/pause-priority-given-back"
 	evidence
 	vm "LUOD-VM: stage=1 upgrading at uptime=$(cut -d' ' -f1 /proc/uptime)s path=$path"
 	sync
