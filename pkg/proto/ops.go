@@ -287,7 +287,8 @@ const FileListBudget = MaxMessageSize - 512
 // JSON and a comma, the label counted at its escaped bound (a byte
 // encoding/json may escape, \u003c or \ufffd, counts 6).
 func (f FileInfo) ListedBytes() int {
-	n := len(`{"token":,"size":},`) + len(strconv.FormatUint(f.Token, 10)) + len(strconv.FormatInt(f.Size, 10))
+	var buf [20]byte
+	n := len(`{"token":,"size":},`) + len(strconv.AppendUint(buf[:0], f.Token, 10)) + len(strconv.AppendInt(buf[:0], f.Size, 10))
 	if f.Label != "" {
 		n += len(`,"label":""`)
 		for i := 0; i < len(f.Label); i++ {
