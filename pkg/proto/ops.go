@@ -3,6 +3,7 @@ package proto
 import (
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // Session states, SessionInfo.State.
@@ -284,21 +285,36 @@ type FileInfo struct {
 const FileListBudget = MaxMessageSize - 512
 
 // ListedBytes bounds the bytes f takes in an answer's list of files: its
-// JSON and a comma, the label counted at its escaped bound (a byte
-// encoding/json may escape, \u003c or \ufffd, counts 6).
+// JSON and a comma, exact but for the label, counted as encoding/json may
+// write it at most: a byte it may escape (<, >, &, ", \, a control
+// byte) as 6 (\u003c), an invalid UTF-8 byte as 6 (\ufffd), U+2028 and
+// U+2029 as 6, any other character as its bytes.
 func (f FileInfo) ListedBytes() int {
 	var buf [20]byte
 	n := len(`{"token":,"size":},`) + len(strconv.AppendUint(buf[:0], f.Token, 10)) + len(strconv.AppendInt(buf[:0], f.Size, 10))
-	if f.Label != "" {
-		n += len(`,"label":""`)
-		for i := 0; i < len(f.Label); i++ {
-			switch c := f.Label[i]; {
-			case c < 0x20, c >= 0x80, c == '"', c == '\\', c == '<', c == '>', c == '&':
+	if f.Label == "" {
+		return n
+	}
+	n += len(`,"label":""`)
+	for i := 0; i < len(f.Label); {
+		c := f.Label[i]
+		if c < utf8.RuneSelf {
+			if c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
 				n += 6
-			default:
+			} else {
 				n++
 			}
+			i++
+			continue
 		}
+		r, size := utf8.DecodeRuneInString(f.Label[i:])
+		switch {
+		case r == utf8.RuneError && size == 1, r == '\u2028', r == '\u2029':
+			n += 6
+		default:
+			n += size
+		}
+		i += size
 	}
 	return n
 }
