@@ -49,7 +49,7 @@ func main() {
 	flag.IntVar(&cfg.PauseNice, "upgrade.pause-nice", -20, "nice value of luod's threads from an upgrade's barrier to its reboot, if below luod's own")
 	flag.IntVar(&cfg.MaxConnections, "limits.connections", 4096, "concurrent client connections")
 	flag.IntVar(&cfg.MaxSessionsPerUID, "limits.sessions-per-uid", 1024, "sessions one uid may hold")
-	flag.IntVar(&cfg.MaxFilesPerSession, "limits.files-per-session", 4096, "files one session may hold")
+	flag.IntVar(&cfg.MaxFilesPerSession, "limits.files-per-session", 4096, "files one session may hold (its file list must also fit one answer: about 1300 files of short labels)")
 	flag.StringVar(&cfg.UpgradePath, "upgrade.path", daemon.PathAuto, "how an upgrade reaches the new kernel: auto (orderly under systemd >= 261, else direct), direct (luod calls reboot(2)) or orderly (systemd's kexec.target)")
 	flag.DurationVar(&cfg.DeviceRetry, "device.retry", 30*time.Second, "how long to retry opening a device another process holds")
 	flag.Parse()

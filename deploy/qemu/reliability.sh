@@ -57,7 +57,7 @@ EOT
 | fds per packet | 253 (`proto.MaxFDs`, the kernel's SCM_MAX_FD) | `pkg/proto` on receive | `bad_request`, every fd closed |
 | sessions per uid | 1024 (`--limits.sessions-per-uid`) | `pkg/session` | `limit` |
 | files per session | 4096 (`--limits.files-per-session`) | `pkg/session` | `limit` |
-| a session's file list | what one answer can list: 65024 bytes (`proto.FileListBudget`, about 1000 files of short labels), so that reclaim and retrieve_session can hand the session back | `pkg/session` on preserve and declare | `limit` naming the token |
+| a session's file list | what one answer can list: 65024 bytes (`proto.FileListBudget`, about 1300 files of short labels), so that reclaim and retrieve_session can hand the session back | `pkg/session` on preserve and declare | `limit` naming the token |
 | files one reclaim answer carries | 253 fds and 64 KiB; a session past either (made by an older luod) | `internal/daemon` before anything is retrieved | `limit`, the session untouched; pkg/client then takes it through its own fd |
 | concurrent connections | 4096 (`--limits.connections`) | `internal/daemon` accept loop | `limit`, then the connection is closed |
 | writes to a client | 5 s each (`Config.WriteTimeout`) | `internal/daemon` | the write fails; other clients are not held up |

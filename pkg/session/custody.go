@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math"
 	"os"
 	"slices"
 	"strings"
@@ -410,7 +409,7 @@ func (c *Custody) create(caller Caller, name string, labels map[string]string, f
 		err = kernelError("CREATE_SESSION", name, 0, false, err)
 	} else {
 		if len(files) > 0 {
-			if done, err = c.preserve(h, name, files); err != nil {
+			if done, err = c.preserve(h, name, files, proto.FileListBudget, 0); err != nil {
 				var se *Error
 				if errors.As(err, &se) {
 					se.Err = fmt.Errorf("%w; session creation undone: luod closed the new session, and the kernel dropped it with every file preserved into it", se.Err)
@@ -486,15 +485,16 @@ func (c *Custody) Preserve(caller Caller, name string, files []PreserveFile) ([]
 		}
 	}
 	var h Handle
+	var left, have int
 	if err == nil {
-		h = e.h
+		h, left, have = e.h, listLeft(e), len(e.s.Files)
 	}
 	c.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
 
-	done, err := c.preserve(h, name, files)
+	done, err := c.preserve(h, name, files, left, have)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -516,22 +516,11 @@ func (c *Custody) checkNewFiles(e *entry, n int, at func(i int) (uint64, string)
 	if have := len(e.s.Files); have+n > c.cfg.MaxFilesPerSession {
 		return errorf(CodeLimit, name, "session has %d files, %d more would pass the limit of %d", have, n, c.cfg.MaxFilesPerSession)
 	}
-	// Every session must fit the answer that hands it back.
-	listed := 0
-	for _, f := range e.s.Files {
-		listed += proto.FileInfo{Token: f.Token, Label: f.Label, Size: f.Size}.ListedBytes()
-	}
 	seen := make(map[uint64]struct{}, n)
 	for i := range n {
 		tok, label := at(i)
 		if code, why := fileLabelProblem(label); code != "" {
 			return tokenErrorf(code, name, tok, "%s", why)
-		}
-		// The size is not known yet: counted at its longest.
-		if listed += (proto.FileInfo{Token: tok, Label: label, Size: math.MaxInt64}).ListedBytes(); listed > proto.FileListBudget {
-			return tokenErrorf(CodeLimit, name, tok,
-				"the session's files would take over %d bytes listed, more than the answer that hands the session back carries: %d files of these labels are too many for one session",
-				proto.FileListBudget, len(e.s.Files)+i+1)
 		}
 		if _, dup := e.tokens[tok]; dup {
 			return tokenErrorf(CodeExists, name, tok, "token is already used in this session")
@@ -544,10 +533,42 @@ func (c *Custody) checkNewFiles(e *entry, n int, at func(i int) (uint64, string)
 	return nil
 }
 
+// listLeft is what proto.FileListBudget leaves after e's files: every
+// session must fit the answer that hands it back (reclaim,
+// retrieve_session), or it could be preserved and never retrieved. c.mu
+// is held, or e is busy.
+func listLeft(e *entry) int {
+	n := proto.FileListBudget
+	for _, f := range e.s.Files {
+		n -= listedBytes(f)
+	}
+	return n
+}
+
+func listedBytes(f File) int {
+	return proto.FileInfo{Token: f.Token, Label: f.Label, Size: f.Size}.ListedBytes()
+}
+
+// fitList refuses new files past left bytes listed, naming the first
+// that does not fit; the session has files already.
+func fitList(name string, left, files int, add []File) error {
+	for i, f := range add {
+		if left -= listedBytes(f); left < 0 {
+			return tokenErrorf(CodeLimit, name, f.Token,
+				"the session's file list would pass the %d bytes one answer can list, and the session could not be handed back: %d files of these labels and sizes are too many for one session",
+				proto.FileListBudget, files+i+1)
+		}
+	}
+	return nil
+}
+
 // preserve runs the ioctls of Preserve, unlocked; see Preserve.
-func (c *Custody) preserve(h Handle, name string, files []PreserveFile) ([]File, error) {
+// left and have are listLeft and the number of files of the session
+// before these: files past what an answer can list are refused before
+// any ioctl.
+func (c *Custody) preserve(h Handle, name string, files []PreserveFile, left, have int) ([]File, error) {
 	type inode struct{ dev, ino uint64 }
-	sizes := make([]int64, len(files))
+	add := make([]File, len(files))
 	var seen map[inode]int
 	if len(files) > 1 {
 		seen = make(map[inode]int, len(files))
@@ -561,7 +582,7 @@ func (c *Custody) preserve(h Handle, name string, files []PreserveFile) ([]File,
 		if err := unix.Fstat(pf.FD, &st); err != nil {
 			return nil, tokenErrorf(CodeBadFD, name, pf.Token, "cannot stat the file: %w", err)
 		}
-		sizes[i] = st.Size
+		add[i] = File{Token: pf.Token, Label: pf.Label, Size: st.Size}
 		if seen != nil {
 			k := inode{uint64(st.Dev), st.Ino}
 			if j, dup := seen[k]; dup {
@@ -569,6 +590,9 @@ func (c *Custody) preserve(h Handle, name string, files []PreserveFile) ([]File,
 			}
 			seen[k] = i
 		}
+	}
+	if err := fitList(name, left, have, add); err != nil {
+		return nil, err
 	}
 	done := make([]File, 0, len(files))
 	for i, pf := range files {
@@ -582,7 +606,7 @@ func (c *Custody) preserve(h Handle, name string, files []PreserveFile) ([]File,
 			}
 			return done, e
 		}
-		done = append(done, File{Token: pf.Token, Label: pf.Label, Size: sizes[i]})
+		done = append(done, add[i])
 	}
 	return done, nil
 }
@@ -626,8 +650,15 @@ func (c *Custody) Declare(caller Caller, name string, files []FileDecl) error {
 	if err := c.checkNewFiles(e, len(files), func(i int) (uint64, string) { return files[i].Token, files[i].Label }); err != nil {
 		return err
 	}
-	for _, f := range files {
-		e.s.Files = append(e.s.Files, File{Token: f.Token, Label: f.Label})
+	add := make([]File, len(files))
+	for i, f := range files {
+		add[i] = File{Token: f.Token, Label: f.Label}
+	}
+	if err := fitList(name, listLeft(e), len(e.s.Files), add); err != nil {
+		return err
+	}
+	for _, f := range add {
+		e.s.Files = append(e.s.Files, f)
 		e.tokens[f.Token] = struct{}{}
 	}
 	return nil

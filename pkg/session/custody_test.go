@@ -8,11 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/luod/luod/pkg/ioctl"
+	"github.com/luod/luod/pkg/proto"
 	"golang.org/x/sys/unix"
 )
 
@@ -1000,5 +1002,53 @@ func TestCreateMany(t *testing.T) {
 	}
 	if err := h.c.Delete(alice, "vm-c"); err != nil {
 		t.Fatalf("delete after CreateMany: %v", err)
+	}
+}
+
+// TestFileListBudget: a session's files must fit the answer that hands it
+// back. Preserve and Declare refuse, before any ioctl, the files past
+// proto.FileListBudget bytes listed, counted with their real sizes, so a
+// batch split in two reaches the same limit as one.
+func TestFileListBudget(t *testing.T) {
+	h := newHost(t, Config{})
+	label := strings.Repeat("l", 200)
+	perFile := proto.FileInfo{Token: 100, Label: label, Size: 3}.ListedBytes()
+	fit := proto.FileListBudget / perFile // files of 3 bytes that fit, tokens of 3 digits
+	files := func(from, n int) []PreserveFile {
+		out := make([]PreserveFile, n)
+		for i := range out {
+			out[i] = PreserveFile{FD: fdOf(memfd(t, []byte("ram"))), Token: uint64(100 + from + i), Label: label}
+		}
+		return out
+	}
+	// One batch past the budget: refused, nothing created.
+	_, _, _, err := h.c.CreateWith(alice, "vm-one", nil, files(0, fit+1), CreateOptions{})
+	wantCode(t, err, CodeLimit)
+	mentions(t, err, "too many for one session")
+	if _, ok := h.kernelSession("vm-one"); ok {
+		t.Fatal("the kernel kept vm-one")
+	}
+	// The same in two batches: the second is refused whole, the first stays.
+	mustCreate(t, h.c, alice, "vm-two").Close()
+	if _, err := h.c.Preserve(alice, "vm-two", files(0, fit-5)); err != nil {
+		t.Fatal(err)
+	}
+	done, err := h.c.Preserve(alice, "vm-two", files(fit-5, 6))
+	wantCode(t, err, CodeLimit)
+	if ks, _ := h.kernelSession("vm-two"); len(done) != 0 || len(ks.Tokens) != fit-5 {
+		t.Fatalf("after the refused batch: %d preserved by it, the kernel holds %d files; want 0 and %d", len(done), len(ks.Tokens), fit-5)
+	}
+	if _, err := h.c.Preserve(alice, "vm-two", files(fit-5, 5)); err != nil {
+		t.Fatalf("the files that fit: %v", err)
+	}
+	// Declare counts the same way (sizes 0).
+	mustCreate(t, h.c, alice, "vm-decl").Close()
+	decl := make([]FileDecl, 2*fit)
+	for i := range decl {
+		decl[i] = FileDecl{Token: uint64(100 + i), Label: label}
+	}
+	wantCode(t, h.c.Declare(alice, "vm-decl", decl), CodeLimit)
+	if s, _ := h.c.Get(alice, "vm-decl"); len(s.Files) != 0 {
+		t.Fatalf("a refused declare recorded %d files", len(s.Files))
 	}
 }
