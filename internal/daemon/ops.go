@@ -269,10 +269,17 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 		if len(res.Sessions) > 0 && (len(fds)+n > proto.MaxFDs || size > budget) {
 			break
 		}
-		if n > proto.MaxFDs || size > budget {
+		if size > proto.MaxMessageSize-answerEnvelope {
+			// Only an older luod made such a session: it refused none.
 			err = proto.Errorf(proto.CodeLimit,
-				"session %q does not fit one answer (%d files, at most %d fds; about %d bytes, at most %d): take its fd with retrieve_session, retrieve each file with RETRIEVE_FD, then finish_session",
-				name, n, proto.MaxFDs, size, budget)
+				"session %q lists more files than one answer holds (about %d bytes, at most %d): luod cannot hand it back, nothing of it was retrieved or finished, and its files stay preserved until it is deleted",
+				name, size, proto.MaxMessageSize-answerEnvelope)
+			break
+		}
+		if n > proto.MaxFDs {
+			err = proto.Errorf(proto.CodeLimit,
+				"session %q has more files than one answer carries (%d, at most %d fds): nothing of it was retrieved or finished; take its fd with retrieve_session, retrieve each file with RETRIEVE_FD, then finish_session",
+				name, n, proto.MaxFDs)
 			break
 		}
 		var r session.Reclaimed

@@ -105,7 +105,7 @@ func TestReclaimClosesEveryFD(t *testing.T) {
 			{proto.OpReclaimSessions, proto.ReclaimSessionsArgs{Names: []string{name}, Finish: true}},
 		} {
 			resp := raw.req(op.name, op.args)
-			if resp.OK || resp.Error.Code != proto.CodeLimit || !strings.Contains(resp.Error.Message, "does not fit one answer") ||
+			if resp.OK || resp.Error.Code != proto.CodeLimit || !strings.Contains(resp.Error.Message, "more files than one answer carries") ||
 				!strings.Contains(resp.Error.Message, "retrieve_session") {
 				t.Fatalf("%s of %s = %+v, want a limit error naming retrieve_session", op.name, name, resp.Error)
 			}

@@ -556,7 +556,7 @@ func (c *Client) Reclaim(ctx context.Context, name string, finish bool) ([]Recla
 	var res proto.ReclaimResult
 	files, err := c.do(ctx, proto.OpReclaim, proto.ReclaimArgs{Name: name, Finish: finish}, nil, &res, -1)
 	if errors.Is(err, proto.ErrLimit) {
-		return c.reclaimLarge(ctx, name, finish)
+		return c.reclaimLarge(ctx, name, finish, err)
 	}
 	if err != nil {
 		return nil, err
@@ -573,13 +573,16 @@ func (c *Client) Reclaim(ctx context.Context, name string, finish bool) ([]Recla
 }
 
 // reclaimLarge is Reclaim of a session whose files do not fit one answer
-// (luod refuses reclaim with limit, untouched): the session's fd from
-// retrieve_session, RETRIEVE_FD of each file through it, then, with
-// finish, finish_session.
-func (c *Client) reclaimLarge(ctx context.Context, name string, finish bool) ([]ReclaimedFile, error) {
+// (luod refused reclaim with limit, untouched: refused is that error):
+// the session's fd from retrieve_session, RETRIEVE_FD of each file
+// through it, then, with finish, finish_session. If that fails too, the
+// error holds both. A RETRIEVE_FD that fails leaves the session claimed
+// (retrieve_session did that), its files still preserved: Reclaim may
+// be tried again.
+func (c *Client) reclaimLarge(ctx context.Context, name string, finish bool, refused error) ([]ReclaimedFile, error) {
 	s, err := c.RetrieveSession(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w; and through the session's fd: %w", refused, err)
 	}
 	defer s.Close()
 	out := make([]ReclaimedFile, 0, len(s.Files))
@@ -589,7 +592,7 @@ func (c *Client) reclaimLarge(ctx context.Context, name string, finish bool) ([]
 			for _, r := range out {
 				r.File.Close()
 			}
-			return nil, fmt.Errorf("luod reclaim of session %q, file by file: %w", name, err)
+			return nil, fmt.Errorf("%w; and through the session's fd: %w", refused, err)
 		}
 		out = append(out, ReclaimedFile{Token: fi.Token, Label: fi.Label, Size: fi.Size, File: f})
 	}
@@ -644,7 +647,10 @@ func (c *Client) ReclaimSessions(ctx context.Context, names []string, finish boo
 			break
 		}
 		if errors.Is(err, proto.ErrLimit) { // names[done] has too many files for an answer
-			if err := one(done, c.reclaimLarge); err != nil {
+			refused := err
+			if err := one(done, func(ctx context.Context, name string, finish bool) ([]ReclaimedFile, error) {
+				return c.reclaimLarge(ctx, name, finish, refused)
+			}); err != nil {
 				return got, err
 			}
 			done++
