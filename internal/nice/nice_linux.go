@@ -27,21 +27,31 @@ func Get() (int, error) {
 
 // Set gives every thread of this process the nice value n; threads made
 // later inherit it from whichever thread makes them. Lowering it (a
-// higher priority) takes CAP_SYS_NICE or RLIMIT_NICE. A thread that
-// exits meanwhile is passed over.
+// higher priority) takes CAP_SYS_NICE or RLIMIT_NICE. A thread made while
+// Set runs, by a thread not yet changed, would keep the old value, so
+// Set goes over the threads again until a pass finds none new. A thread
+// that exits meanwhile is passed over.
 func Set(n int) error {
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
+	done := map[int]bool{}
 	var errs []error
-	for _, t := range tasks {
-		tid, err := strconv.Atoi(t.Name())
+	for pass := 0; pass < 16; pass++ {
+		tasks, err := os.ReadDir("/proc/self/task")
 		if err != nil {
-			continue
+			return err
 		}
-		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("thread %d: %w", tid, err))
+		fresh := false
+		for _, t := range tasks {
+			tid, err := strconv.Atoi(t.Name())
+			if err != nil || done[tid] {
+				continue
+			}
+			done[tid], fresh = true, true
+			if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("thread %d: %w", tid, err))
+			}
+		}
+		if !fresh {
+			break
 		}
 	}
 	return errors.Join(errs...)
