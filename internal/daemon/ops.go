@@ -158,9 +158,9 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		}
 		// A session from an older luod may list more than an answer
 		// holds: refused before it is handed over.
-		if s, err := d.custody.Get(caller, a.Name); err == nil && answerSize(s) > proto.MaxMessageSize-answerEnvelope {
+		if _, listed := d.custody.Listed(caller, a.Name); answerSize(a.Name, listed) > maxAnswer {
 			return nil, nil, proto.Errorf(proto.CodeLimit, "session %q lists more files than an answer holds (about %d bytes, at most %d)",
-				a.Name, answerSize(s), proto.MaxMessageSize-answerEnvelope)
+				a.Name, answerSize(a.Name, listed), maxAnswer)
 		}
 		s, dup, err := d.custody.RetrieveForClient(caller, a.Name)
 		if err != nil {
@@ -259,21 +259,18 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 	var res proto.ReclaimSessionsResult
 	var fds fdList
 	var err error
-	budget := proto.MaxMessageSize - answerEnvelope
+	budget := maxAnswer
 	for _, name := range names {
-		s, gerr := d.custody.Get(caller, name)
-		n, size := len(s.Files), 0
-		if gerr == nil {
-			size = answerSize(s)
-		}
+		n, listed := d.custody.Listed(caller, name)
+		size := answerSize(name, listed)
 		if len(res.Sessions) > 0 && (len(fds)+n > proto.MaxFDs || size > budget) {
 			break
 		}
-		if size > proto.MaxMessageSize-answerEnvelope {
+		if size > maxAnswer {
 			// Only an older luod made such a session: it refused none.
 			err = proto.Errorf(proto.CodeLimit,
 				"session %q lists more files than one answer holds (about %d bytes, at most %d): luod cannot hand it back, nothing of it was retrieved or finished, and its files stay preserved until it is deleted",
-				name, size, proto.MaxMessageSize-answerEnvelope)
+				name, size, maxAnswer)
 			break
 		}
 		if n > proto.MaxFDs {
@@ -310,21 +307,18 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 }
 
 // answerEnvelope bounds a response's bytes around its result:
-// {"v":1,"id":…,"ok":true,"result":{"sessions":[…]}}.
-const answerEnvelope = 256
+// {"v":1,"id":…,"ok":true,"result":{"sessions":[…]}}; maxAnswer is what
+// is left of a message for the result.
+const (
+	answerEnvelope = 256
+	maxAnswer      = proto.MaxMessageSize - answerEnvelope
+)
 
-// answerSize bounds the bytes session s adds to a reclaim answer, its
-// files listed as they are known before the reclaim (the sizes recorded
-// at preserve: Custody.Reclaim does not change them):
+// answerSize bounds the bytes a session called name whose files take
+// listed bytes (Custody.Listed) adds to a reclaim answer:
 // {"name":"…","files":[…],"finished":false}, (a session name needs no
 // escape).
-func answerSize(s session.Session) int {
-	n := 40 + len(s.Name)
-	for _, f := range fileInfos(s.Files) {
-		n += f.ListedBytes()
-	}
-	return n
-}
+func answerSize(name string, listed int) int { return 40 + len(name) + listed }
 
 // preserve preserves the received files into session name, each with
 // the token and label its spec (same index) gives.
@@ -456,7 +450,7 @@ func fitAnswer(res *proto.CreateSessionsResult) {
 				}
 			}
 		}
-		if b, err := json.Marshal(res); err == nil && len(b)+answerEnvelope <= proto.MaxMessageSize {
+		if b, err := json.Marshal(res); err == nil && len(b) <= maxAnswer {
 			return
 		}
 	}

@@ -537,10 +537,13 @@ func (c *Custody) checkNewFiles(e *entry, n int, at func(i int) (uint64, string)
 // session must fit the answer that hands it back (reclaim,
 // retrieve_session), or it could be preserved and never retrieved. c.mu
 // is held, or e is busy.
-func listLeft(e *entry) int {
-	n := proto.FileListBudget
+func listLeft(e *entry) int { return proto.FileListBudget - listed(e) }
+
+// listed is the bytes e's files take listed in an answer.
+func listed(e *entry) int {
+	n := 0
 	for _, f := range e.s.Files {
-		n -= listedBytes(f)
+		n += listedBytes(f)
 	}
 	return n
 }
@@ -782,15 +785,17 @@ func handedOver(e *entry) error {
 	}
 }
 
-// FileCount is how many files Reclaim of the caller's session name would
-// hand back now; 0 for a session the caller cannot see.
-func (c *Custody) FileCount(caller Caller, name string) int {
+// Listed is how many files Reclaim of the caller's session name would
+// hand back now and the bytes their list takes in an answer
+// (proto.FileInfo.ListedBytes); zeros for a session the caller cannot
+// see. The sizes listed are those recorded: Reclaim does not change them.
+func (c *Custody) Listed(caller Caller, name string) (files, bytes int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e := c.byName[name]; e != nil && caller.sees(e.s.UID) {
-		return len(e.s.Files)
+		return len(e.s.Files), listed(e)
 	}
-	return 0
+	return 0, 0
 }
 
 // Reclaimed is what Reclaim hands back.
