@@ -41,33 +41,31 @@ var recordFDName = systemd.FDName(systemd.KindManifest, "")
 
 func sessionFDName(name string) string { return systemd.FDName(systemd.KindSession, name) }
 
-// storeSession puts a duplicate of a session fd into the fd store.
-func (d *Daemon) storeSession(name string, f *os.File) {
-	d.storeSessions([]string{name}, []*os.File{f})
-}
-
 // storeSessions puts duplicates of session fds (names[i], fds[i]) into
-// the fd store in one batch, logging what it could not store.
+// the fd store in one batch, logging what it could not store: the
+// custody's KeepFunc for new sessions.
 func (d *Daemon) storeSessions(names []string, fds []*os.File) {
-	if d.cfg.FDStore == nil {
-		return
-	}
-	files := make([]systemd.NamedFile, len(names))
-	for i, name := range names {
-		files[i] = systemd.NamedFile{Name: sessionFDName(name), File: fds[i]}
-	}
-	if sent, err := d.cfg.FDStore.StoreFDs(files); err != nil {
+	err := d.storeSessionFiles(func(fn func(string, *os.File)) {
+		for i, name := range names {
+			fn(name, fds[i])
+		}
+	})
+	if err != nil {
 		d.log.Error("cannot put session fds into systemd's fd store: a crash of luod would lose the sessions",
-			"sessions", len(names)-sent, "first", names[sent], "err", err)
+			"sessions", len(names), "first", names[0], "err", err)
 	}
 }
 
-// storeSessionFiles puts the fds of the named sessions' files (fn yields
-// them; custody.EachFile or EachFileIn) into the fd store in one batch,
-// and returns the first error. Only while no request
-// runs (recovery before READY, the orderly path's pause under the freeze):
-// the files are used after fn's lock is released.
+// storeSessionFiles puts the session fds each yields (custody.EachFile or
+// EachFileIn, for sessions luod holds) into the fd store in one batch,
+// and returns the first error; without a store it does nothing. The
+// files are used after each's lock is released: only for sessions no
+// request can close meanwhile (new ones still busy, recovery before
+// READY, the orderly path's pause under the freeze).
 func (d *Daemon) storeSessionFiles(each func(fn func(name string, f *os.File))) error {
+	if d.cfg.FDStore == nil {
+		return nil
+	}
 	var files []systemd.NamedFile
 	each(func(name string, f *os.File) {
 		files = append(files, systemd.NamedFile{Name: sessionFDName(name), File: f})

@@ -346,7 +346,7 @@ func preserveFiles(specs []proto.FileSpec, files []int) []session.PreserveFile {
 // it, so a delete's removal cannot overtake the store.
 func (d *Daemon) createSession(caller session.Caller, cred *unix.Ucred, a proto.CreateSessionArgs, files []int) (any, attached, error) {
 	s, done, dup, err := d.custody.CreateWith(caller, a.Name, a.Labels, preserveFiles(a.Files, files),
-		session.CreateOptions{Dup: true, Keep: d.storeSession})
+		session.CreateOptions{Dup: true, Keep: d.storeSessions})
 	if err != nil {
 		return nil, nil, err
 	}

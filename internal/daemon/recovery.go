@@ -163,12 +163,9 @@ func (d *Daemon) recover() error {
 	t0 = time.Now()
 	d.setRecovery(r)
 	d.saveBootState()
-	if d.cfg.FDStore != nil {
-		err := d.storeSessionFiles(func(fn func(string, *os.File)) { d.custody.EachFile(rep.Recovered, fn) })
-		if err != nil {
-			d.log.Error("cannot put the recovered sessions' fds into systemd's fd store: a crash of luod would lose them",
-				"err", err)
-		}
+	if err := d.storeSessionFiles(func(fn func(string, *os.File)) { d.custody.EachFile(rep.Recovered, fn) }); err != nil {
+		d.log.Error("cannot put the recovered sessions' fds into systemd's fd store: a crash of luod would lose them",
+			"err", err)
 	}
 	d.storeRecord()
 	tStore := time.Since(t0)

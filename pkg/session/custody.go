@@ -271,15 +271,20 @@ type CreateOptions struct {
 	// Dup returns a duplicate of the session fd for the client, as Create
 	// does; without, luod's fd is the only one.
 	Dup bool
-	// Keep, if not nil, is called with the new session's name and luod's
-	// own fd of it once the files are in, while the session is still busy
-	// to every other operation: luod puts the fd into systemd's fd store
-	// there, so that no delete can come between and leave the store with
-	// a session luod forgot. It runs without the Custody's lock (any
-	// operation on this session meanwhile is refused busy) and must not
-	// close or keep f (the store takes its own copy).
-	Keep func(name string, f *os.File)
+	// Keep, if not nil, is given the new session once its files are in
+	// (see KeepFunc).
+	Keep KeepFunc
 }
+
+// KeepFunc is given new sessions, names[i] with luod's own fd fds[i],
+// once their files are in and while they are still busy to every other
+// operation and not yet listed: luod puts the fds into systemd's fd store
+// there, so that no delete can come between and leave the store with a
+// session luod forgot. It runs without the Custody's lock (any operation
+// on these sessions meanwhile is refused busy; an upgrade's freeze waits
+// for it) and must not close or keep the fds (the store takes its own
+// copies).
+type KeepFunc func(names []string, fds []*os.File)
 
 // CreateWith is Create that also preserves files into the new session, as
 // Preserve does, all or nothing: the session is busy to every other
@@ -297,10 +302,7 @@ func (c *Custody) CreateWith(caller Caller, name string, labels map[string]strin
 	if err != nil {
 		return Session{}, nil, nil, err
 	}
-	if opt.Keep != nil {
-		opt.Keep(name, e.h.File()) // still busy: no delete before it
-	}
-	return c.release([]*entry{e})[0], done, cdup, nil
+	return c.keep([]*entry{e}, opt.Keep)[0], done, cdup, nil
 }
 
 // NewSession is one session for CreateMany: its name, labels and the
@@ -320,14 +322,9 @@ type Created struct {
 }
 
 // CreateMany is CreateWith (without Dup) of each session of ns, in order,
-// each all or nothing on its own. keep, if not nil, is called once with
-// every session created (names[i] and luod's own fd fds[i]) while all of
-// them are still busy to every other operation and not yet listed: luod
-// puts their fds into systemd's fd store there in one batch, so that no
-// delete can come between and leave the store with a session luod forgot.
-// It runs without the Custody's lock and must not close or keep the fds.
-// An upgrade's freeze waits for it, as for any operation.
-func (c *Custody) CreateMany(caller Caller, ns []NewSession, keep func(names []string, fds []*os.File)) []Created {
+// each all or nothing on its own; keep, if not nil, is given every session
+// created at once (luod stores them all with one batch).
+func (c *Custody) CreateMany(caller Caller, ns []NewSession, keep KeepFunc) []Created {
 	out := make([]Created, len(ns))
 	held := make([]*entry, 0, len(ns))
 	at := make([]int, 0, len(ns))
@@ -338,17 +335,7 @@ func (c *Custody) CreateMany(caller Caller, ns []NewSession, keep func(names []s
 			held, at = append(held, e), append(at, i)
 		}
 	}
-	if len(held) == 0 {
-		return out
-	}
-	if keep != nil {
-		names, fds := make([]string, len(held)), make([]*os.File, len(held))
-		for i, e := range held {
-			names[i], fds[i] = e.s.Name, e.h.File()
-		}
-		keep(names, fds)
-	}
-	for i, s := range c.release(held) {
+	for i, s := range c.keep(held, keep) {
 		out[at[i]].Session = s
 	}
 	return out
@@ -356,7 +343,7 @@ func (c *Custody) CreateMany(caller Caller, ns []NewSession, keep func(names []s
 
 // create is CreateWith up to its files being in: on success the entry is
 // in the table with its handle and files, still busy and creating (hidden
-// from Get, List, the manifest and the record) until release.
+// from Get, List, the manifest and the record) until keep.
 func (c *Custody) create(caller Caller, name string, labels map[string]string, files []PreserveFile, dup bool) (*entry, []File, *os.File, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, nil, nil, err
@@ -441,9 +428,20 @@ func (c *Custody) create(caller Caller, name string, labels map[string]string, f
 	return e, done, cdup, nil
 }
 
-// release ends the creation of entries create made: each is listed and
-// free to other operations. It returns their snapshots, in order.
-func (c *Custody) release(es []*entry) []Session {
+// keep ends the creation of entries create made: fn (if not nil) is given
+// them while they are still busy, then each is listed and free to other
+// operations. It returns their snapshots, in order.
+func (c *Custody) keep(es []*entry, fn KeepFunc) []Session {
+	if len(es) == 0 {
+		return nil
+	}
+	if fn != nil {
+		names, fds := make([]string, len(es)), make([]*os.File, len(es))
+		for i, e := range es {
+			names[i], fds[i] = e.s.Name, e.h.File()
+		}
+		fn(names, fds)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make([]Session, len(es))

@@ -916,12 +916,14 @@ func TestCreateWithKeep(t *testing.T) {
 	h := newHost(t, Config{})
 	var kept []string
 	var during error
-	keep := func(name string, f *os.File) {
-		kept = append(kept, name)
-		if f == nil {
-			t.Errorf("Keep of %s without a file", name)
+	keep := func(names []string, fds []*os.File) {
+		for i, name := range names {
+			kept = append(kept, name)
+			if fds[i] == nil {
+				t.Errorf("Keep of %s without a file", name)
+			}
+			during = h.c.Delete(alice, name) // unlocked but busy: refused
 		}
-		during = h.c.Delete(alice, name) // unlocked but busy: refused
 	}
 	s, done, dup, err := h.c.CreateWith(alice, "vm", nil, []PreserveFile{{FD: fdOf(memfd(t, []byte("ram"))), Token: 1}}, CreateOptions{Keep: keep})
 	if err != nil || dup != nil || len(done) != 1 || done[0].Size != 3 || len(s.Files) != 1 {
