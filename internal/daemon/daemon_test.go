@@ -341,9 +341,13 @@ func TestLiveUpdateCycle(t *testing.T) {
 	if err != nil || !dry.DryRun {
 		t.Fatalf("dry run = %+v, %v", dry, err)
 	}
-	// The progress held in the pause comes before the answer.
+	// The progress held in the pause comes before the answer, which
+	// times both phases.
 	if want := []string{"barrier", "manifest"}; strings.Join(dryPhases, ",") != strings.Join(want, ",") {
 		t.Errorf("dry run phases %v, want %v", dryPhases, want)
+	}
+	if _, ok := dry.Phases[proto.PhaseBarrier]; !ok || len(dry.Phases) != 2 {
+		t.Errorf("dry run answer times %v, want the barrier and manifest phases", dry.Phases)
 	}
 	if got := fake.LiveUpdateNum(); got != 0 {
 		t.Fatalf("dry run rebooted: liveupdate number %d", got)

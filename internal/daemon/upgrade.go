@@ -117,22 +117,18 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	// once an upgrade, and a first run pays for itself: under TCG the
 	// translation of the code, natively the encoders encoding/json builds
 	// for a type at its first use. So what the pause sends is encoded
-	// before it, and its phase times go into the metrics when the upgrade
-	// ends (they are lost with a reboot anyway).
+	// before it, and its phase times (took) go into the result and the
+	// metrics when the upgrade returns (a reboot loses them anyway).
 	events := map[string]*proto.Event{}
 	for _, ph := range []string{proto.PhaseBarrier, proto.PhaseManifest, proto.PhaseReboot} {
 		events[ph], _ = proto.NewEvent(proto.EventProgress, proto.ProgressEvent{Upgrade: id, Phase: ph})
 	}
 	committed, _ := proto.NewEvent(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
-	type phaseTime struct {
-		phase string
-		took  time.Duration
-	}
-	var took []phaseTime
-	observe := func(phase string, t time.Duration) { took = append(took, phaseTime{phase, t}) }
+	took := map[string]time.Duration{}
 	defer func() {
-		for _, t := range took {
-			d.metrics.ObservePhase(t.phase, t.took)
+		for phase, t := range took {
+			res.Phases[phase] = t.Milliseconds()
+			d.metrics.ObservePhase(phase, t)
 		}
 	}()
 	// In the pause the requester's progress events are held and go with
@@ -184,8 +180,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		}
 		flush(committed)
 	}
-	res.Phases[proto.PhaseBarrier] = time.Since(t0).Milliseconds()
-	observe(proto.PhaseBarrier, time.Since(t0))
+	took[proto.PhaseBarrier] = time.Since(t0)
 	abort := func(reason string) {
 		d.custody.DiscardManifest()
 		for _, c := range subs {
@@ -206,7 +201,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	t0 = time.Now()
 	w, unfreeze, err := d.writeManifest()
 	if err != nil {
-		observe(proto.PhaseManifest, time.Since(t0))
+		took[proto.PhaseManifest] = time.Since(t0)
 		d.metrics.Upgrade(metrics.UpgradeFailed)
 		abort("writing the manifest failed: " + err.Error())
 		return nil, err
@@ -215,8 +210,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	unix.Sync()
 	syncTime := time.Since(tSync)
 	manifestTime := time.Since(t0)
-	res.Phases[proto.PhaseManifest] = manifestTime.Milliseconds()
-	observe(proto.PhaseManifest, manifestTime)
+	took[proto.PhaseManifest] = manifestTime
 	// What the pause did goes into one line at its end (reboot, dry run,
 	// kexec.target), not a line a step: each is a write luod's share of
 	// the pause waits for.
@@ -270,8 +264,7 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	if err = d.faultReboot("kexec reboot: EIO"); err == nil {
 		err = d.cfg.Kexec.Reboot()
 	}
-	res.Phases[proto.PhaseReboot] = time.Since(t0).Milliseconds()
-	observe(proto.PhaseReboot, time.Since(t0))
+	took[proto.PhaseReboot] = time.Since(t0)
 	return fail("reboot", err)
 }
 
