@@ -624,11 +624,11 @@ func reclaimed(infos []proto.FileInfo, fds []*os.File) []ReclaimedFile {
 func (c *Client) ReclaimSessions(ctx context.Context, names []string, finish bool) ([][]ReclaimedFile, error) {
 	got := make([][]ReclaimedFile, len(names))
 	var unfinished []string
-	// one reclaims names[i] with a request of its own: Reclaim, or, for a
-	// session whose files do not fit an answer, reclaimLarge.
-	one := func(i int, reclaim func(context.Context, string, bool) ([]ReclaimedFile, error)) error {
+	// one reclaims names[i] with a request of its own (Reclaim: a
+	// session whose files fit no answer it takes through its fd).
+	one := func(i int) error {
 		var err error
-		got[i], err = reclaim(ctx, names[i], finish)
+		got[i], err = c.Reclaim(ctx, names[i], finish)
 		if errors.Is(err, ErrNotFinished) {
 			unfinished = append(unfinished, names[i])
 			return nil
@@ -640,17 +640,14 @@ func (c *Client) ReclaimSessions(ctx context.Context, names []string, finish boo
 		files, err := c.do(ctx, proto.OpReclaimSessions, proto.ReclaimSessionsArgs{Names: names[done:], Finish: finish}, nil, &res, -1)
 		if errors.Is(err, proto.ErrUnknownOp) {
 			for ; done < len(names); done++ {
-				if err := one(done, c.Reclaim); err != nil {
+				if err := one(done); err != nil {
 					return got, err
 				}
 			}
 			break
 		}
-		if errors.Is(err, proto.ErrLimit) { // names[done] has too many files for an answer
-			refused := err
-			if err := one(done, func(ctx context.Context, name string, finish bool) ([]ReclaimedFile, error) {
-				return c.reclaimLarge(ctx, name, finish, refused)
-			}); err != nil {
+		if errors.Is(err, proto.ErrLimit) { // names[done] alone fits no answer
+			if err := one(done); err != nil {
 				return got, err
 			}
 			done++
