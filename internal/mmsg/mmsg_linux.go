@@ -27,19 +27,18 @@ type mmsghdr struct {
 	len uint32
 }
 
-// Send sends msgs[i], with fds[i] attached as SCM_RIGHTS when fds is not
-// nil and fds[i] >= 0, as one message each, in order, with one
-// sendmmsg(2) of at most MaxBatch messages and flags (e.g.
+// Send sends msgs[i], with oobs[i] as its ancillary data when oobs is
+// not nil (unix.UnixRights: SCM_RIGHTS), as one message each, in order,
+// with one sendmmsg(2) of at most MaxBatch messages and flags (e.g.
 // unix.MSG_NOSIGNAL). It returns how many were sent; an error only when
 // none was. EINTR is retried.
-func Send(fd int, msgs [][]byte, fds []int, flags int) (int, error) {
+func Send(fd int, msgs, oobs [][]byte, flags int) (int, error) {
 	n := min(len(msgs), MaxBatch)
 	if n == 0 {
 		return 0, nil
 	}
 	hdrs := make([]mmsghdr, n)
 	iovs := make([]unix.Iovec, n)
-	oobs := make([][]byte, n)
 	for i := range n {
 		if len(msgs[i]) > 0 {
 			iovs[i].Base = &msgs[i][0]
@@ -47,8 +46,7 @@ func Send(fd int, msgs [][]byte, fds []int, flags int) (int, error) {
 			hdrs[i].hdr.Iov = &iovs[i]
 			hdrs[i].hdr.SetIovlen(1)
 		}
-		if fds != nil && fds[i] >= 0 {
-			oobs[i] = unix.UnixRights(fds[i])
+		if oobs != nil && len(oobs[i]) > 0 {
 			hdrs[i].hdr.Control = &oobs[i][0]
 			hdrs[i].hdr.SetControllen(len(oobs[i]))
 		}

@@ -86,9 +86,12 @@ func sendBatch(op string, files []NamedFile, states []string) (int, error) {
 // went to the old instance, which hands its fd store to the new one). It
 // returns how many were sent.
 func (s *notifyConn) sendBatch(addr string, states []string, fds []int) (int, error) {
-	msgs := make([][]byte, len(states))
+	msgs, oobs := make([][]byte, len(states)), make([][]byte, len(states))
 	for i, st := range states {
 		msgs[i] = []byte(st)
+		if fds[i] >= 0 {
+			oobs[i] = unix.UnixRights(fds[i])
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -99,7 +102,7 @@ func (s *notifyConn) sendBatch(addr string, states []string, fds []int) (int, er
 				return sent, err
 			}
 		}
-		n, err := mmsg.Send(s.fd, msgs[sent:], fds[sent:], 0)
+		n, err := mmsg.Send(s.fd, msgs[sent:], oobs[sent:], 0)
 		sent += n
 		switch {
 		case err == nil:

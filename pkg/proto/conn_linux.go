@@ -200,20 +200,8 @@ func (c *Conn) SendBatch(msgs ...any) error {
 		}
 		bs[i] = b
 	}
-	for sent := 0; sent < len(bs); {
-		var n int
-		var serr error
-		err := c.rc.Write(func(fd uintptr) bool {
-			n, serr = mmsg.Send(int(fd), bs[sent:], nil, unix.MSG_NOSIGNAL)
-			return serr != unix.EAGAIN
-		})
-		if err == nil {
-			err = serr
-		}
-		if err != nil {
-			return fmt.Errorf("proto: send: %d of %d messages sent: %w", sent, len(bs), err)
-		}
-		sent += n
+	if err := c.sendPackets(bs, nil); err != nil {
+		return fmt.Errorf("proto: send: %w", err)
 	}
 	return nil
 }
@@ -242,7 +230,7 @@ func (c *Conn) SendRaw(b []byte, files ...*os.File) error {
 }
 
 // sendmsg sends b as one packet with fds attached as SCM_RIGHTS, or
-// nothing if there are more than MaxFDs; the one path of every send.
+// nothing if there are more than MaxFDs.
 func (c *Conn) sendmsg(b []byte, fds []int) error {
 	if len(fds) > MaxFDs {
 		return fmt.Errorf("%w: %d, at most %d per packet", ErrTooManyFDs, len(fds), MaxFDs)
@@ -251,15 +239,37 @@ func (c *Conn) sendmsg(b []byte, fds []int) error {
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
-	var serr error
-	err := c.rc.Write(func(fd uintptr) bool {
-		serr = unix.Sendmsg(int(fd), b, oob, nil, unix.MSG_NOSIGNAL)
-		return serr != unix.EAGAIN
-	})
-	if err != nil {
-		return err
+	return c.sendPackets([][]byte{b}, [][]byte{oob})
+}
+
+// sendPackets sends each of bs as one packet, with oobs[i] (when oobs is
+// not nil) as its ancillary data, in order, with as few sendmmsg(2) as
+// the socket takes, waiting for room when it is full: the one path of
+// every send.
+func (c *Conn) sendPackets(bs, oobs [][]byte) error {
+	for sent := 0; sent < len(bs); {
+		var n int
+		var serr error
+		err := c.rc.Write(func(fd uintptr) bool {
+			var o [][]byte
+			if oobs != nil {
+				o = oobs[sent:]
+			}
+			n, serr = mmsg.Send(int(fd), bs[sent:], o, unix.MSG_NOSIGNAL)
+			return serr != unix.EAGAIN
+		})
+		if err == nil {
+			err = serr
+		}
+		if err != nil {
+			if len(bs) > 1 {
+				return fmt.Errorf("%d of %d messages sent: %w", sent, len(bs), err)
+			}
+			return err
+		}
+		sent += n
 	}
-	return serr
+	return nil
 }
 
 // withFDs calls fn with the descriptors of files, holding each file open
