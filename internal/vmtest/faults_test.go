@@ -3,6 +3,7 @@
 package vmtest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,6 +61,21 @@ var faultFiles = map[string]struct {
 	"faults-full": {64 << 10, 30}, // made while the state directory is full
 	"faults-ro":   {64 << 10, 31}, // and read-only
 }
+
+// wideFiles is how many memfds the session "faults-wide" holds: more
+// than one answer carries (proto.MaxFDs), so that boot 2 can only have
+// it back file by file through its own session fd.
+const wideFiles = proto.MaxFDs + 47
+
+// wideData is the content of file j (token j+1) of "faults-wide": a
+// size of its own, so that the sizes luod lists are checked too.
+func wideData(j int) []byte {
+	return bytes.Repeat([]byte{byte(j), byte(j >> 8), 'w'}, 1365+j)
+}
+
+// wideNeighbours are reclaimed with "faults-wide" in one call, one on
+// each side of it.
+var wideNeighbours = []string{"faults-wide-before", "faults-wide-after"}
 
 // faultState is what boot 1 leaves for boot 2 in the share.
 type faultState struct {
@@ -477,6 +493,27 @@ func faultsBeforeKexec(t *testing.T, e env) {
 
 	// The harness's initrd and this command line pointing at stage 2:
 	// what the real kexec boots.
+	step("wide_session", func(t *testing.T) {
+		files := make([]client.FileToPreserve, wideFiles)
+		for j := range files {
+			f := memfdOf(t, wideData(j))
+			defer f.Close()
+			files[j] = client.FileToPreserve{File: f, Token: uint64(j + 1), Label: "ram"}
+		}
+		s, got, err := admin.CreateSessionWithFiles(tctx(t, time.Minute), "faults-wide", nil, files)
+		if err != nil {
+			t.Fatalf("create faults-wide with %d files: %v", wideFiles, err)
+		}
+		s.Close()
+		if len(got) != wideFiles {
+			t.Fatalf("faults-wide: %d files preserved, want %d", len(got), wideFiles)
+		}
+		// Its neighbours in boot 2's reclaim_sessions.
+		for i, name := range wideNeighbours {
+			st.Digests[name] = preserveNew(t, admin, name, 64<<10, byte(40+i))
+		}
+	})
+
 	step("load_next_kernel", func(t *testing.T) {
 		cmdline := stageRe.ReplaceAllString(readTrim(t, "/proc/cmdline"), "luod.stage=2")
 		loadNextKernel(t, admin, e.share, filepath.Join(e.share, "initrd.img"), proto.LoadArgs{Cmdline: cmdline})
@@ -571,8 +608,8 @@ func faultsAfterKexec(t *testing.T, e env) {
 	}
 	t.Logf("status: liveupdate #%d %s, %d incoming, lost %v", s.LiveUpdateNumber, s.Continuity, s.Sessions.Incoming, s.LostSessions)
 	if s.Continuity != proto.ContinuityOK || s.LiveUpdateNumber != 1 || len(s.LostSessions) != 0 ||
-		s.Sessions.Incoming != loadClients+len(faultFiles) {
-		t.Fatalf("status after the kexec: %+v; want continuity ok, #1, %d incoming, none lost", s, loadClients+len(faultFiles))
+		s.Sessions.Incoming != loadClients+len(faultFiles)+1+len(wideNeighbours) {
+		t.Fatalf("status after the kexec: %+v; want continuity ok, #1, %d incoming, none lost", s, loadClients+len(faultFiles)+1+len(wideNeighbours))
 	}
 	byteExact := func(t *testing.T, name string) {
 		t.Helper()
@@ -603,6 +640,59 @@ func faultsAfterKexec(t *testing.T, e env) {
 		t.Logf("%d sessions reclaimed by %d concurrent clients in %v, %d failed", loadClients, loadClients, time.Since(t0), bad.Load())
 		if bad.Load() != 0 {
 			t.Errorf("%d of %d load sessions not reclaimed byte-exact", bad.Load(), loadClients)
+		}
+	})
+
+	t.Run("wide_session_file_by_file", func(t *testing.T) {
+		reliability(t, fmt.Sprintf("a session of %d memfds, more than one answer carries (%d fds)", wideFiles, proto.MaxFDs),
+			"VM: preserved through luod before the kexec; after it, client.ReclaimSessions of it between two other sessions",
+			"luod refuses its reclaim untouched; pkg/client takes it through its own session fd (retrieve_session, RETRIEVE_FD on the real kernel, finish_session): every file byte-exact, of the size luod lists (frozen since PRESERVE_FD), each fd close-on-exec as the kernel installs it; luod lists it finished; the sessions around it reclaimed in the same call")
+		names := []string{wideNeighbours[0], "faults-wide", wideNeighbours[1]}
+		got, err := admin.ReclaimSessions(tctx(t, 2*time.Minute), names, true)
+		if err != nil {
+			t.Fatalf("reclaim_sessions %v: %v", names, err)
+		}
+		for i, name := range wideNeighbours {
+			rf := got[2*i]
+			if len(rf) != 1 {
+				t.Fatalf("%s: %d files", name, len(rf))
+			}
+			b, err := io.ReadAll(io.NewSectionReader(rf[0].File, 0, 1<<30))
+			rf[0].File.Close()
+			if err != nil || digest(b) != st.Digests[name] {
+				t.Errorf("%s: %d bytes, %v; not the bytes preserved", name, len(b), err)
+			}
+		}
+		wide := got[1]
+		if len(wide) != wideFiles {
+			t.Fatalf("faults-wide: %d files back, want %d", len(wide), wideFiles)
+		}
+		for j, f := range wide {
+			want := wideData(j)
+			var fst unix.Stat_t
+			serr := unix.Fstat(int(f.File.Fd()), &fst)
+			flags, ferr := unix.FcntlInt(f.File.Fd(), unix.F_GETFD, 0)
+			b, err := io.ReadAll(io.NewSectionReader(f.File, 0, 1<<20))
+			f.File.Close()
+			switch {
+			case err != nil || serr != nil || ferr != nil:
+				t.Fatalf("faults-wide token %d: read %v, fstat %v, F_GETFD %v", f.Token, err, serr, ferr)
+			case f.Token != uint64(j+1) || !bytes.Equal(b, want):
+				t.Fatalf("faults-wide file %d: token %d, %d bytes; not the %d preserved", j, f.Token, len(b), len(want))
+			case f.Size != int64(len(want)) || fst.Size != f.Size:
+				t.Fatalf("faults-wide token %d: luod lists %d bytes, the file has %d, %d were preserved", f.Token, f.Size, fst.Size, len(want))
+			case flags&unix.FD_CLOEXEC == 0:
+				t.Fatalf("faults-wide token %d: RETRIEVE_FD's fd is not close-on-exec (flags %#x)", f.Token, flags)
+			}
+		}
+		ss, err := admin.Sessions(tctx(t, 10*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range ss {
+			if s.Name == "faults-wide" && s.State != proto.StateFinished {
+				t.Errorf("faults-wide is %s after the reclaim, want finished", s.State)
+			}
 		}
 	})
 
