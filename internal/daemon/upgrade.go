@@ -119,9 +119,9 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	// for a type at its first use. So what the pause sends is encoded
 	// before it, and its phase times (took) go into the result and the
 	// metrics when the upgrade returns (a reboot loses them anyway).
-	events := map[string]*proto.Event{}
+	progressOf := map[string]*proto.Event{}
 	for _, ph := range []string{proto.PhaseBarrier, proto.PhaseManifest, proto.PhaseReboot} {
-		events[ph], _ = proto.NewEvent(proto.EventProgress, proto.ProgressEvent{Upgrade: id, Phase: ph})
+		progressOf[ph], _ = proto.NewEvent(proto.EventProgress, proto.ProgressEvent{Upgrade: id, Phase: ph})
 	}
 	committed, _ := proto.NewEvent(proto.EventCommitted, proto.CommittedEvent{Upgrade: id})
 	took := map[string]time.Duration{}
@@ -142,9 +142,9 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	progress := func(phase string) {
 		d.setPhase(phase)
 		if pausing {
-			held = append(held, events[phase])
+			held = append(held, progressOf[phase])
 		} else {
-			req.events([]*proto.Event{events[phase]})
+			req.events([]*proto.Event{progressOf[phase]})
 		}
 	}
 	flush := func(more ...*proto.Event) {
