@@ -40,12 +40,15 @@ func Send(fd int, msgs, oobs [][]byte, flags int) (int, error) {
 	hdrs := make([]mmsghdr, n)
 	iovs := make([]unix.Iovec, n)
 	for i := range n {
+		// One iovec even for an empty message, as x/sys/unix's Sendmsg
+		// gives: under qemu-user a message with none was not delivered
+		// (unit-arm64's empty-packet case waited for luod's answer).
 		if len(msgs[i]) > 0 {
 			iovs[i].Base = &msgs[i][0]
 			iovs[i].SetLen(len(msgs[i]))
-			hdrs[i].hdr.Iov = &iovs[i]
-			hdrs[i].hdr.SetIovlen(1)
 		}
+		hdrs[i].hdr.Iov = &iovs[i]
+		hdrs[i].hdr.SetIovlen(1)
 		if oobs != nil && len(oobs[i]) > 0 {
 			hdrs[i].hdr.Control = &oobs[i][0]
 			hdrs[i].hdr.SetControllen(len(oobs[i]))
