@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	rtmetrics "runtime/metrics"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -902,4 +903,63 @@ func TestHangStopsTheHeartbeat_FaultSwitch(t *testing.T) {
 		t.Fatal("a hung luod still reports healthy")
 	}
 	h.once.Do(func() {}) // it cannot be stopped cleanly: its lock is gone for good
+}
+
+// TestDiskWriterReturnsMemory: once changes pause, the disk writer's
+// write is followed by a full collection that gives the free heap back
+// to the kernel (debug.FreeOSMemory, a forced GC cycle): after READY,
+// and after a burst of requests. In an upgrade it is not: a collection
+// there would be the workloads' downtime.
+func TestDiskWriterReturnsMemory(t *testing.T) {
+	fake := ioctltest.New()
+	t.Cleanup(func() { fake.Close() })
+	before := forcedGCs()
+	h := boot(t, t.TempDir(), fake, false, nil)
+	waitFor(t, "a forced collection after READY", func() bool { return forcedGCs() > before })
+
+	before = forcedGCs()
+	c := h.dial()
+	for _, n := range []string{"vm-a", "vm-b"} {
+		if _, _, err := c.CreateSessionWithFiles(ctx(t), n, nil, []client.FileToPreserve{{File: memfd(t, []byte(n)), Token: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyOnDisk := filepath.Join(h.d.cfg.StateDir, session.ManifestFileName)
+	waitFor(t, "the disk copy naming both sessions, then a forced collection", func() bool {
+		b, _ := os.ReadFile(copyOnDisk)
+		return bytes.Contains(b, []byte(`"vm-b"`)) && forcedGCs() > before
+	})
+
+	for _, phase := range []string{proto.PhaseBarrier, proto.PhaseManifest, proto.PhaseReboot} {
+		h.d.mu.Lock()
+		h.d.phase = phase
+		h.d.mu.Unlock()
+		before = forcedGCs()
+		h.d.trimMemory()
+		if n := forcedGCs(); n != before {
+			t.Errorf("in the %s phase trimMemory forced %d collections, want none", phase, n-before)
+		}
+	}
+	h.d.mu.Lock()
+	h.d.phase = ""
+	h.d.mu.Unlock()
+}
+
+// forcedGCs is how many collections the process was forced to run
+// (runtime.GC, debug.FreeOSMemory).
+func forcedGCs() uint64 {
+	s := []rtmetrics.Sample{{Name: "/gc/cycles/forced:gc-cycles"}}
+	rtmetrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// waitFor polls cond for up to 10 s and fails the test naming what did
+// not happen.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after 10 s", what)
+		}
+	}
 }

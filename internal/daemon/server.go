@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -389,7 +390,25 @@ func (d *Daemon) diskWriter(ctx context.Context) {
 		d.dirty.Store(false)
 		d.saveDisk()
 		d.notifyStatus()
+		d.trimMemory()
 	}
+}
+
+// trimMemory gives the kernel back the heap pages a burst of work left
+// free: recovery's decoding of the manifest and handover, a batch of
+// requests, the disk copy just encoded. Go's own scavenger returns them
+// a little at a time, minutes after, and keeps a margin above the heap
+// goal; luod then idles, for days, holding its sessions, so the burst's
+// peak would stay its resident size (9 MiB of anonymous memory at 1000
+// sessions of 10 files where 3–4 are live). The disk writer runs once
+// changes have paused, so this is where a burst has ended; a full
+// collection costs a few ms at 1000 sessions, once a burst. Never in an
+// upgrade: its pause is the workloads' downtime.
+func (d *Daemon) trimMemory() {
+	if d.currentPhase() != "" {
+		return
+	}
+	debug.FreeOSMemory()
 }
 
 // watchOverdue reports incoming sessions unclaimed past the grace period,
