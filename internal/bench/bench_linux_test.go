@@ -145,7 +145,7 @@ func TestBench(t *testing.T) {
 		}
 		l = startLuod(t, e, "")
 		r.Ready = l.ready
-		r.RSSKiB, r.RSSFileKiB = l.rss(t)
+		r.RSSKiB, r.RSSFileKiB, r.PeakKiB = l.rss(t)
 		var n int
 		r.Reclaim, n = reclaimLuod(t, l, e.stage-1, carried[k])
 		r.Verified += n
@@ -330,7 +330,7 @@ func measurePreserveLuod(t *testing.T, l *luod, res *Results) {
 		// and up to proto.MaxFDs files a request; a session of more files
 		// goes by create_session and preserve): the figure (a) is judged by.
 		p.Luod = preserveThroughLuod(t, l, s, f, true)
-		p.RSSKiB, p.RSSFileKiB = l.rss(t)
+		p.RSSKiB, p.RSSFileKiB, p.PeakKiB = l.rss(t)
 		p.ExporterRSSKiB, p.ExporterRSSFileKiB = l.exporterRSS(t)
 		deletePreserved(t, l, s)
 		// One request a session, as independent workloads would each ask.
@@ -732,8 +732,20 @@ func notifySink(s int, readyAt chan<- readyMsg, fds chan<- fdMsg, keep bool) {
 	}
 }
 
-// rss is luod's VmRSS and the file-backed part of it (RssFile), in KiB.
-func (l *luod) rss(t *testing.T) (int64, int64) { return vmRSS(t, l.cmd.Process.Pid) }
+// settle is how long luod is left alone before its memory is read: its
+// disk writer runs 500 ms after the last change (diskQuiet), writes the
+// disk copy and gives the free heap back to the kernel (trimMemory), as
+// it does after every burst of work. What is read is then what luod
+// holds while it idles with these sessions, the days between updates;
+// its peak (VmHWM) is read too.
+const settle = 2500 * time.Millisecond
+
+// rss is luod's VmRSS, the file-backed part of it and its peak since its
+// start (VmHWM), in KiB, read once luod has settled.
+func (l *luod) rss(t *testing.T) (rss, file, peak int64) {
+	time.Sleep(settle)
+	return vmRSS(t, l.cmd.Process.Pid)
+}
 
 // exporterRSS scrapes luod's metrics endpoint (waiting, as the exporter
 // starts once luod is READY, until luod answered it: luod_up 1) and
@@ -769,7 +781,8 @@ func (l *luod) exporterRSS(t *testing.T) (int64, int64) {
 			continue // not luod's, or one that exited and is not reaped yet
 		}
 		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(s)))
-		return vmRSS(t, pid)
+		rss, file, _ := vmRSS(t, pid)
+		return rss, file
 	}
 	t.Fatalf("no luod-exporter child of luod (pid %d)", l.cmd.Process.Pid)
 	return 0, 0
@@ -810,11 +823,13 @@ func loopbackUp() error {
 	return nil
 }
 
-// vmRSS reads a process's VmRSS and its file-backed part, in KiB: pages
-// of mapped files, above all its own binary, which count as RssFile on
-// a disk and as RssShmem on the guest's initramfs (tmpfs); both are the
-// file's cache, shared, not the process's own memory (RssAnon).
-func vmRSS(t *testing.T, pid int) (rss, file int64) {
+// vmRSS reads a process's VmRSS, its file-backed part and its peak, in
+// KiB. The file-backed part is pages of mapped files, above all the
+// process's own binary, which count as RssFile on a disk and as RssShmem
+// on the guest's initramfs (tmpfs); both are the file's cache, shared,
+// not the process's own memory (RssAnon). The peak is VmHWM: the most
+// VmRSS was since the process started.
+func vmRSS(t *testing.T, pid int) (rss, file, peak int64) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
@@ -826,6 +841,8 @@ func vmRSS(t *testing.T, pid int) (rss, file int64) {
 		switch k {
 		case "VmRSS":
 			to = &rss
+		case "VmHWM":
+			to = &peak
 		case "RssFile", "RssShmem":
 			to = &file
 		default:
@@ -838,10 +855,10 @@ func vmRSS(t *testing.T, pid int) (rss, file int64) {
 		*to += n
 		found++
 	}
-	if found != 3 {
-		t.Fatalf("no VmRSS, RssFile or RssShmem in /proc/%d/status", pid)
+	if found != 4 {
+		t.Fatalf("no VmRSS, VmHWM, RssFile or RssShmem in /proc/%d/status", pid)
 	}
-	return rss, file
+	return rss, file, peak
 }
 
 func (l *luod) stop() {

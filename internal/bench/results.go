@@ -41,11 +41,16 @@ type Preserve struct {
 	// show how far the kernel drifted in between; (a) is judged on
 	// Direct, the figure taken first.
 	Direct, Luod, OneByOne, DirectAfter time.Duration
-	// RSSKiB is luod's VmRSS holding these sessions, ExporterRSSKiB its
-	// exporter's (luod-exporter, luod's child serving its metrics) after
-	// a scrape; the FileKiB fields the file-backed part of each (RssFile).
+	// RSSKiB is luod's VmRSS holding these sessions, once it has settled
+	// (idle, its disk copy written and its free heap given back),
+	// ExporterRSSKiB its exporter's (luod-exporter, luod's child serving
+	// its metrics) after a scrape; the FileKiB fields the file-backed part
+	// of each (RssFile). PeakKiB is luod's VmHWM then: the most it held
+	// since its start, these sessions' creation and every layout before
+	// them included.
 	RSSKiB, ExporterRSSKiB         int64
 	RSSFileKiB, ExporterRSSFileKiB int64
+	PeakKiB                        int64
 }
 
 // Retrieve is one boot's retrieve measurement after a live update that
@@ -70,11 +75,13 @@ type Retrieve struct {
 	// passed, FINISH), by reclaim_sessions (as many a request as
 	// proto.MaxFDs fds allow).
 	Ready, Reclaim time.Duration
-	// RSSKiB is luod's VmRSS after recovery, holding every session;
-	// ExporterRSSKiB its exporter's after a scrape; the FileKiB fields the
-	// file-backed part of each (RssFile).
+	// RSSKiB is luod's VmRSS after recovery, holding every session, once
+	// it has settled (as Preserve's); PeakKiB its VmHWM then, recovery's
+	// peak; ExporterRSSKiB its exporter's after a scrape; the FileKiB
+	// fields the file-backed part of each (RssFile).
 	RSSKiB, ExporterRSSKiB         int64
 	RSSFileKiB, ExporterRSSFileKiB int64
+	PeakKiB                        int64
 	// Verified counts files found byte-exact, both ways together.
 	Verified int
 }
@@ -204,20 +211,21 @@ func (r *Results) Verdicts() []Verdict {
 	// A row without the exporter's figure is not judged on luod alone:
 	// (d) is luod and the exporter it runs. The file-backed part of the
 	// worst row (its binaries' pages) is shown beside it.
-	var rss, file []float64
+	var rss, file, peak []float64
 	exporterMissing := false
-	add := func(sessions int, luod, exporter, luodFile, exporterFile int64) {
+	add := func(sessions int, luod, exporter, luodFile, exporterFile, luodPeak int64) {
 		if sessions == 1000 {
 			rss = append(rss, float64(luod+exporter))
 			file = append(file, float64(luodFile+exporterFile))
+			peak = append(peak, float64(luodPeak))
 			exporterMissing = exporterMissing || exporter == 0
 		}
 	}
 	for _, p := range r.Preserve {
-		add(p.Sessions, p.RSSKiB, p.ExporterRSSKiB, p.RSSFileKiB, p.ExporterRSSFileKiB)
+		add(p.Sessions, p.RSSKiB, p.ExporterRSSKiB, p.RSSFileKiB, p.ExporterRSSFileKiB, p.PeakKiB)
 	}
 	for _, x := range r.Retrieve {
-		add(x.Sessions, x.RSSKiB, x.ExporterRSSKiB, x.RSSFileKiB, x.ExporterRSSFileKiB)
+		add(x.Sessions, x.RSSKiB, x.ExporterRSSKiB, x.RSSFileKiB, x.ExporterRSSFileKiB, x.PeakKiB)
 	}
 	w, ok = worst(rss)
 	ok = ok && !exporterMissing
@@ -226,7 +234,10 @@ func (r *Results) Verdicts() []Verdict {
 		got += fmt.Sprintf(" (of which file-backed, the two binaries' pages: %.1f MiB; anonymous: %.1f MiB)",
 			file[i]/1024, (w-file[i])/1024)
 	}
-	out = append(out, Verdict{fmt.Sprintf("(d) luod + its exporter RSS at 1000 sessions ≤ %d MiB", TargetRSSKiB>>10),
+	if wp, pok := worst(peak); pok && wp > 0 {
+		got += fmt.Sprintf("; luod's own peak (VmHWM) up to %.1f MiB", wp/1024)
+	}
+	out = append(out, Verdict{fmt.Sprintf("(d) luod + its exporter RSS at 1000 sessions, luod settled, ≤ %d MiB", TargetRSSKiB>>10),
 		got, ok && w <= TargetRSSKiB})
 
 	pg, pok := growth(r.Preserve, func(p Preserve) (int, int, time.Duration) { return p.Sessions, p.Files, p.Luod })
@@ -275,15 +286,15 @@ func (r *Results) Markdown() string {
 		"(create_sessions: up to %d sessions and %d fds a request; a session of more files goes by create_session and preserve), luod doing the ioctls; (a) is judged on it. "+
 		"luod one by one: one `CreateSessionWithFiles` request a session, as independent workloads would each ask.\n\n", proto.MaxCreateSessions, proto.MaxFDs)
 	p("Direct again: the direct layouts once more after luod's, luod stopped: how far the kernel drifted between the two (ratios are to the direct figure taken first).\n\n")
-	p("| sessions × files | file size | direct ms | luod batched ms | luod/direct | luod one by one ms | one by one/direct | direct again ms | luod per session µs | luod RSS MiB | exporter RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("| sessions × files | file size | direct ms | luod batched ms | luod/direct | luod one by one ms | one by one/direct | direct again ms | luod per session µs | luod RSS MiB | luod peak MiB | exporter RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Preserve {
 		one, oneRatio := "–", "–"
 		if x.OneByOne > 0 {
 			one, oneRatio = ms(x.OneByOne), fmt.Sprintf("%.2f×", ratio(x.OneByOne, x.Direct))
 		}
-		p("| %d × %d | %s | %s | %s | %.2f× | %s | %s | %s | %.0f | %.1f | %.1f |\n", x.Sessions, x.Files, size(x.FileSize), ms(x.Direct), ms(x.Luod),
+		p("| %d × %d | %s | %s | %s | %.2f× | %s | %s | %s | %.0f | %.1f | %.1f | %.1f |\n", x.Sessions, x.Files, size(x.FileSize), ms(x.Direct), ms(x.Luod),
 			ratio(x.Luod, x.Direct), one, oneRatio, ms(x.DirectAfter), float64(x.Luod)/float64(x.Sessions)/float64(time.Microsecond),
-			float64(x.RSSKiB)/1024, float64(x.ExporterRSSKiB)/1024)
+			float64(x.RSSKiB)/1024, float64(x.PeakKiB)/1024, float64(x.ExporterRSSKiB)/1024)
 	}
 
 	p("\n### (b), (c), (d), (e) Retrieve after the kexec\n\n")
@@ -296,13 +307,13 @@ func (r *Results) Markdown() string {
 		"its files are retrieved when a workload reclaims them: reclaim is every session reclaimed with finish by reclaim_sessions, as many a request as %d fds allow. "+
 		"(b) is judged end to end, luod's exec → READY plus its reclaim (the same kernel work as the direct program's) over the direct program's exec → READY; luod's READY alone, before any file is retrieved, is shown beside it. "+
 		"Every file of both was checked byte-exact by the bench (the direct program hands its fds back over the socket).\n\n", proto.MaxFDs)
-	p("| kernel | sessions × files | file size | direct: start alone ms | direct: exec → READY ms | direct: loop alone ms | luod exec → READY ms | luod READY alone / direct | luod reclaim ms | luod end to end ms | (b) end to end / direct | luod per session µs | luod RSS MiB | exporter RSS MiB | files verified |\n")
-	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("| kernel | sessions × files | file size | direct: start alone ms | direct: exec → READY ms | direct: loop alone ms | luod exec → READY ms | luod READY alone / direct | luod reclaim ms | luod end to end ms | (b) end to end / direct | luod per session µs | luod RSS MiB | luod peak MiB | exporter RSS MiB | files verified |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Retrieve {
-		p("| %s | %d × %d | %s | %s | %s | %s | %s | %.2f× | %s | %s | %.2f× | %.0f | %.1f | %.1f | %d |\n", x.Release, x.Sessions, x.Files, size(x.FileSize),
+		p("| %s | %d × %d | %s | %s | %s | %s | %s | %.2f× | %s | %s | %.2f× | %.0f | %.1f | %.1f | %.1f | %d |\n", x.Release, x.Sessions, x.Files, size(x.FileSize),
 			ms(x.MinimalStart), ms(x.Minimal), ms(x.Direct), ms(x.Ready), ratio(x.Ready, x.Minimal),
 			ms(x.Reclaim), ms(x.Luod()), ratio(x.Luod(), x.Minimal),
-			float64(x.Luod())/float64(x.Sessions)/float64(time.Microsecond), float64(x.RSSKiB)/1024, float64(x.ExporterRSSKiB)/1024, x.Verified)
+			float64(x.Luod())/float64(x.Sessions)/float64(time.Microsecond), float64(x.RSSKiB)/1024, float64(x.PeakKiB)/1024, float64(x.ExporterRSSKiB)/1024, x.Verified)
 	}
 	if r.ColdReady > 0 {
 		p("\nCold boot (nothing to recover): luod exec → READY %s ms; the direct program's exec → READY with nothing to retrieve (the device opened and closed) %s ms", ms(r.ColdReady), ms(r.ColdMinimal))

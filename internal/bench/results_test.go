@@ -83,4 +83,13 @@ func TestVerdicts(t *testing.T) {
 			t.Errorf("luod 15000 KiB (4096 file) + exporter 6000 KiB (5120 file): %s met = %v, %q", v.Target, v.Met, v.Measured)
 		}
 	}
+	// (d) is judged on luod settled; its peak is shown beside, the worst
+	// of the rows at 1000 sessions, and does not change the judgement.
+	r.Preserve[1].ExporterRSSKiB = 4000
+	r.Preserve[1].PeakKiB, r.Retrieve[2].PeakKiB = 25600, 30720
+	for _, v := range r.Verdicts() {
+		if strings.HasPrefix(v.Target, "(d)") && (!v.Met || !strings.Contains(v.Measured, "luod's own peak (VmHWM) up to 30.0 MiB")) {
+			t.Errorf("luod 15000 KiB settled, peaks 25600 and 30720 KiB: %s met = %v, %q", v.Target, v.Met, v.Measured)
+		}
+	}
 }
