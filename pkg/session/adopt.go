@@ -46,12 +46,10 @@ func (c *Custody) Adopt(rec *Manifest, fds map[string]*os.File, wrap func(f *os.
 			e := &entry{
 				s: Session{Name: ms.Name, UID: ms.UID, GID: ms.GID, Labels: maps.Clone(ms.Labels),
 					State: state, Files: make([]File, len(ms.Files)), Created: ms.Created, Incoming: incoming},
-				h:      wrap(f, ms.Name, incoming),
-				tokens: make(map[uint64]struct{}, len(ms.Files)),
+				h: wrap(f, ms.Name, incoming),
 			}
 			for i, mf := range ms.Files {
 				e.s.Files[i] = File(mf)
-				e.tokens[mf.Token] = struct{}{}
 			}
 			c.insert(e)
 			adopted = append(adopted, ms.Name)

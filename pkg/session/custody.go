@@ -160,9 +160,8 @@ type Custody struct {
 type entry struct {
 	s        Session // Labels and Files are owned here; copied out
 	h        Handle  // luod's own fd; nil once finished
-	tokens   map[uint64]struct{}
-	busy     bool // an operation is running on it
-	creating bool // CREATE_SESSION not yet returned
+	busy     bool    // an operation is running on it
+	creating bool    // CREATE_SESSION not yet returned
 	// enc is the encoding of the session's manifest entry (encodeCached),
 	// or the mark of one under way; any change of the entry drops it
 	// (touchLocked).
@@ -356,7 +355,6 @@ func (c *Custody) create(caller Caller, name string, labels map[string]string, f
 			Name: name, UID: caller.UID, GID: caller.GID,
 			Labels: maps.Clone(labels), State: StateOpen, Created: c.cfg.Now(),
 		},
-		tokens:   make(map[uint64]struct{}, len(files)),
 		busy:     true,
 		creating: true,
 	}
@@ -420,10 +418,7 @@ func (c *Custody) create(caller Caller, name string, labels map[string]string, f
 		c.end(e)
 		return nil, nil, nil, err
 	}
-	for _, f := range done {
-		e.s.Files = append(e.s.Files, f)
-		e.tokens[f.Token] = struct{}{}
-	}
+	e.s.Files = append(e.s.Files, done...)
 	e.h = h
 	return e, done, cdup, nil
 }
@@ -496,10 +491,7 @@ func (c *Custody) Preserve(caller Caller, name string, files []PreserveFile) ([]
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, f := range done {
-		e.s.Files = append(e.s.Files, f)
-		e.tokens[f.Token] = struct{}{}
-	}
+	e.s.Files = append(e.s.Files, done...)
 	c.end(e)
 	return done, err
 }
@@ -514,19 +506,24 @@ func (c *Custody) checkNewFiles(e *entry, n int, at func(i int) (uint64, string)
 	if have := len(e.s.Files); have+n > c.cfg.MaxFilesPerSession {
 		return errorf(CodeLimit, name, "session has %d files, %d more would pass the limit of %d", have, n, c.cfg.MaxFilesPerSession)
 	}
-	seen := make(map[uint64]struct{}, n)
+	// A token names one file of its session: seen is true for the
+	// session's tokens, false for the request's. Built per request, not
+	// kept with the session: 1000 sessions held a map each for this.
+	seen := make(map[uint64]bool, len(e.s.Files)+n)
+	for _, f := range e.s.Files {
+		seen[f.Token] = true
+	}
 	for i := range n {
 		tok, label := at(i)
 		if code, why := fileLabelProblem(label); code != "" {
 			return tokenErrorf(code, name, tok, "%s", why)
 		}
-		if _, dup := e.tokens[tok]; dup {
+		if old, dup := seen[tok]; dup && old {
 			return tokenErrorf(CodeExists, name, tok, "token is already used in this session")
-		}
-		if _, dup := seen[tok]; dup {
+		} else if dup {
 			return tokenErrorf(CodeExists, name, tok, "token is given twice in the request")
 		}
-		seen[tok] = struct{}{}
+		seen[tok] = false
 	}
 	return nil
 }
@@ -658,10 +655,7 @@ func (c *Custody) Declare(caller Caller, name string, files []FileDecl) error {
 	if err := fitList(name, listLeft(e), len(e.s.Files), add); err != nil {
 		return err
 	}
-	for _, f := range add {
-		e.s.Files = append(e.s.Files, f)
-		e.tokens[f.Token] = struct{}{}
-	}
+	e.s.Files = append(e.s.Files, add...)
 	return nil
 }
 

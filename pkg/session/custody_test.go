@@ -428,6 +428,7 @@ func TestPreserveChecks(t *testing.T) {
 	}
 	_, err := c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(memfd(t, nil)), Token: 1}})
 	wantCode(t, err, CodeExists) // recorded token
+	mentions(t, err, "already used in this session")
 	_, err = c.Preserve(alice, "vm", []PreserveFile{{FD: fdOf(mf), Token: 2}})
 	wantCode(t, err, CodeBadFD) // EBUSY: preserved already
 	if !errors.Is(err, unix.EBUSY) {
@@ -441,8 +442,12 @@ func TestPreserveChecks(t *testing.T) {
 	wantCode(t, err, CodeExists)
 	mentions(t, err, "PRESERVE_FD", `"vm"`, "0x5", "EEXIST")
 	// Declare refuses a recorded token.
-	wantCode(t, c.Declare(alice, "vm", []FileDecl{{Token: 1}}), CodeExists)
-	wantCode(t, c.Declare(alice, "vm", []FileDecl{{Token: 6}, {Token: 6}}), CodeExists)
+	err = c.Declare(alice, "vm", []FileDecl{{Token: 1}})
+	wantCode(t, err, CodeExists)
+	mentions(t, err, "already used in this session")
+	err = c.Declare(alice, "vm", []FileDecl{{Token: 6}, {Token: 6}})
+	wantCode(t, err, CodeExists)
+	mentions(t, err, "given twice in the request")
 	// An empty request does nothing.
 	if done, err := c.Preserve(alice, "vm", nil); err != nil || len(done) != 0 {
 		t.Fatalf("empty Preserve: %v %v", done, err)

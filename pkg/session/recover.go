@@ -174,12 +174,10 @@ func (c *Custody) Recover(in RecoverInput) (*Report, error) {
 				Files:   make([]File, len(ms.Files)),
 				Created: ms.Created, Incoming: true, HandedOver: now,
 			},
-			h:      h,
-			tokens: make(map[uint64]struct{}, len(ms.Files)),
+			h: h,
 		}
 		for i, f := range ms.Files {
 			e.s.Files[i] = File(f)
-			e.tokens[f.Token] = struct{}{}
 		}
 		c.mu.Lock()
 		c.insert(e) // admitted beyond MaxSessionsPerUID: never lose one
