@@ -908,8 +908,9 @@ func TestHangStopsTheHeartbeat_FaultSwitch(t *testing.T) {
 // TestDiskWriterReturnsMemory: once changes pause, the disk writer's
 // write is followed by a full collection that gives the free heap back
 // to the kernel (debug.FreeOSMemory, a forced GC cycle): after READY,
-// and after a burst of requests. In an upgrade it is not: a collection
-// there would be the workloads' downtime.
+// and after a burst of requests. While an upgrade runs the writer waits,
+// write and collection, until the upgrade ends: either there would be
+// the workloads' downtime.
 func TestDiskWriterReturnsMemory(t *testing.T) {
 	fake := ioctltest.New()
 	t.Cleanup(func() { fake.Close() })
@@ -930,19 +931,38 @@ func TestDiskWriterReturnsMemory(t *testing.T) {
 		return bytes.Contains(b, []byte(`"vm-b"`)) && forcedGCs() > before
 	})
 
-	for _, phase := range []string{proto.PhaseBarrier, proto.PhaseManifest, proto.PhaseReboot} {
-		h.d.mu.Lock()
-		h.d.phase = phase
-		h.d.mu.Unlock()
-		before = forcedGCs()
-		h.d.trimMemory()
-		if n := forcedGCs(); n != before {
-			t.Errorf("in the %s phase trimMemory forced %d collections, want none", phase, n-before)
-		}
+	// A change during an upgrade's barrier (a subscriber that never
+	// answers: it ends aborted after its timeout) is written, and memory
+	// given back, once the upgrade is over.
+	mute := h.dial()
+	if err := mute.Subscribe(ctx(t)); err != nil {
+		t.Fatal(err)
 	}
-	h.d.mu.Lock()
-	h.d.phase = ""
-	h.d.mu.Unlock()
+	if _, err := load(t, c, fakeKernel(t, h.dir)); err != nil {
+		t.Fatal(err)
+	}
+	upgraded := make(chan error, 1)
+	go func() {
+		_, err := h.dial().Upgrade(ctx(t), proto.UpgradeArgs{TimeoutMS: 1500}, nil)
+		upgraded <- err
+	}()
+	waitFor(t, "the barrier", func() bool { return h.d.currentPhase() == proto.PhaseBarrier })
+	before = forcedGCs()
+	if _, _, err := c.CreateSessionWithFiles(ctx(t), "vm-c", nil, []client.FileToPreserve{{File: memfd(t, []byte("c")), Token: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(diskQuiet + 300*time.Millisecond)
+	if b, _ := os.ReadFile(copyOnDisk); bytes.Contains(b, []byte(`"vm-c"`)) || forcedGCs() != before {
+		t.Errorf("during the barrier the disk writer ran: copy names vm-c %v, %d forced collections",
+			bytes.Contains(b, []byte(`"vm-c"`)), forcedGCs()-before)
+	}
+	if err := <-upgraded; !isCode(err, proto.CodeAborted) {
+		t.Fatalf("upgrade with a mute subscriber = %v, want aborted", err)
+	}
+	waitFor(t, "the disk copy naming vm-c after the upgrade, then a forced collection", func() bool {
+		b, _ := os.ReadFile(copyOnDisk)
+		return bytes.Contains(b, []byte(`"vm-c"`)) && forcedGCs() > before
+	})
 }
 
 // forcedGCs is how many collections the process was forced to run

@@ -388,9 +388,11 @@ func (d *Daemon) diskWriter(ctx context.Context) {
 		// Cleared before the write, which reads the sessions: a change
 		// after this point wakes the writer again.
 		d.dirty.Store(false)
+		d.diskMu.Lock() // not while an upgrade runs: it waits for the upgrade's end
 		d.saveDisk()
-		d.notifyStatus()
 		d.trimMemory()
+		d.diskMu.Unlock()
+		d.notifyStatus()
 	}
 }
 
@@ -404,13 +406,8 @@ func (d *Daemon) diskWriter(ctx context.Context) {
 // binary's pages). The disk writer runs once
 // changes have paused, so this is where a burst has ended; a full
 // collection costs a few ms at 1000 sessions, once a burst. Never in an
-// upgrade: its pause is the workloads' downtime.
-func (d *Daemon) trimMemory() {
-	if d.currentPhase() != "" {
-		return
-	}
-	debug.FreeOSMemory()
-}
+// upgrade (diskMu): its pause is the workloads' downtime.
+func (d *Daemon) trimMemory() { debug.FreeOSMemory() }
 
 // watchOverdue reports incoming sessions unclaimed past the grace period,
 // once each. They are never finished on luod's own initiative.

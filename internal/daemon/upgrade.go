@@ -94,6 +94,10 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 		return nil, proto.Errorf(proto.CodeBusy, "upgrade in progress")
 	}
 	defer d.upgradeMu.Unlock()
+	// The disk writer waits until the upgrade ends (a write under way is
+	// waited for here): its fsync and collection stay out of the pause.
+	d.diskMu.Lock()
+	defer d.diskMu.Unlock()
 	defer d.setPhase("")
 
 	d.mu.Lock()
