@@ -224,13 +224,13 @@ type Daemon struct {
 	recordMu sync.Mutex
 	record   *session.RecordFile
 
-	upgradeMu sync.Mutex // one upgrade at a time (TryLock)
+	upgradeMu     sync.Mutex // one upgrade at a time (TryLock)
+	rebootsFailed int        // by the fault switch; guarded by upgradeMu
 	// diskMu keeps the disk writer's work (the disk copy's write, its
 	// fsync, the collection that gives memory back) out of an upgrade:
 	// an upgrade holds it from before its barrier to its end, waiting for
 	// a write under way, so none runs into the workloads' pause.
-	diskMu        sync.Mutex
-	rebootsFailed int // by the fault switch; guarded by upgradeMu
+	diskMu sync.Mutex
 	// stopping is closed when Serve's context ends: an orderly upgrade
 	// waits for it after queueing kexec.target.
 	stopping chan struct{}
