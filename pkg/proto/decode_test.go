@@ -1,7 +1,9 @@
 package proto
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"math"
 	"reflect"
 	"strings"
@@ -199,4 +201,119 @@ func FuzzDecodeRequest(f *testing.F) {
 			t.Fatalf("round trip changed %+v into %+v", req, again)
 		}
 	})
+}
+
+// FuzzMembers checks members' fast way against its checked one: whatever
+// splitObject accepts, membersChecked accepts too, with the same members
+// in the same order; neither panics.
+func FuzzMembers(f *testing.F) {
+	for _, s := range []string{
+		`{}`, ` { } `, `{"v":1,"id":7,"op":"create_session","args":{"name":"vm-42"}}`,
+		`{"a":"x\"}","b":[1,{"c":"]"}],"d":-1.5e3,"e":true,"f":null}`,
+		"{\"a\"\t:\n1 ,\r\"b\":{}}", `{"a":1,"a":2}`, `{"\u0061":1}`, `{"é":1}`, `{"a":"\\"}`,
+		`{"a":1}{}`, `[1]`, `"x"`, `{"a":`, `{"a":1,}`, ``, `{"a":"\xff"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		checked, perr := membersChecked(b, "request")
+		fast, ok := splitObject(b, false)
+		if json.Valid(b) {
+			// Known valid, the same without the check.
+			if again, aok := splitObject(b, true); aok != ok || len(again) != len(fast) {
+				t.Fatalf("%q: splitObject = %d members, %v checked; %d, %v known valid", b, len(fast), ok, len(again), aok)
+			}
+		}
+		if !ok {
+			return
+		}
+		if perr != nil {
+			t.Fatalf("splitObject accepted %q (%d members) where the checked way says %v", b, len(fast), perr)
+		}
+		if len(fast) != len(checked) {
+			t.Fatalf("%q: %d members the fast way, %d the checked way", b, len(fast), len(checked))
+		}
+		for i := range fast {
+			if fast[i].key != checked[i].key || !bytes.Equal(fast[i].val, checked[i].val) {
+				t.Fatalf("%q: member %d is %q: %s the fast way, %q: %s the checked way",
+					b, i, fast[i].key, fast[i].val, checked[i].key, checked[i].val)
+			}
+		}
+	})
+}
+
+// TestSplitObjectTakesWellFormedRequests: the fast way is the one a
+// request as pkg/client writes it takes, envelope and args; a key given
+// twice, escaped or not ASCII, or too many members, go the checked way.
+func TestSplitObjectTakesWellFormedRequests(t *testing.T) {
+	raw := bigCreateSessions(t)
+	ms, ok := splitObject(raw, false)
+	if !ok || len(ms) != 4 {
+		t.Fatalf("splitObject(create_sessions request) = %d members, %v; want 4, true", len(ms), ok)
+	}
+	for _, m := range ms {
+		if m.key == "args" {
+			if args, ok := splitObject(m.val, true); !ok || len(args) != 1 || args[0].key != "sessions" {
+				t.Fatalf("splitObject(args) = %+v, %v", args, ok)
+			}
+		}
+	}
+	many := "{"
+	for i := range maxSplitMembers + 1 {
+		many += fmt.Sprintf(`"k%d":%d,`, i, i)
+	}
+	many = strings.TrimSuffix(many, ",") + "}"
+	for _, in := range []string{`{"a":1,"a":2}`, `{"\u0061":1}`, `{"é":1}`, many, `{"a":1} x`} {
+		if _, ok := splitObject([]byte(in), false); ok {
+			t.Errorf("splitObject(%q) took the fast way", in)
+		}
+	}
+	if ms, perr := members([]byte(many), "request", false); perr != nil || len(ms) != maxSplitMembers+1 {
+		t.Errorf("members of %d keys = %d, %v", maxSplitMembers+1, len(ms), perr)
+	}
+	if _, perr := members([]byte(`{"a":1,"a":2}`), "request", false); perr == nil || !strings.Contains(perr.Message, `field "a" twice`) {
+		t.Errorf("members with a key twice = %v, want it named", perr)
+	}
+}
+
+// bigCreateSessions is a create_sessions request as pkg/client writes one
+// for 253 VMs of one memfd each: the largest kind luod decodes.
+func bigCreateSessions(tb testing.TB) []byte {
+	tb.Helper()
+	args := CreateSessionsArgs{}
+	for i := range MaxFDs {
+		name := fmt.Sprintf("vm-%04d", i)
+		args.Sessions = append(args.Sessions, SessionToCreate{Name: name, Labels: map[string]string{"vm": name},
+			Files: []FileSpec{{Token: 1, Label: "ram"}}})
+	}
+	req, err := NewRequest(7, OpCreateSessions, args)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+// BenchmarkDecodeCreateSessions is luod's decoding of one create_sessions
+// request of 253 sessions: the envelope, then the args.
+func BenchmarkDecodeCreateSessions(b *testing.B) {
+	raw := bigCreateSessions(b)
+	b.SetBytes(int64(len(raw)))
+	b.ReportAllocs()
+	for b.Loop() {
+		req, perr := DecodeRequest(raw)
+		if perr != nil {
+			b.Fatal(perr)
+		}
+		var args CreateSessionsArgs
+		if perr := req.DecodeArgs(&args); perr != nil {
+			b.Fatal(perr)
+		}
+		if len(args.Sessions) != MaxFDs {
+			b.Fatalf("%d sessions decoded, want %d", len(args.Sessions), MaxFDs)
+		}
+	}
 }

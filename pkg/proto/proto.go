@@ -99,6 +99,10 @@ type Request struct {
 	// Args are the operation's arguments, a JSON object; omitted when the
 	// operation takes none.
 	Args json.RawMessage `json:"args,omitempty"`
+
+	// checked is Args as DecodeRequest found it, valid JSON: DecodeArgs
+	// does not check again what it still holds.
+	checked json.RawMessage
 }
 
 // NewRequest builds a request for op with args marshaled to JSON (nil
