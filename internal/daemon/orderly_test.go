@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"os"
+	rtmetrics "runtime/metrics"
 	"strings"
 	"sync"
 	"testing"
@@ -301,6 +303,67 @@ func TestPausePriority(t *testing.T) {
 			t.Errorf("after the dry run thread %d has nice %d, want %d back", tid, n, base)
 		}
 	}
+}
+
+// TestPauseHoldsGC: from before an upgrade's barrier to its end no
+// garbage collection runs (GOGC off, a soft memory limit in its place),
+// and both settings are given back when the upgrade ends without a
+// reboot, after a dry run as after an abort.
+func TestPauseHoldsGC(t *testing.T) {
+	dir := t.TempDir()
+	fake := ioctltest.New()
+	defer fake.Close()
+	h := boot(t, dir, fake, false, nil)
+	c := h.dial()
+	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+	sub := h.dial()
+	if err := sub.Subscribe(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	answer := make(chan bool, 1) // ready, or stay mute
+	during := make(chan [2]int64, 2)
+	go func() {
+		for ev := range sub.Events() {
+			if ev.Event == proto.EventPrepare {
+				var p proto.PrepareEvent
+				ev.Decode(&p)
+				during <- gcSettings()
+				if <-answer {
+					sub.Ready(context.Background(), p.Upgrade)
+				}
+			}
+		}
+	}()
+	before := gcSettings()
+	if before[0] < 0 {
+		t.Skip("GOGC is off for this test binary")
+	}
+	answer <- true
+	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	answer <- false
+	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{TimeoutMS: 100}, nil); !isCode(err, proto.CodeAborted) {
+		t.Fatalf("upgrade with a mute subscriber = %v, want aborted", err)
+	}
+	for _, end := range []string{"dry run", "abort"} {
+		got := <-during
+		if got[0] != -1 || got[1] <= 0 || got[1] >= before[1] && before[1] != math.MaxInt64 {
+			t.Errorf("during the barrier before the %s: GOGC %d, memory limit %d; want off, and a limit below %d", end, got[0], got[1], before[1])
+		}
+	}
+	if after := gcSettings(); after != before {
+		t.Errorf("after the upgrades GOGC and the memory limit are %v, want %v back", after, before)
+	}
+}
+
+// gcSettings is the collector's GOGC (-1: off) and soft memory limit.
+func gcSettings() [2]int64 {
+	s := []rtmetrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/gomemlimit:bytes"}}
+	rtmetrics.Read(s)
+	return [2]int64{int64(s[0].Value.Uint64()), int64(s[1].Value.Uint64())}
 }
 
 // threadNices is every thread's nice value.
