@@ -634,13 +634,6 @@ func start(t *testing.T, e env, name string, args []string, logName string, keep
 	go func() {
 		defer close(p.relayed)
 		defer log.Close()
-		// luod's reboot line is its last write before reboot(2), which
-		// stops the other vCPU within ms: at luod's nice -20 a relay at
-		// nice 0 lost that race in two runs of four. Real-time, on a
-		// thread of its own (which ends with it), the relay runs the
-		// moment the line is in the pipe.
-		runtime.LockOSThread()
-		unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 10}, 0)
 		r := bufio.NewReader(pr)
 		for {
 			line, err := r.ReadBytes('\n')
