@@ -368,6 +368,18 @@ func TestLiveUpdateCycle(t *testing.T) {
 	// The new kernel: luod recovers, the VMM reclaims.
 	h2 := boot(t, dir, fake, true, nil)
 	c2 := h2.dial()
+	// It reports the pause that brought it, from the page the previous
+	// luod wrote its figures into before reboot(2): the same as its
+	// reboot line.
+	reboot := regexp.MustCompile(`calling reboot.* upgrade=(\S+) .* since_ready=(\S+) manifest=(\S+) sync=(\S+) woke=(\S+) events=(\S+)`).FindStringSubmatch(h.logText())
+	if reboot == nil {
+		t.Fatalf("no reboot line with the pause's figures:\n%s", h.logText())
+	}
+	want := fmt.Sprintf(`msg="the last update's pause, as the previous luod measured it" pause="upgrade=%s release=7.3.4-test sessions=1 manifest_prewritten=true since_ready=%s manifest=%s sync=%s woke=%s events=%s"`,
+		reboot[1], reboot[2], reboot[3], reboot[4], reboot[5], reboot[6])
+	if !strings.Contains(h2.logText(), want) {
+		t.Errorf("the new luod's log lacks\n%s\n%s", want, h2.logText())
+	}
 	st, err = c2.Status(ctx(t))
 	if err != nil {
 		t.Fatal(err)

@@ -185,6 +185,12 @@ func (d *Daemon) recover() error {
 	default:
 		d.log.Error("recovery finished: continuity "+r.continuity, append(attrs, "manifest_error", rep.ManifestError)...)
 	}
+	// luod's share of the pause that brought this kernel, as the previous
+	// luod measured it and noted it in its reserved session: the reboot
+	// line it logged last may not have been read before the kexec.
+	if rep.LastPause != "" {
+		d.log.Info("the last update's pause, as the previous luod measured it", "pause", rep.LastPause)
+	}
 	// One line for them all: at 1000 sessions a line each was a quarter
 	// of a second before READY under TCG. Each name is at debug level.
 	if len(rep.Recovered) > 0 {

@@ -155,6 +155,9 @@ type Custody struct {
 	gen, reservedGen, reservedNext uint64
 	reservedM                      *Manifest
 	reservedB                      []byte
+	// reservedPause is the reserved session's pause page (PauseToken),
+	// nil if it could not be preserved.
+	reservedPause *os.File
 }
 
 type entry struct {

@@ -119,7 +119,7 @@ func TestFullCycle(t *testing.T) {
 	if st := c.Snapshot(); !st.Frozen || !st.ManifestWritten || st.Open != 2 {
 		t.Fatalf("snapshot %+v", st)
 	}
-	if ks, ok := h.kernelSession(ReservedName); !ok || !slices.Equal(ks.Tokens, []uint64{ManifestToken}) {
+	if ks, ok := h.kernelSession(ReservedName); !ok || !slices.Equal(ks.Tokens, []uint64{ManifestToken, PauseToken}) {
 		t.Fatalf("reserved session in the kernel: %+v %v", ks, ok)
 	}
 	if len(m.Sessions) != 2 || m.Sessions[0].Name != "vm-a" || m.Sessions[1].Files[0].Size != 0 {

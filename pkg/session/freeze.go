@@ -69,7 +69,10 @@ func (c *Custody) touchLocked(e *entry) {
 // caller to close (nil if there is none); c.mu is held.
 func (c *Custody) takeReservedLocked() Handle {
 	h := c.reserved
-	c.reserved, c.reservedM, c.reservedB = nil, nil, nil
+	if c.reservedPause != nil {
+		c.reservedPause.Close() // the kernel holds its own reference
+	}
+	c.reserved, c.reservedM, c.reservedB, c.reservedPause = nil, nil, nil, nil
 	return h
 }
 
@@ -286,16 +289,56 @@ func (c *Custody) writeManifestLocked(expected uint64) (Written, error) {
 	if err != nil {
 		return Written{}, err
 	}
+	pause := pausePage(h)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen != gen {
 		// Only outside a freeze: a session changed while the manifest
 		// was written.
 		h.Close()
+		if pause != nil {
+			pause.Close()
+		}
 		return Written{}, errorf(CodeBusy, ReservedName, "the sessions changed while the manifest was written")
 	}
 	c.reserved, c.reservedGen, c.reservedNext, c.reservedM, c.reservedB = h, gen, expected, m, b
+	c.reservedPause = pause
 	return Written{Manifest: m, Bytes: b}, nil
+}
+
+// pausePage preserves a page of zeros in the reserved session h under
+// PauseToken and returns it open, for NotePause; nil if that fails. The
+// page is a note, not part of the manifest: without it an upgrade goes
+// on, and the next luod has no pause to report.
+func pausePage(h Handle) *os.File {
+	f, err := pageMemfd("luod-pause", pauseNoteSize)
+	if err != nil {
+		return nil
+	}
+	var perr error
+	if err := withFD(f, func(fd int) { perr = h.PreserveFD(fd, PauseToken) }); err != nil || perr != nil {
+		f.Close()
+		return nil
+	}
+	return f
+}
+
+// NotePause writes note, cut to a page less one byte and NUL-padded, into
+// the reserved session's pause page, for the next luod to report: the
+// kernel carries what the page holds at the kexec. It is one pwrite(2),
+// for the end of the pause, after what it reports was measured. It fails
+// when no manifest is written or its page could not be preserved.
+func (c *Custody) NotePause(note []byte) error {
+	c.mu.Lock()
+	p := c.reservedPause
+	c.mu.Unlock()
+	if p == nil {
+		return errorf(CodeInternal, ReservedName, "no pause page: no manifest written, or its page not preserved")
+	}
+	var page [pauseNoteSize]byte
+	copy(page[:pauseNoteSize-1], note)
+	_, err := p.WriteAt(page[:], 0)
+	return err
 }
 
 // writeReserved encodes m (listing the sessions of es, their encodings

@@ -11,6 +11,9 @@ import (
 // sealedMemfd needs memfd_create, which only Linux has.
 func sealedMemfd([]byte) (*os.File, error) { return nil, ioctl.ErrNotSupported }
 
+// pageMemfd needs memfd_create, which only Linux has.
+func pageMemfd(string, int) (*os.File, error) { return nil, ioctl.ErrNotSupported }
+
 // NewRecordFile needs memfd_create, which only Linux has.
 func NewRecordFile(m *Manifest) (*RecordFile, error) {
 	if _, err := m.Encode(); err != nil {

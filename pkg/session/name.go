@@ -19,6 +19,17 @@ const ReservedName = "luod"
 // ManifestToken is the token of the manifest memfd in ReservedName.
 const ManifestToken uint64 = 1
 
+// PauseToken is the token, in ReservedName, of a page luod writes its
+// share of the workloads' pause into right before reboot(2) (NotePause).
+// Written after its preservation, it crosses the kexec as guest RAM does,
+// and the next luod reports it (Report.LastPause). An older luod's
+// reserved session has none; an older luod given one leaves it to FINISH,
+// which takes back the files not retrieved.
+const PauseToken uint64 = 2
+
+// pauseNoteSize is the pause page's size: one page of memory.
+const pauseNoteSize = 4096
+
 // ValidateName checks a client's session name against the protocol rule
 // (proto.ValidateSessionName: 1 to 63 bytes of A-Z a-z 0-9 . _ : -, the
 // first a letter or digit, not starting with ReservedPrefix). The error is

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
@@ -8,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -81,6 +84,10 @@ type Report struct {
 	// Warnings are problems that lost nothing, such as a failed FINISH of
 	// the reserved session.
 	Warnings []string `json:"warnings,omitempty"`
+	// LastPause is what the previous luod noted of its share of the
+	// workloads' pause before the kexec (NotePause), printable UTF-8 only;
+	// empty if it left no note.
+	LastPause string `json:"last_pause,omitempty"`
 }
 
 // Recover takes over what the previous kernel handed to luod. It must run
@@ -209,7 +216,41 @@ func (c *Custody) readManifest(r *Report) (*Manifest, error) {
 	}
 	f := os.NewFile(uintptr(fd), "luod manifest")
 	defer f.Close()
-	return ReadMemfd(f)
+	m, err := ReadMemfd(f)
+	if err == nil {
+		r.LastPause = readPauseNote(h, r)
+	}
+	return m, err
+}
+
+// readPauseNote retrieves the pause page from the reserved session h and
+// returns the note in it: up to its first NUL, every character that is
+// not printable UTF-8 replaced by '?', as it comes from memory nobody
+// checked.
+// An older luod's session has no page (ENOENT): no note, no warning.
+func readPauseNote(h Handle, r *Report) string {
+	fd, err := h.RetrieveFDNum(PauseToken)
+	if err != nil {
+		if !errors.Is(err, unix.ENOENT) {
+			r.Warnings = append(r.Warnings, kernelError("RETRIEVE_FD", ReservedName, PauseToken, true, err).Error())
+		}
+		return ""
+	}
+	f := os.NewFile(uintptr(fd), "luod pause note")
+	defer f.Close()
+	page := make([]byte, pauseNoteSize)
+	n, err := f.ReadAt(page, 0)
+	if err != nil && n == 0 {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("reading luod's pause note: %v", err))
+		return ""
+	}
+	note, _, _ := bytes.Cut(page[:n], []byte{0})
+	return string(bytes.Map(func(c rune) rune {
+		if c == utf8.RuneError || !unicode.IsPrint(c) {
+			return '?'
+		}
+		return c
+	}, note))
 }
 
 func lostAll(m *Manifest, reason string) []LostSession {

@@ -253,3 +253,88 @@ func TestThousandSessions(t *testing.T) {
 		t.Fatalf("%d overdue", got)
 	}
 }
+
+// TestPauseNote: what NotePause writes into the reserved session's pause
+// page after the manifest crosses the kexec with it and is the next
+// Report's LastPause, cut at its first NUL and kept to printable ASCII. An
+// older luod's reserved session, with no page, gives no note and no
+// warning; a page that fails to retrieve gives a warning and loses
+// nothing.
+func TestPauseNote(t *testing.T) {
+	for _, tc := range []struct {
+		name, note, want string
+	}{
+		{"carried", "upgrade=u-1 since_ready=2.5ms woke=700µs", "upgrade=u-1 since_ready=2.5ms woke=700µs"},
+		{"cut at NUL", "since_ready=1ms\x00junk", "since_ready=1ms"},
+		{"control bytes", "a\nb\x1b[31m\xff", "a?b?[31m?"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHost(t, Config{})
+			mustCreate(t, h.c, alice, "vm-a")
+			if err := h.c.NotePause([]byte("x")); CodeOf(err) != CodeInternal {
+				t.Fatalf("NotePause with no manifest written = %v, want internal", err)
+			}
+			h.c.Freeze()
+			if _, err := h.c.WriteManifest(1); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.c.NotePause([]byte(tc.note)); err != nil {
+				t.Fatal(err)
+			}
+			h2 := h.reboot(Config{})
+			r, err := h2.c.Recover(h2.handover(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.LastPause != tc.want || len(r.Warnings) != 0 || r.Continuity != ContinuityOK {
+				t.Fatalf("report %+v, want last pause %q and no warning", r, tc.want)
+			}
+		})
+	}
+
+	t.Run("older luod", func(t *testing.T) {
+		h := newHost(t, Config{})
+		mustCreate(t, h.c, alice, "vm-a")
+		b, err := h.c.Manifest(1).Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := sealedMemfd(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs, err := h.dev.CreateSession(ReservedName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rs.Close()
+		if err := rs.PreserveFD(int(f.Fd()), ManifestToken); err != nil {
+			t.Fatal(err)
+		}
+		h2 := h.reboot(Config{})
+		r, err := h2.c.Recover(h2.handover(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.LastPause != "" || len(r.Warnings) != 0 || r.Continuity != ContinuityOK || !slices.Equal(r.Recovered, []string{"vm-a"}) {
+			t.Fatalf("report %+v, want vm-a recovered, no note, no warning", r)
+		}
+	})
+
+	t.Run("page lost", func(t *testing.T) {
+		h := newHost(t, Config{})
+		mustCreate(t, h.c, alice, "vm-a")
+		h2, _ := h.kexec("", 1, Config{})
+		if err := h2.fake.FailRetrieve(ReservedName, PauseToken, unix.EIO); err != nil {
+			t.Fatal(err)
+		}
+		r, err := h2.c.Recover(h2.handover(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.LastPause != "" || r.Continuity != ContinuityOK || !slices.Equal(r.Recovered, []string{"vm-a"}) ||
+			len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "RETRIEVE_FD") {
+			t.Fatalf("report %+v, want vm-a recovered and one RETRIEVE_FD warning", r)
+		}
+	})
+}
