@@ -110,13 +110,12 @@ func TestBench(t *testing.T) {
 	say("stage %d on %s", e.stage, rel)
 
 	var raw []*ioctl.Session // the raw holder's sessions for the next update
-	var carry *lineCarry     // the upgrading luod's reboot line, for the next boot
 	var l *luod
 	if e.stage == 1 {
 		measurePreserveDirect(t, res)
 		raw = carryRaw(t, e.stage, carried[0])
 		res.ColdMinimal, _, _ = retrieveMinimal(t, e, startAlone, 0, 0)
-		l = startLuod(t, e, "preserve", nil)
+		l = startLuod(t, e, "preserve")
 		res.ColdReady = l.ready
 		say("cold boot: luod exec to READY %s ms, the direct program's exec to READY with nothing to do %s ms",
 			ms(l.ready), ms(res.ColdMinimal))
@@ -127,13 +126,9 @@ func TestBench(t *testing.T) {
 		// so it is stopped for this and started again for the carry.
 		l.stop()
 		measurePreserveDirectAgain(t, res)
-		carry = carryLine(t, e.stage)
-		l = startLuod(t, e, "", carry)
+		l = startLuod(t, e, "")
 	} else {
 		k := e.stage - 2 // the update that brought us here
-		if b, ok := blackout(t, e, rel); ok {
-			res.Blackout = append(res.Blackout, b)
-		}
 		r := Retrieve{Release: rel, Sessions: carried[k], Files: carryFiles, FileSize: carrySize}
 		// The direct program before luod (the device has one opener),
 		// then its start alone. Each is the first run of its binary in
@@ -144,10 +139,12 @@ func TestBench(t *testing.T) {
 		r.MinimalStart, _, _ = retrieveMinimal(t, e, startAlone, 0, 0)
 		if k+1 < len(carried) {
 			raw = carryRaw(t, e.stage, carried[k+1])
-			carry = carryLine(t, e.stage)
 		}
-		l = startLuod(t, e, "", carry)
+		l = startLuod(t, e, "")
 		r.Ready = l.ready
+		if b, ok := blackout(t, e, rel); ok {
+			res.Blackout = append(res.Blackout, b)
+		}
 		r.RSSKiB, r.RSSFileKiB, r.PeakKiB = l.rss(t)
 		var n int
 		r.Reclaim, n = reclaimLuod(t, l, e.stage-1, carried[k])
@@ -166,9 +163,8 @@ func TestBench(t *testing.T) {
 	save(t, e, res)
 	upgrade(t, e, l)
 	// The raw holder's sessions stay open until the kexec, which upgrade
-	// waits for, and so does the reboot line's carry.
+	// waits for.
 	runtime.KeepAlive(raw)
-	runtime.KeepAlive(carry)
 }
 
 func save(t *testing.T, e env, res *Results) {
@@ -478,7 +474,7 @@ const (
 // closed, nothing retrieved.
 func retrieveMinimal(t *testing.T, e env, bin string, from, n int) (ready, loop time.Duration, verified int) {
 	p := start(t, e, bin, []string{rawPrefix(from), strconv.Itoa(n), strconv.Itoa(carryFiles)},
-		fmt.Sprintf("%s-%d-%d.log", bin, e.stage, n), true, nil)
+		fmt.Sprintf("%s-%d-%d.log", bin, e.stage, n), true)
 	defer p.sink.Close()
 	m := regexp.MustCompile(`LOOP_NS=(\d+)`).FindStringSubmatch(p.readyLine)
 	if m == nil {
@@ -599,7 +595,7 @@ type fdMsg struct {
 // copies to logName in the share. It times the exec to READY=1. With keep,
 // fds sent after READY=1 are passed on (proc.fds); otherwise they are
 // closed, as by a store that is never read back.
-func start(t *testing.T, e env, name string, args []string, logName string, keep bool, carry *lineCarry) *proc {
+func start(t *testing.T, e env, name string, args []string, logName string, keep bool) *proc {
 	os.Remove(notifySocket)
 	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -641,7 +637,6 @@ func start(t *testing.T, e env, name string, args []string, logName string, keep
 		r := bufio.NewReader(pr)
 		for {
 			line, err := r.ReadBytes('\n')
-			carry.keep(line) // first: a memory copy, where the share is a 9p write
 			log.Write(line)
 			if err != nil {
 				return
@@ -669,9 +664,8 @@ func start(t *testing.T, e env, name string, args []string, logName string, keep
 // startLuod runs luod (see start) and connects to it. Its log and CPU
 // profile (stopped at the upgrade request), to see where luod's time goes
 // in the VM, go to the share as luod-STAGE[-TAG]: the untagged one is the
-// luod that runs the upgrade, whose reboot line the next boot reads (from
-// carry too, when given).
-func startLuod(t *testing.T, e env, tag string, carry *lineCarry) *luod {
+// luod that runs the upgrade, whose reboot line the next boot reads.
+func startLuod(t *testing.T, e env, tag string) *luod {
 	os.MkdirAll("/run/luod", 0o755)
 	os.MkdirAll("/var/lib/luod", 0o755)
 	name := fmt.Sprintf("luod-%d", e.stage)
@@ -683,7 +677,7 @@ func startLuod(t *testing.T, e env, tag string, carry *lineCarry) *luod {
 	p := start(t, e, "luod", []string{"--socket.path", luodSocket,
 		"--reclaim.grace", "1h", "--limits.sessions-per-uid", "4096",
 		"--debug.cpuprofile", filepath.Join(e.dir, name+".cpu.pprof")},
-		name+".log", false, carry)
+		name+".log", false)
 	c, err := client.Dial(luodSocket)
 	if err != nil {
 		t.Fatal(err)
@@ -916,136 +910,82 @@ func upgrade(t *testing.T, e env, l *luod) {
 	t.Fatal("no kexec")
 }
 
-// blackout reads luod's share of the last update's pause from the
-// previous boot's luod log (written to the share before the reboot).
+// blackout reads luod's share of the pause that brought this boot, as the
+// previous luod noted it in its reserved session's pause page before
+// reboot(2) and this boot's luod logs it at recovery. The previous luod's
+// reboot line says the same, when the relay got it to the share: it is
+// luod's last write before reboot(2), and the relay's copy of it (a 9p
+// write, which the kexec's device shutdown cuts) loses that race at times.
 func blackout(t *testing.T, e env, rel string) (Blackout, bool) {
+	logFile := filepath.Join(e.dir, fmt.Sprintf("luod-%d.log", e.stage))
+	var note string
+	for deadline := time.Now().Add(10 * time.Second); note == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		b, _ := os.ReadFile(logFile) // the relay may still be writing it
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, pauseLine) {
+				note = l
+			}
+		}
+	}
+	if note == "" {
+		t.Errorf("luod logged no %q line at recovery: the previous luod's pause note did not come over", pauseLine)
+		return Blackout{}, false
+	}
 	b, err := os.ReadFile(filepath.Join(e.dir, fmt.Sprintf("luod-%d.log", e.stage-1)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var line string
+	var reboot string
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, rebootLine) {
-			line = l
+		if strings.Contains(l, "calling reboot") {
+			reboot = l
 		}
 	}
-	carried := carriedLine(t, e.stage-1)
-	switch {
-	case line == "" && carried == "":
-		// Lost both ways: no figure, not a wrong one.
-		say("blackout %d -> %d: luod's reboot line reached neither the share nor its carry before the kexec", e.stage-1, e.stage)
-		return Blackout{}, false
-	case line == "":
-		say("blackout %d -> %d: luod's reboot line lost the race to the share, read from its carry", e.stage-1, e.stage)
-		line = carried
-	case carried != "" && carried != line:
-		t.Errorf("luod's reboot line differs between the share and its carry:\n%s\n%s", line, carried)
+	field := func(line, key string) string {
+		m := regexp.MustCompile(` ` + key + `=([^\s"]+)`).FindStringSubmatch(line)
+		if m == nil {
+			return ""
+		}
+		return m[1]
 	}
 	dur := func(key string) time.Duration {
-		m := regexp.MustCompile(` ` + key + `=(\S+)`).FindStringSubmatch(line)
-		if m == nil {
-			t.Errorf("no %s= in %q", key, line)
+		v := field(note, key)
+		if v == "" {
+			t.Errorf("no %s= in %q", key, note)
 			return 0
 		}
-		d, err := time.ParseDuration(m[1])
+		if reboot != "" && field(reboot, key) != v {
+			t.Errorf("%s: %s in the pause note, %s in the reboot line", key, v, field(reboot, key))
+		}
+		d, err := time.ParseDuration(v)
 		if err != nil {
-			t.Fatalf("%s=%s: %v", key, m[1], err)
+			t.Fatalf("%s=%s: %v", key, v, err)
 		}
 		return d
 	}
-	n, _ := strconv.Atoi(regexp.MustCompile(` sessions=(\d+)`).FindStringSubmatch(line + " sessions=0")[1])
+	n, _ := strconv.Atoi(field(note, "sessions"))
 	x := Blackout{From: regexp.MustCompile(`\S+`).FindString(readTrim(filepath.Join(e.share, fmt.Sprintf("boot%d/release", e.stage-1)))),
 		To: rel, Sessions: n, SinceReady: dur("since_ready"), Manifest: dur("manifest"), Sync: dur("sync"),
 		Woke: dur("woke"), Events: dur("events"),
-		Prewritten: strings.Contains(line, " manifest_prewritten=true")}
+		Prewritten: field(note, "manifest_prewritten") == "true"}
 	// Nothing changes during the bench's barrier: the pause must have
 	// kept the manifest written before it, or its figure is not the one
 	// docs/performance.md explains.
 	if !x.Prewritten {
-		t.Errorf("luod's reboot line does not say manifest_prewritten=true: %s", line)
+		t.Errorf("luod's pause note does not say manifest_prewritten=true: %s", note)
 	}
-	say("blackout %s -> %s: last ready to reboot(2) %s ms, sync %s ms, manifest phase %s ms",
-		x.From, x.To, ms(x.SinceReady), ms(x.Sync), ms(x.Manifest))
+	how := "its reboot line agrees"
+	if reboot == "" {
+		how = "its reboot line lost the race with the kexec to the share"
+	}
+	say("blackout %s -> %s: last ready to reboot(2) %s ms, sync %s ms, manifest phase %s ms (from luod's pause note; %s)",
+		x.From, x.To, ms(x.SinceReady), ms(x.Sync), ms(x.Manifest), how)
 	return x, true
 }
 
-// rebootLine marks luod's reboot line.
-const rebootLine = "calling reboot("
-
-// lineCarry carries the upgrading luod's reboot line across the kexec in
-// memory. That line is luod's last write before reboot(2), and the
-// relay's copy of it to the share, a 9p write, races the kexec, which
-// stops the other vCPU and resets the virtio devices: in three runs of
-// four one update's line was lost so. The relay also copies it into a
-// page of a memfd the bench preserved in a raw session of its own (a
-// memory copy, carried as LUO carries guest RAM written after its
-// preservation), and the next boot reads it from there.
-type lineCarry struct {
-	s *ioctl.Session
-	f *os.File
-}
-
-const lineCarryPrefix = "bench-line-"
-
-// carryLine preserves the page for this stage's reboot line. The device
-// must be free (luod not running).
-func carryLine(t *testing.T, stage int) *lineCarry {
-	dev, err := ioctl.Open(ioctl.DevicePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	s, err := dev.CreateSession(lineCarryPrefix + strconv.Itoa(stage))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := memfd(t, make([]byte, os.Getpagesize())) // the page exists before PRESERVE_FD
-	if err := s.PreserveFD(int(f.Fd()), 1); err != nil {
-		t.Fatal(err)
-	}
-	return &lineCarry{s: s, f: f}
-}
-
-// keep copies line into the carried page if it is the reboot line
-// (NUL-terminated, cut to the page).
-func (c *lineCarry) keep(line []byte) {
-	if c == nil || !bytes.Contains(line, []byte(rebootLine)) {
-		return
-	}
-	line = bytes.TrimSpace(line)
-	line = line[:min(len(line), os.Getpagesize()-1)]
-	c.f.WriteAt(append(line[:len(line):len(line)], 0), 0)
-}
-
-// carriedLine takes back the page stage carried, and the reboot line in
-// it ("" if none). The device must be free.
-func carriedLine(t *testing.T, stage int) string {
-	dev, err := ioctl.Open(ioctl.DevicePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	s, err := dev.RetrieveSession(lineCarryPrefix + strconv.Itoa(stage))
-	if err != nil {
-		say("stage %d's reboot line carry: %v", stage, err)
-		return ""
-	}
-	defer s.Close()
-	f, err := s.RetrieveFD(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	page := make([]byte, os.Getpagesize())
-	if _, err := f.ReadAt(page, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Finish(); err != nil {
-		t.Fatal(err)
-	}
-	line, _, _ := bytes.Cut(page, []byte{0})
-	return string(line)
-}
+// pauseLine marks the line in which luod reports the pause that brought
+// its boot.
+const pauseLine = "the last update's pause"
 
 // ---- the machine
 
