@@ -266,14 +266,13 @@ func (d *Daemon) upgrade(req *conn, a proto.UpgradeArgs) (*proto.UpgradeResult, 
 	// dirty page, not luod's work) shown apart, and two parts of the rest:
 	// woke, until luod's upgrade went on after the last ready, and events,
 	// the committed events (with the requester's progress).
-	since := time.Since(passed)
-	// The same figures go into the reserved session's pause page, which
+	pause := append(written, "release", loaded.Release,
+		"since_ready", time.Since(passed), "manifest", manifestTime, "sync", syncTime, "woke", woke, "events", sent)
+	// The same line goes into the reserved session's pause page, which
 	// the kernel carries and the next luod reports: the log line, luod's
 	// last write before reboot(2), may not be read before the kexec.
-	d.custody.NotePause(fmt.Appendf(nil, "upgrade=%s release=%s sessions=%d manifest_prewritten=%t since_ready=%s manifest=%s sync=%s woke=%s events=%s",
-		id, loaded.Release, len(w.Sessions), w.Reused, since, manifestTime, syncTime, woke, sent))
-	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", append(written, "release", loaded.Release,
-		"since_ready", since, "manifest", manifestTime, "sync", syncTime, "woke", woke, "events", sent)...)
+	d.custody.NotePause(keyValues(pause))
+	d.log.Info("calling reboot(LINUX_REBOOT_CMD_KEXEC)", pause...)
 	t0 = time.Now()
 	if err = d.faultReboot("kexec reboot: EIO"); err == nil {
 		err = d.cfg.Kexec.Reboot()
@@ -357,6 +356,20 @@ func (d *Daemon) raisePriority(id string) (restore func()) {
 			d.log.Warn("cannot give luod's priority back after the upgrade", "upgrade", id, "nice", base, "err", err)
 		}
 	}
+}
+
+// keyValues writes slog's key/value pairs kv as "k=v k=v", as slog's
+// text handler writes values that need no quoting (numbers, durations,
+// booleans, releases).
+func keyValues(kv []any) []byte {
+	var b []byte
+	for i := 0; i+1 < len(kv); i += 2 {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = fmt.Appendf(b, "%s=%v", kv[i], kv[i+1])
+	}
+	return b
 }
 
 // pauseHeadroom is how much luod's memory may grow while an upgrade holds

@@ -623,15 +623,25 @@ func faultsAfterKexec(t *testing.T, e env) {
 		reliability(t, "luod's share of the pause carried across the kexec",
 			"VM: the page luod writes its reboot line's figures into before reboot(2), preserved in its reserved session after the manifest",
 			"the new luod logs them at recovery: the update, the sessions in the manifest, since_ready and its parts, the manifest kept from before the barrier")
-		m := regexp.MustCompile(`msg="the last update's pause, as the previous luod measured it" pause="upgrade=u-\d+ release=(\S+) sessions=(\d+) manifest_prewritten=(true|false) since_ready=(\S+) manifest=\S+ sync=\S+ woke=\S+ events=[^\s"]+"`).FindStringSubmatch(luodLog(t))
+		m := regexp.MustCompile(`msg="the last update's pause, as the previous luod measured it" pause="([^"]*)"`).FindStringSubmatch(luodLog(t))
 		if m == nil {
 			t.Fatalf("the new luod logged no note of the last pause:\n%s", luodLog(t))
 		}
-		since, err := time.ParseDuration(m[4])
-		if n, _ := strconv.Atoi(m[2]); err != nil || since <= 0 || n == 0 || m[1] != release(t) {
-			t.Fatalf("pause note %q: since_ready %v (%v), %s sessions, for release %s (running %s)", m[0], since, err, m[2], m[1], release(t))
+		note := map[string]string{}
+		for _, kv := range strings.Fields(m[1]) {
+			k, v, _ := strings.Cut(kv, "=")
+			note[k] = v
 		}
-		t.Logf("the pause that brought this kernel, as luod noted it: %s", m[0])
+		since, err := time.ParseDuration(note["since_ready"])
+		for _, k := range []string{"upgrade", "manifest_prewritten", "manifest", "sync", "woke", "events"} {
+			if note[k] == "" {
+				err = fmt.Errorf("no %s", k)
+			}
+		}
+		if n, _ := strconv.Atoi(note["sessions"]); err != nil || since <= 0 || n == 0 || note["release"] != release(t) {
+			t.Fatalf("pause note %q: since_ready %v (%v), %s sessions, for release %s (running %s)", m[1], since, err, note["sessions"], note["release"], release(t))
+		}
+		t.Logf("the pause that brought this kernel, as luod noted it: %s", m[1])
 	})
 
 	t.Run("load_1000_clients", func(t *testing.T) {
