@@ -285,11 +285,10 @@ func (c *Custody) writeManifestLocked(expected uint64) (Written, error) {
 		old.Close()
 	}
 
-	h, b, err := c.writeReserved(m, es, took)
+	h, pause, b, err := c.writeReserved(m, es, took)
 	if err != nil {
 		return Written{}, err
 	}
-	pause := pausePage(h)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen != gen {
@@ -309,9 +308,10 @@ func (c *Custody) writeManifestLocked(expected uint64) (Written, error) {
 // pausePage preserves a page of zeros in the reserved session h under
 // PauseToken and returns it open, for NotePause; nil if that fails. The
 // page is a note, not part of the manifest: without it an upgrade goes
-// on, and the next luod has no pause to report.
+// on, and the next luod has no pause to report. The zeros are written, so
+// that the page exists: PRESERVE_FD pins the pages there are.
 func pausePage(h Handle) *os.File {
-	f, err := pageMemfd("luod-pause", pauseNoteSize)
+	f, err := newMemfd("luod-pause", make([]byte, pauseNoteSize))
 	if err != nil {
 		return nil
 	}
@@ -343,8 +343,9 @@ func (c *Custody) NotePause(note []byte) error {
 
 // writeReserved encodes m (listing the sessions of es, their encodings
 // took) into a sealed memfd and preserves it in a new reserved session,
-// returned open.
-func (c *Custody) writeReserved(m *Manifest, es []*entry, took []*encodedSession) (Handle, []byte, error) {
+// returned open, with its pause page (pausePage: nil if it could not be
+// preserved).
+func (c *Custody) writeReserved(m *Manifest, es []*entry, took []*encodedSession) (Handle, *os.File, []byte, error) {
 	b, err := c.encodeCached(m, es, took)
 	var f *os.File
 	if err == nil {
@@ -355,12 +356,12 @@ func (c *Custody) writeReserved(m *Manifest, es []*entry, took []*encodedSession
 		if isTooLarge(err) {
 			code = CodeLimit
 		}
-		return nil, nil, &Error{Code: code, Session: ReservedName, Err: err}
+		return nil, nil, nil, &Error{Code: code, Session: ReservedName, Err: err}
 	}
 	defer f.Close() // once preserved, the kernel holds its own reference
 	h, err := c.dev.CreateSession(ReservedName)
 	if err != nil {
-		return nil, nil, kernelError("CREATE_SESSION", ReservedName, 0, false, err)
+		return nil, nil, nil, kernelError("CREATE_SESSION", ReservedName, 0, false, err)
 	}
 	var perr error
 	if err := withFD(f, func(fd int) { perr = h.PreserveFD(fd, ManifestToken) }); err != nil {
@@ -370,9 +371,9 @@ func (c *Custody) writeReserved(m *Manifest, es []*entry, took []*encodedSession
 		h.Close()
 		e := kernelError("PRESERVE_FD", ReservedName, ManifestToken, true, perr)
 		e.Code = CodeKernel
-		return nil, nil, e
+		return nil, nil, nil, e
 	}
-	return h, b, nil
+	return h, pausePage(h), b, nil
 }
 
 // DiscardManifest drops a manifest prewritten for an upgrade that does

@@ -48,10 +48,6 @@ func NewRecordFile(m *Manifest) (*RecordFile, error) {
 }
 
 // newMemfd is a new memfd called name holding b, close-on-exec, sealable.
-// pageMemfd is a memfd of size bytes of zeros, written so that its pages
-// exist (PRESERVE_FD pins the pages there are), close-on-exec, not sealed.
-func pageMemfd(name string, size int) (*os.File, error) { return newMemfd(name, make([]byte, size)) }
-
 func newMemfd(name string, b []byte) (*os.File, error) {
 	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {

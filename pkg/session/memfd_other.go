@@ -11,8 +11,8 @@ import (
 // sealedMemfd needs memfd_create, which only Linux has.
 func sealedMemfd([]byte) (*os.File, error) { return nil, ioctl.ErrNotSupported }
 
-// pageMemfd needs memfd_create, which only Linux has.
-func pageMemfd(string, int) (*os.File, error) { return nil, ioctl.ErrNotSupported }
+// newMemfd needs memfd_create, which only Linux has.
+func newMemfd(string, []byte) (*os.File, error) { return nil, ioctl.ErrNotSupported }
 
 // NewRecordFile needs memfd_create, which only Linux has.
 func NewRecordFile(m *Manifest) (*RecordFile, error) {
