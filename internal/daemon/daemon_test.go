@@ -316,19 +316,7 @@ func TestLiveUpdateCycle(t *testing.T) {
 	vmm.Close()
 
 	// A second workload subscribes and answers the barrier.
-	sub := h.dial()
-	if err := sub.Subscribe(ctx(t)); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for ev := range sub.Events() {
-			if ev.Event == proto.EventPrepare {
-				var p proto.PrepareEvent
-				ev.Decode(&p)
-				sub.Ready(context.Background(), p.Upgrade)
-			}
-		}
-	}()
+	h.subscriber(t, func() bool { return true })
 
 	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{}, nil); !isCode(err, proto.CodeNoKernelLoaded) {
 		t.Fatalf("upgrade without a kernel = %v, want no_kernel_loaded", err)
@@ -982,6 +970,28 @@ func forcedGCs() uint64 {
 	s := []rtmetrics.Sample{{Name: "/gc/cycles/forced:gc-cycles"}}
 	rtmetrics.Read(s)
 	return s[0].Value.Uint64()
+}
+
+// subscriber connects a workload that subscribes to upgrade events and,
+// told to prepare, calls prepared, then answers ready if it returned true
+// (else stays mute).
+func (h *host) subscriber(t *testing.T, prepared func() bool) {
+	t.Helper()
+	sub := h.dial()
+	if err := sub.Subscribe(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for ev := range sub.Events() {
+			if ev.Event == proto.EventPrepare {
+				var p proto.PrepareEvent
+				ev.Decode(&p)
+				if prepared() {
+					sub.Ready(context.Background(), p.Upgrade)
+				}
+			}
+		}
+	}()
 }
 
 // waitFor polls cond for up to 10 s and fails the test naming what did

@@ -275,21 +275,11 @@ func TestPausePriority(t *testing.T) {
 	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
 		t.Fatal(err)
 	}
-	sub := h.dial()
-	if err := sub.Subscribe(ctx(t)); err != nil {
-		t.Fatal(err)
-	}
 	during := make(chan map[int]int, 1)
-	go func() {
-		for ev := range sub.Events() {
-			if ev.Event == proto.EventPrepare {
-				var p proto.PrepareEvent
-				ev.Decode(&p)
-				during <- threadNices(t)
-				sub.Ready(context.Background(), p.Upgrade)
-			}
-		}
-	}()
+	h.subscriber(t, func() bool {
+		during <- threadNices(t)
+		return true
+	})
 	if _, err := c.Upgrade(ctx(t), proto.UpgradeArgs{DryRun: true}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -318,24 +308,12 @@ func TestPauseHoldsGC(t *testing.T) {
 	if _, err := load(t, c, fakeKernel(t, dir)); err != nil {
 		t.Fatal(err)
 	}
-	sub := h.dial()
-	if err := sub.Subscribe(ctx(t)); err != nil {
-		t.Fatal(err)
-	}
 	answer := make(chan bool, 1) // ready, or stay mute
 	during := make(chan [2]int64, 2)
-	go func() {
-		for ev := range sub.Events() {
-			if ev.Event == proto.EventPrepare {
-				var p proto.PrepareEvent
-				ev.Decode(&p)
-				during <- gcSettings()
-				if <-answer {
-					sub.Ready(context.Background(), p.Upgrade)
-				}
-			}
-		}
-	}()
+	h.subscriber(t, func() bool {
+		during <- gcSettings()
+		return <-answer
+	})
 	before := gcSettings()
 	if before[0] < 0 {
 		t.Skip("GOGC is off for this test binary")
