@@ -159,8 +159,7 @@ func (d *Daemon) dispatch(c *conn, req *proto.Request, caller session.Caller, cr
 		// A session from an older luod may list more than an answer
 		// holds: refused before it is handed over.
 		if _, listed := d.custody.Listed(caller, a.Name); answerSize(a.Name, listed) > maxAnswer {
-			return nil, nil, proto.Errorf(proto.CodeLimit, "session %q lists more files than an answer holds (about %d bytes, at most %d)",
-				a.Name, answerSize(a.Name, listed), maxAnswer)
+			return nil, nil, unanswerable(a.Name, answerSize(a.Name, listed))
 		}
 		s, dup, err := d.custody.RetrieveForClient(caller, a.Name)
 		if err != nil {
@@ -267,10 +266,7 @@ func (d *Daemon) reclaim(caller session.Caller, names []string, finish bool) (pr
 			break
 		}
 		if size > maxAnswer {
-			// Only an older luod made such a session: it refused none.
-			err = proto.Errorf(proto.CodeLimit,
-				"session %q lists more files than one answer holds (about %d bytes, at most %d): luod cannot hand it back, nothing of it was retrieved or finished, and its files stay preserved until it is deleted",
-				name, size, maxAnswer)
+			err = unanswerable(name, size)
 			break
 		}
 		if n > proto.MaxFDs {
@@ -313,6 +309,16 @@ const (
 	answerEnvelope = 256
 	maxAnswer      = proto.MaxMessageSize - answerEnvelope
 )
+
+// unanswerable refuses (limit) session name, whose answer would take
+// about size bytes, past maxAnswer: only an older luod made such a
+// session (it refused none), and no answer, reclaim or retrieve_session,
+// can hand it back.
+func unanswerable(name string, size int) error {
+	return proto.Errorf(proto.CodeLimit,
+		"session %q lists more files than one answer holds (about %d bytes, at most %d): luod cannot hand it back, nothing of it was retrieved or finished, and its files stay preserved until it is deleted",
+		name, size, maxAnswer)
+}
 
 // answerSize bounds the bytes a session called name whose files take
 // listed bytes (Custody.Listed) adds to a reclaim answer:
